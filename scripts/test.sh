@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# THE test command for workers-spawner.
+#
+#   scripts/test.sh [extra cargo test args...]
+#
+# Sets up the test environment (scripts/test-env.sh: apt deps, test image
+# ws-test-busybox:latest, private redis), builds, runs the whole test suite
+# and checks that the tests left no managed containers behind.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+section() { printf '\n==================== %s ====================\n' "$*"; }
+
+MANAGED_LABEL="io.workers-spawner.managed=true"
+PREFIX_LABEL="io.workers-spawner.stream-prefix"
+
+# Managed containers as "ID<TAB>NAME<TAB>STREAM_PREFIX" lines.
+managed_containers() {
+    docker ps -a --filter "label=$MANAGED_LABEL" \
+        --format "{{.ID}}	{{.Names}}	{{.Label \"$PREFIX_LABEL\"}}" 2>/dev/null || true
+}
+
+# Remove leftover test containers: managed ones whose stream prefix starts with "wstest".
+remove_test_containers() {
+    local ids
+    ids="$(managed_containers | awk -F'\t' '$3 ~ /^wstest/ { print $1 }')"
+    if [ -n "$ids" ]; then
+        echo "removing leftover test containers: $(echo "$ids" | tr '\n' ' ')" >&2
+        # shellcheck disable=SC2086
+        docker rm -f -v $ids >/dev/null 2>&1 || true
+    fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    remove_test_containers
+    if declare -F ws_test_env_down >/dev/null; then ws_test_env_down; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+
+section "test environment"
+# shellcheck source=scripts/test-env.sh
+. "$repo_root/scripts/test-env.sh"
+echo "redis:  $WS_TEST_REDIS_URL (dir $WS_TEST_REDIS_DIR)"
+echo "image:  $WS_TEST_IMAGE"
+echo "docker: $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?')"
+
+# Managed containers that existed before the run (e.g. a real daemon on a dev
+# machine) are not blamed on the tests.
+preexisting="$(managed_containers | cut -f1 | sort)"
+if [ -n "$preexisting" ]; then
+    echo "note: managed containers present before the tests (ignored by the leak check):"
+    managed_containers
+fi
+
+compose=()
+if docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+    compose=(docker-compose)
+fi
+if [ -f docker-compose.yml ] && [ ${#compose[@]} -gt 0 ]; then
+    section "${compose[*]} config"
+    "${compose[@]}" -f docker-compose.yml config -q
+    echo "docker-compose.yml OK"
+fi
+
+section "cargo build --all-targets"
+cargo build --all-targets
+
+# Extra args go to cargo test; args after a "--" go to the test harness,
+# together with --test-threads=2.
+cargo_args=()
+harness_args=(--test-threads=2)
+while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; harness_args+=("$@"); break; fi
+    cargo_args+=("$1"); shift
+done
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+section "cargo test --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
+cargo test --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
+
+section "leftover container check"
+leaked="$(managed_containers | awk -F'\t' -v pre="$(echo "$preexisting" | tr '\n' ' ')" '
+    BEGIN { n = split(pre, a, " "); for (i = 1; i <= n; i++) seen[a[i]] = 1 }
+    !($1 in seen) { print }')"
+if [ -n "$leaked" ]; then
+    echo "FAIL: containers labelled $MANAGED_LABEL remain after the tests:" >&2
+    printf 'ID\tNAME\tSTREAM_PREFIX\n%s\n' "$leaked" >&2
+    exit 1
+fi
+echo "no managed containers left behind"
+
+section "all tests passed"

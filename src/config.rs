@@ -1,0 +1,675 @@
+//! Worker configs: the typed model of a preset (PROTOCOL.md section 3), the
+//! JSON Schema that every preset and every merged config must pass, and the
+//! RFC 7396 merge of an override over a preset.
+//!
+//! This module does no I/O. The schema ships in `schema/` and is compiled
+//! into the binary.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The worker config JSON Schema (Draft 2020-12), as shipped in the repo.
+pub const SCHEMA_JSON: &str = include_str!("../schema/worker-config.schema.json");
+
+/// Env var prefix reserved for variables the daemon itself sets.
+pub const RESERVED_ENV_PREFIX: &str = "ORCHESTRATOR_";
+
+/// A tool group of the in-container `orchestrator` CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tool {
+    /// `orchestrator project [list|get|create]`
+    Project,
+    /// `orchestrator deploy [trigger|status|logs]`
+    Deploy,
+    /// `orchestrator engineering [trigger|status]`
+    Engineering,
+    /// `orchestrator infra [allocate|list]`
+    Infra,
+    /// `orchestrator respond "<message>"`
+    Respond,
+    /// `orchestrator admin ...` (privileged; presets normally do not allow it)
+    Admin,
+}
+
+impl Tool {
+    /// Every tool group, in a stable order.
+    pub const ALL: [Tool; 6] = [
+        Tool::Project,
+        Tool::Deploy,
+        Tool::Engineering,
+        Tool::Infra,
+        Tool::Respond,
+        Tool::Admin,
+    ];
+
+    /// The group's name on the command line and in `ORCHESTRATOR_ALLOWED_TOOLS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tool::Project => "project",
+            Tool::Deploy => "deploy",
+            Tool::Engineering => "engineering",
+            Tool::Infra => "infra",
+            Tool::Respond => "respond",
+            Tool::Admin => "admin",
+        }
+    }
+
+    /// The tool with this name, if any.
+    pub fn parse(name: &str) -> Option<Tool> {
+        Tool::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A worker config: a preset, or a preset with an override merged in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Preset id (= file name without `.json`).
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Free text for admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Role, for role-specific instruction templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Locale, for locale-specific instruction templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// Base image reference.
+    pub image: String,
+    /// Debian packages baked into a derived image.
+    #[serde(default)]
+    pub system_packages: Vec<String>,
+    /// Shell commands baked into a derived image.
+    #[serde(default)]
+    pub bootstrap_commands: Vec<String>,
+    /// Which agent runs and how.
+    pub agent: AgentSpec,
+    /// Tool groups the worker may use.
+    pub allowed_tools: Vec<Tool>,
+    /// Extra Docker network to attach (infrastructure access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Whether the worker may reach the internet.
+    #[serde(default)]
+    pub has_internet: bool,
+    /// Environment of the agent.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvValue>,
+    /// Resource and time limits.
+    pub limits: Limits,
+    /// Container hardening knobs a preset may set.
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
+    /// Warm pool of ready containers.
+    #[serde(default, skip_serializing_if = "Pool::is_default")]
+    pub pool: Pool,
+}
+
+/// `agent` of a worker config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Agent type; selects the instruction layout (`templates/<type>/`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// argv of the agent; exactly one element is `{prompt}`.
+    pub command: Vec<String>,
+}
+
+/// An env value: plain text, or a variable of the daemon's own environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// Literal value.
+    Plain(String),
+    /// Read from the daemon's environment at spawn time; a secret.
+    FromEnv {
+        /// Name of the daemon's variable.
+        from_env: String,
+    },
+}
+
+/// `limits` of a worker config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPUs (fractional).
+    pub cpu: f64,
+    /// Memory, `"4g"` style.
+    pub memory: String,
+    /// Bound of one task, seconds.
+    pub timeout_sec: u64,
+    /// Bound of a container's life, seconds.
+    pub ttl_sec: u64,
+    /// Max processes in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// Default `pids` limit when a preset sets none.
+pub const DEFAULT_PIDS: u32 = 512;
+
+impl Limits {
+    /// Effective pids limit.
+    pub fn pids(&self) -> u32 {
+        self.pids.unwrap_or(DEFAULT_PIDS)
+    }
+
+    /// Memory in bytes (the schema guarantees the format).
+    pub fn memory_bytes(&self) -> Result<u64, String> {
+        parse_memory(&self.memory)
+    }
+}
+
+/// `security` of a worker config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Capabilities added back after dropping all (bounded by a setting).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Read-only root filesystem with writable workspace and tmpfs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
+}
+
+impl Security {
+    fn is_default(&self) -> bool {
+        *self == Security::default()
+    }
+}
+
+/// `pool` of a worker config.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Ready containers to keep.
+    #[serde(default)]
+    pub size: u32,
+}
+
+impl Pool {
+    fn is_default(&self) -> bool {
+        self.size == 0
+    }
+}
+
+/// Parses `"4g"`, `"512m"`, `"1.5g"`, `"1048576"` into bytes.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1u64 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1u64 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("memory {s:?} is not a size like \"4g\""))?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("memory {s:?} must be positive"));
+    }
+    let bytes = n * mult as f64;
+    if bytes < (6u64 << 20) as f64 {
+        return Err(format!("memory {s:?} is below Docker's minimum of 6m"));
+    }
+    if bytes > (1u64 << 50) as f64 {
+        return Err(format!("memory {s:?} is implausibly large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Whether `s` is a valid preset id / role: `^[a-z0-9][a-z0-9_.-]{0,63}$`.
+pub fn is_valid_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+        && !s.contains("..")
+}
+
+/// Whether `s` is a valid environment variable name.
+pub fn is_valid_env_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// One schema or semantic violation, with the JSON pointer of the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the offending field (`limits.memory`), or `(root)`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a JSON value is not a valid worker config.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid worker config: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError {
+    /// Every violation found, the first one being the most useful.
+    pub errors: Vec<FieldError>,
+}
+
+impl ConfigError {
+    fn one(field: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            errors: vec![FieldError {
+                field: field.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// The first offending field.
+    pub fn field(&self) -> &str {
+        self.errors
+            .first()
+            .map(|e| e.field.as_str())
+            .unwrap_or("(root)")
+    }
+}
+
+/// The compiled worker config schema plus the semantic checks a schema
+/// cannot express.
+pub struct ConfigSchema {
+    validator: jsonschema::Validator,
+}
+
+impl fmt::Debug for ConfigSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigSchema")
+    }
+}
+
+fn pointer_to_field(pointer: &str) -> String {
+    if pointer.is_empty() {
+        return "(root)".into();
+    }
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+impl ConfigSchema {
+    /// Compiles the shipped schema.
+    pub fn new() -> Self {
+        let schema: Value =
+            serde_json::from_str(SCHEMA_JSON).expect("the shipped schema is valid JSON");
+        let validator = jsonschema::draft202012::new(&schema)
+            .expect("the shipped schema is a valid Draft 2020-12 schema");
+        ConfigSchema { validator }
+    }
+
+    /// Validates `value` and returns the typed config.
+    pub fn validate(&self, value: &Value) -> Result<WorkerConfig, ConfigError> {
+        let mut errors: Vec<FieldError> = self
+            .validator
+            .iter_errors(value)
+            .map(|e| {
+                let mut field = pointer_to_field(e.instance_path.as_str());
+                // An unknown key is reported at its parent: name the key itself.
+                if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                    &e.kind
+                {
+                    if let Some(k) = unexpected.first() {
+                        field = if field == "(root)" {
+                            k.clone()
+                        } else {
+                            format!("{field}.{k}")
+                        };
+                    }
+                }
+                if let jsonschema::error::ValidationErrorKind::Required { property } = &e.kind {
+                    if let Some(k) = property.as_str() {
+                        field = if field == "(root)" {
+                            k.to_string()
+                        } else {
+                            format!("{field}.{k}")
+                        };
+                    }
+                }
+                FieldError {
+                    field,
+                    message: e.to_string(),
+                }
+            })
+            .collect();
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| std::cmp::Reverse(e.field.matches('.').count()));
+            return Err(ConfigError { errors });
+        }
+        let config: WorkerConfig = serde_json::from_value(value.clone())
+            .map_err(|e| ConfigError::one("(root)", e.to_string()))?;
+        check_semantics(&config)?;
+        Ok(config)
+    }
+}
+
+impl Default for ConfigSchema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Rules the JSON Schema cannot express.
+fn check_semantics(c: &WorkerConfig) -> Result<(), ConfigError> {
+    parse_memory(&c.limits.memory).map_err(|m| ConfigError::one("limits.memory", m))?;
+    if let Some(name) = c
+        .env
+        .keys()
+        .find(|k| k.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX))
+    {
+        return Err(ConfigError::one(
+            &format!("env.{name}"),
+            format!("env names starting with {RESERVED_ENV_PREFIX} are reserved for the daemon"),
+        ));
+    }
+    crate::image_ref::normalize(&c.image).map_err(|m| ConfigError::one("image", m))?;
+    Ok(())
+}
+
+/// Applies `patch` to `base` as an RFC 7396 JSON Merge Patch.
+pub fn merge(base: &Value, patch: &Value) -> Value {
+    let mut merged = base.clone();
+    json_patch::merge(&mut merged, patch);
+    merged
+}
+
+/// Hash of a config: sha256 of its canonical (sorted-key) JSON, hex, 16 bytes.
+pub fn config_hash(config: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = canonical_json(config);
+    let digest = Sha256::digest(canonical.as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// JSON with object keys sorted, whatever map order serde_json uses.
+pub fn canonical_json(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn valid() -> Value {
+        json!({
+            "id": "po_claude_v1",
+            "name": "Product Owner (Claude)",
+            "image": "universal-worker-base:latest",
+            "system_packages": ["git", "curl"],
+            "bootstrap_commands": [],
+            "agent": {"type": "claude-code", "command": ["claude", "-p", "{prompt}"]},
+            "allowed_tools": ["project", "deploy", "respond"],
+            "network": "codegen_orchestrator_internal",
+            "has_internet": true,
+            "env": {"ANTHROPIC_API_KEY": {"from_env": "ANTHROPIC_API_KEY"}, "MODE": "x"},
+            "limits": {"cpu": 2.0, "memory": "4g", "timeout_sec": 600, "ttl_sec": 7200}
+        })
+    }
+
+    fn field_of(v: Value) -> String {
+        ConfigSchema::new()
+            .validate(&v)
+            .unwrap_err()
+            .field()
+            .to_string()
+    }
+
+    fn with(mut v: Value, pointer: &str, new: Value) -> Value {
+        *v.pointer_mut(pointer).unwrap() = new;
+        v
+    }
+
+    fn without(mut v: Value, key: &str) -> Value {
+        v.as_object_mut().unwrap().remove(key);
+        v
+    }
+
+    #[test]
+    fn a_valid_preset_passes_and_is_typed() {
+        let c = ConfigSchema::new().validate(&valid()).unwrap();
+        assert_eq!(
+            c.allowed_tools,
+            vec![Tool::Project, Tool::Deploy, Tool::Respond]
+        );
+        assert_eq!(c.limits.memory_bytes().unwrap(), 4 << 30);
+        assert_eq!(
+            c.env["ANTHROPIC_API_KEY"],
+            EnvValue::FromEnv {
+                from_env: "ANTHROPIC_API_KEY".into()
+            }
+        );
+    }
+
+    #[test]
+    fn each_required_field_is_named_when_missing() {
+        for key in ["id", "name", "image", "agent", "allowed_tools", "limits"] {
+            assert_eq!(field_of(without(valid(), key)), key);
+        }
+    }
+
+    #[test]
+    fn an_unknown_top_level_field_is_named() {
+        let mut v = valid();
+        v["colour"] = json!("blue");
+        assert_eq!(field_of(v), "colour");
+    }
+
+    #[test]
+    fn an_unknown_nested_field_is_named() {
+        let v = with(
+            valid(),
+            "/limits",
+            json!({"cpu": 1, "memory": "1g", "timeout_sec": 1, "ttl_sec": 1, "gpu": 1}),
+        );
+        assert_eq!(field_of(v), "limits.gpu");
+    }
+
+    #[test]
+    fn a_bad_id_is_refused() {
+        assert_eq!(field_of(with(valid(), "/id", json!("../etc"))), "id");
+        assert_eq!(field_of(with(valid(), "/id", json!("UPPER"))), "id");
+    }
+
+    #[test]
+    fn a_command_without_the_prompt_placeholder_is_refused() {
+        assert_eq!(
+            field_of(with(valid(), "/agent/command", json!(["claude"]))),
+            "agent.command"
+        );
+    }
+
+    #[test]
+    fn a_command_with_two_prompt_placeholders_is_refused() {
+        let v = with(
+            valid(),
+            "/agent/command",
+            json!(["a", "{prompt}", "{prompt}"]),
+        );
+        assert_eq!(field_of(v), "agent.command");
+    }
+
+    #[test]
+    fn an_unknown_tool_is_refused() {
+        assert_eq!(
+            field_of(with(valid(), "/allowed_tools", json!(["project", "nuke"]))),
+            "allowed_tools.1"
+        );
+    }
+
+    #[test]
+    fn duplicate_tools_are_refused() {
+        assert_eq!(
+            field_of(with(
+                valid(),
+                "/allowed_tools",
+                json!(["project", "project"])
+            )),
+            "allowed_tools"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        assert_eq!(
+            field_of(with(valid(), "/has_internet", json!("yes"))),
+            "has_internet"
+        );
+        assert_eq!(
+            field_of(with(valid(), "/limits/cpu", json!("2"))),
+            "limits.cpu"
+        );
+        assert_eq!(
+            field_of(with(valid(), "/limits/timeout_sec", json!(1.5))),
+            "limits.timeout_sec"
+        );
+        assert_eq!(
+            field_of(with(valid(), "/system_packages", json!("git"))),
+            "system_packages"
+        );
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        assert_eq!(
+            field_of(with(valid(), "/limits/cpu", json!(0))),
+            "limits.cpu"
+        );
+        assert_eq!(
+            field_of(with(valid(), "/limits/timeout_sec", json!(0))),
+            "limits.timeout_sec"
+        );
+        assert_eq!(
+            field_of(with(valid(), "/limits/memory", json!("4 gigs"))),
+            "limits.memory"
+        );
+        assert_eq!(
+            field_of(with(valid(), "/limits/memory", json!("1k"))),
+            "limits.memory"
+        );
+    }
+
+    #[test]
+    fn env_values_must_be_strings_or_from_env() {
+        assert_eq!(field_of(with(valid(), "/env", json!({"A": 1}))), "env.A");
+        assert_eq!(
+            field_of(with(valid(), "/env", json!({"A": {"from": "B"}}))),
+            "env.A"
+        );
+        assert_eq!(field_of(with(valid(), "/env", json!({"1BAD": "x"}))), "env");
+    }
+
+    #[test]
+    fn reserved_env_names_are_refused() {
+        assert_eq!(
+            field_of(with(valid(), "/env", json!({"ORCHESTRATOR_API_KEY": "x"}))),
+            "env.ORCHESTRATOR_API_KEY"
+        );
+        assert_eq!(
+            field_of(with(
+                valid(),
+                "/env",
+                json!({"orchestrator_allowed_tools": "x"})
+            )),
+            "env.orchestrator_allowed_tools"
+        );
+    }
+
+    #[test]
+    fn bad_image_references_are_refused() {
+        for bad in ["UPPER:latest", "a b", "-x", "x:", "x@sha256:zz"] {
+            assert_eq!(
+                field_of(with(valid(), "/image", json!(bad))),
+                "image",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn system_package_names_are_checked() {
+        assert_eq!(
+            field_of(with(valid(), "/system_packages", json!(["git; rm -rf /"]))),
+            "system_packages.0"
+        );
+    }
+
+    #[test]
+    fn merge_merges_objects() {
+        let m = merge(&valid(), &json!({"limits": {"timeout_sec": 300}}));
+        assert_eq!(m["limits"]["timeout_sec"], 300);
+        assert_eq!(m["limits"]["memory"], "4g");
+    }
+
+    #[test]
+    fn merge_replaces_arrays() {
+        let m = merge(&valid(), &json!({"allowed_tools": ["respond"]}));
+        assert_eq!(m["allowed_tools"], json!(["respond"]));
+    }
+
+    #[test]
+    fn merge_deletes_on_null() {
+        let m = merge(&valid(), &json!({"network": null, "env": {"MODE": null}}));
+        assert!(m.get("network").is_none());
+        assert!(m["env"].get("MODE").is_none());
+        assert!(m["env"].get("ANTHROPIC_API_KEY").is_some());
+    }
+
+    #[test]
+    fn a_merge_that_breaks_the_schema_is_caught_on_revalidation() {
+        let m = merge(&valid(), &json!({"limits": {"memory": null}}));
+        assert_eq!(field_of(m), "limits.memory");
+    }
+
+    #[test]
+    fn the_config_hash_ignores_key_order() {
+        let a = json!({"a": 1, "b": {"c": 2, "d": 3}});
+        let b = json!({"b": {"d": 3, "c": 2}, "a": 1});
+        assert_eq!(config_hash(&a), config_hash(&b));
+        assert_ne!(config_hash(&a), config_hash(&json!({"a": 2})));
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1.5g").unwrap(), 3 << 29);
+        assert!(parse_memory("0g").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! workers-spawner: runs CLI coding agents in isolated Docker containers on
+//! demand, driven by Redis streams. See `ARCHITECTURE.md` for the map.
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod image_ref;
+pub mod loader;
+pub mod policy;
+pub mod protocol;
+pub mod redact;
+pub mod render;
+pub mod settings;
+pub mod spec;

@@ -1,0 +1,526 @@
+//! The override policy of PROTOCOL.md section 6: what a request may change
+//! in the preset it names, and whether it may bring a whole inline config.
+//!
+//! This module does no I/O. Under the default policy an override can only
+//! narrow a preset; every refusal names the offending field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EnvValue, WorkerConfig, RESERVED_ENV_PREFIX};
+use crate::image_ref;
+
+/// Policy settings (part of the daemon's settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Accept requests without `worker_config_id` whose override is a whole config.
+    pub allow_inline_configs: bool,
+    /// Images an override or inline config may name (normalised
+    /// references; `repo:*` allows every tag of `repo`).
+    pub allowed_images: Vec<String>,
+    /// Capabilities a preset or inline config may add back after all are dropped.
+    pub allowed_cap_add: Vec<String>,
+}
+
+/// A refused override: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PolicyViolation {
+    /// Dotted path of the field.
+    pub field: String,
+    /// Why it is refused.
+    pub message: String,
+}
+
+fn refuse(field: &str, message: impl Into<String>) -> Result<(), PolicyViolation> {
+    Err(PolicyViolation {
+        field: field.to_string(),
+        message: message.into(),
+    })
+}
+
+impl Policy {
+    /// Checks what every config must satisfy, preset or not: capabilities
+    /// within `allowed_cap_add`.
+    pub fn check_config(&self, c: &WorkerConfig) -> Result<(), PolicyViolation> {
+        if let Some(cap) = c
+            .security
+            .cap_add
+            .iter()
+            .find(|cap| !self.allowed_cap_add.contains(cap))
+        {
+            return refuse(
+                "security.cap_add",
+                format!("capability {cap} is not in the daemon's allowed_cap_add"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks `merged` (the preset with the override applied) against `preset`.
+    pub fn check_override(
+        &self,
+        preset: &WorkerConfig,
+        merged: &WorkerConfig,
+    ) -> Result<(), PolicyViolation> {
+        if merged.id != preset.id {
+            return refuse("id", "an override may not change the preset id");
+        }
+        if let Some(t) = merged
+            .allowed_tools
+            .iter()
+            .find(|t| !preset.allowed_tools.contains(t))
+        {
+            return refuse(
+                "allowed_tools",
+                format!("tool {t} is not allowed by preset {}", preset.id),
+            );
+        }
+        if merged.limits.cpu > preset.limits.cpu {
+            return refuse(
+                "limits.cpu",
+                format!("may not exceed the preset's {}", preset.limits.cpu),
+            );
+        }
+        let (pm, mm) = (
+            preset.limits.memory_bytes().unwrap_or(0),
+            merged.limits.memory_bytes().unwrap_or(u64::MAX),
+        );
+        if mm > pm {
+            return refuse(
+                "limits.memory",
+                format!("may not exceed the preset's {}", preset.limits.memory),
+            );
+        }
+        if merged.limits.timeout_sec > preset.limits.timeout_sec {
+            return refuse(
+                "limits.timeout_sec",
+                format!("may not exceed the preset's {}", preset.limits.timeout_sec),
+            );
+        }
+        if merged.limits.ttl_sec > preset.limits.ttl_sec {
+            return refuse(
+                "limits.ttl_sec",
+                format!("may not exceed the preset's {}", preset.limits.ttl_sec),
+            );
+        }
+        if merged.limits.pids() > preset.limits.pids() {
+            return refuse(
+                "limits.pids",
+                format!("may not exceed the preset's {}", preset.limits.pids()),
+            );
+        }
+        if merged.has_internet && !preset.has_internet {
+            return refuse(
+                "has_internet",
+                "an override may only turn internet access off",
+            );
+        }
+        if merged.image != preset.image {
+            let same = image_ref::normalize(&merged.image).ok()
+                == image_ref::normalize(&preset.image).ok();
+            if !same && !image_ref::is_allowed(&merged.image, &self.allowed_images) {
+                return refuse(
+                    "image",
+                    format!(
+                        "image {:?} is not in the daemon's allowed_images",
+                        merged.image
+                    ),
+                );
+            }
+        }
+        if merged.network != preset.network {
+            return refuse("network", "an override may not change the network");
+        }
+        if merged.system_packages != preset.system_packages {
+            return refuse(
+                "system_packages",
+                "an override may not change system_packages",
+            );
+        }
+        if merged.bootstrap_commands != preset.bootstrap_commands {
+            return refuse(
+                "bootstrap_commands",
+                "an override may not change bootstrap_commands",
+            );
+        }
+        if merged.agent != preset.agent {
+            return refuse("agent", "an override may not change the agent");
+        }
+        for (name, value) in &merged.env {
+            if name.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
+                return refuse(
+                    &format!("env.{name}"),
+                    format!("env names starting with {RESERVED_ENV_PREFIX} are reserved"),
+                );
+            }
+            // A from_env reference reads the daemon's environment: only the
+            // preset's own references may stand.
+            if matches!(value, EnvValue::FromEnv { .. }) && preset.env.get(name) != Some(value) {
+                return refuse(
+                    &format!("env.{name}"),
+                    "an override may not add or change from_env references",
+                );
+            }
+        }
+        if merged.security.read_only_root < preset.security.read_only_root {
+            return refuse(
+                "security.read_only_root",
+                "an override may not turn read_only_root off",
+            );
+        }
+        if let Some(cap) = merged
+            .security
+            .cap_add
+            .iter()
+            .find(|c| !preset.security.cap_add.contains(c))
+        {
+            return refuse(
+                "security.cap_add",
+                format!("capability {cap} is not granted by the preset"),
+            );
+        }
+        if merged.pool != preset.pool {
+            return refuse("pool", "an override may not change the pool");
+        }
+        self.check_config(merged)
+    }
+
+    /// Checks an inline config (a request without a preset id).
+    pub fn check_inline(&self, c: &WorkerConfig) -> Result<(), PolicyViolation> {
+        if !self.allow_inline_configs {
+            return refuse(
+                "worker_config_id",
+                "worker_config_id is required: inline configs are disabled on this daemon",
+            );
+        }
+        if !image_ref::is_allowed(&c.image, &self.allowed_images) {
+            return refuse(
+                "image",
+                format!("image {:?} is not in the daemon's allowed_images", c.image),
+            );
+        }
+        if let Some((name, _)) = c
+            .env
+            .iter()
+            .find(|(_, v)| matches!(v, EnvValue::FromEnv { .. }))
+        {
+            return refuse(
+                &format!("env.{name}"),
+                "inline configs may not use from_env references",
+            );
+        }
+        if !c.system_packages.is_empty() || !c.bootstrap_commands.is_empty() {
+            return refuse(
+                if c.system_packages.is_empty() {
+                    "bootstrap_commands"
+                } else {
+                    "system_packages"
+                },
+                "inline configs may not build images",
+            );
+        }
+        if c.pool.size > 0 {
+            return refuse("pool", "inline configs may not have pools");
+        }
+        self.check_config(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{merge, ConfigSchema};
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn preset_json() -> Value {
+        json!({
+            "id": "p1", "name": "P", "image": "universal-worker-base:latest",
+            "system_packages": ["git"],
+            "agent": {"type": "claude-code", "command": ["claude", "-p", "{prompt}"]},
+            "allowed_tools": ["project", "deploy", "respond"],
+            "has_internet": true,
+            "env": {"KEY": {"from_env": "KEY"}, "MODE": "a"},
+            "limits": {"cpu": 2.0, "memory": "4g", "timeout_sec": 600, "ttl_sec": 7200, "pids": 256},
+            "security": {"cap_add": ["CHOWN"], "read_only_root": true}
+        })
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            allowed_images: vec!["universal-worker-base:*".into(), "alt:1".into()],
+            allowed_cap_add: vec!["CHOWN".into(), "SETUID".into()],
+            ..Default::default()
+        }
+    }
+
+    fn check(patch: Value) -> Result<(), PolicyViolation> {
+        let schema = ConfigSchema::new();
+        let preset = schema.validate(&preset_json()).unwrap();
+        let merged = schema.validate(&merge(&preset_json(), &patch)).unwrap();
+        policy().check_override(&preset, &merged)
+    }
+
+    fn refused_field(patch: Value) -> String {
+        check(patch).unwrap_err().field
+    }
+
+    #[test]
+    fn narrowing_overrides_are_accepted() {
+        for patch in [
+            json!({}),
+            json!({"allowed_tools": ["respond"]}),
+            json!({"allowed_tools": []}),
+            json!({"limits": {"cpu": 0.5, "memory": "1g", "timeout_sec": 10, "ttl_sec": 60, "pids": 64}}),
+            json!({"has_internet": false}),
+            json!({"image": "alt:1"}),
+            json!({"image": "docker.io/library/universal-worker-base:v2"}),
+            json!({"env": {"MODE": "b", "EXTRA": "1"}}),
+            json!({"env": {"KEY": null}}),
+            json!({"name": "renamed", "role": "po", "locale": "ru"}),
+            json!({"security": {"cap_add": []}}),
+        ] {
+            assert_eq!(check(patch.clone()), Ok(()), "{patch}");
+        }
+    }
+
+    #[test]
+    fn a_tool_outside_the_preset_is_refused() {
+        assert_eq!(
+            refused_field(json!({"allowed_tools": ["admin"]})),
+            "allowed_tools"
+        );
+    }
+
+    #[test]
+    fn raising_any_limit_is_refused() {
+        assert_eq!(refused_field(json!({"limits": {"cpu": 4.0}})), "limits.cpu");
+        assert_eq!(
+            refused_field(json!({"limits": {"memory": "5g"}})),
+            "limits.memory"
+        );
+        assert_eq!(
+            refused_field(json!({"limits": {"memory": "4097m"}})),
+            "limits.memory"
+        );
+        assert_eq!(
+            refused_field(json!({"limits": {"timeout_sec": 601}})),
+            "limits.timeout_sec"
+        );
+        assert_eq!(
+            refused_field(json!({"limits": {"ttl_sec": 7201}})),
+            "limits.ttl_sec"
+        );
+        assert_eq!(
+            refused_field(json!({"limits": {"pids": 257}})),
+            "limits.pids"
+        );
+        assert_eq!(
+            refused_field(json!({"limits": {"pids": null}})),
+            "limits.pids"
+        );
+    }
+
+    #[test]
+    fn an_image_outside_the_allowlist_is_refused_even_when_it_looks_allowed() {
+        assert_eq!(
+            refused_field(json!({"image": "evil.example/universal-worker-base:latest"})),
+            "image"
+        );
+        assert_eq!(refused_field(json!({"image": "alt:2"})), "image");
+    }
+
+    #[test]
+    fn turning_internet_on_is_refused() {
+        let schema = ConfigSchema::new();
+        let mut p = preset_json();
+        p["has_internet"] = json!(false);
+        let preset = schema.validate(&p).unwrap();
+        let merged = schema
+            .validate(&merge(&p, &json!({"has_internet": true})))
+            .unwrap();
+        assert_eq!(
+            policy().check_override(&preset, &merged).unwrap_err().field,
+            "has_internet"
+        );
+    }
+
+    #[test]
+    fn reserved_and_secret_env_changes_are_refused() {
+        // The schema already refuses ORCHESTRATOR_*; from_env is a policy matter.
+        assert_eq!(
+            refused_field(json!({"env": {"X": {"from_env": "AWS_SECRET"}}})),
+            "env.X"
+        );
+        assert_eq!(
+            refused_field(json!({"env": {"KEY": {"from_env": "OTHER"}}})),
+            "env.KEY"
+        );
+    }
+
+    #[test]
+    fn structural_changes_are_refused() {
+        assert_eq!(refused_field(json!({"id": "p2"})), "id");
+        assert_eq!(refused_field(json!({"network": "infra"})), "network");
+        assert_eq!(
+            refused_field(json!({"system_packages": ["curl"]})),
+            "system_packages"
+        );
+        assert_eq!(
+            refused_field(json!({"bootstrap_commands": ["curl x | sh"]})),
+            "bootstrap_commands"
+        );
+        assert_eq!(
+            refused_field(json!({"agent": {"command": ["sh", "-c", "{prompt}"]}})),
+            "agent"
+        );
+        assert_eq!(
+            refused_field(json!({"security": {"read_only_root": false}})),
+            "security.read_only_root"
+        );
+        assert_eq!(
+            refused_field(json!({"security": {"cap_add": ["SETUID"]}})),
+            "security.cap_add"
+        );
+        assert_eq!(refused_field(json!({"pool": {"size": 3}})), "pool");
+    }
+
+    #[test]
+    fn inline_configs_are_refused_unless_enabled() {
+        let c = ConfigSchema::new().validate(&preset_json()).unwrap();
+        assert_eq!(
+            Policy::default().check_inline(&c).unwrap_err().field,
+            "worker_config_id"
+        );
+    }
+
+    #[test]
+    fn enabled_inline_configs_still_obey_the_allowlist_and_secrets() {
+        let schema = ConfigSchema::new();
+        let p = Policy {
+            allow_inline_configs: true,
+            ..policy()
+        };
+        let mut v = preset_json();
+        v["system_packages"] = json!([]);
+        v["env"] = json!({"MODE": "a"});
+        v["security"] = json!({});
+        assert_eq!(p.check_inline(&schema.validate(&v).unwrap()), Ok(()));
+        let mut bad = v.clone();
+        bad["image"] = json!("evil.example/x");
+        assert_eq!(
+            p.check_inline(&schema.validate(&bad).unwrap())
+                .unwrap_err()
+                .field,
+            "image"
+        );
+        let mut bad = v.clone();
+        bad["env"] = json!({"S": {"from_env": "HOME"}});
+        assert_eq!(
+            p.check_inline(&schema.validate(&bad).unwrap())
+                .unwrap_err()
+                .field,
+            "env.S"
+        );
+        let mut bad = v;
+        bad["security"] = json!({"cap_add": ["SYS_ADMIN"]});
+        assert_eq!(
+            p.check_inline(&schema.validate(&bad).unwrap())
+                .unwrap_err()
+                .field,
+            "security.cap_add"
+        );
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (0u64..100_000).prop_map(Value::from),
+            (0.0f64..100.0).prop_map(Value::from),
+            prop::sample::select(vec![
+                "project",
+                "deploy",
+                "engineering",
+                "infra",
+                "respond",
+                "admin",
+                "4g",
+                "64g",
+                "1m",
+                "alt:1",
+                "evil.example/x",
+                "universal-worker-base:latest",
+                "KEY",
+                "ORCHESTRATOR_X",
+                "{prompt}",
+                "{{ get_env(name='HOME') }}",
+                "../x",
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "id",
+                        "image",
+                        "allowed_tools",
+                        "limits",
+                        "cpu",
+                        "memory",
+                        "timeout_sec",
+                        "ttl_sec",
+                        "pids",
+                        "has_internet",
+                        "env",
+                        "KEY",
+                        "from_env",
+                        "network",
+                        "agent",
+                        "command",
+                        "security",
+                        "cap_add",
+                        "read_only_root",
+                        "pool",
+                        "size",
+                    ])
+                    .prop_map(String::from),
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn no_override_can_widen_a_preset_under_the_default_policy(patch in arb_json()) {
+            let schema = ConfigSchema::new();
+            let preset = schema.validate(&preset_json()).unwrap();
+            if !patch.is_object() { return Ok(()); }
+            let merged_json = merge(&preset_json(), &patch);
+            let Ok(merged) = schema.validate(&merged_json) else { return Ok(()); };
+            if Policy::default().check_override(&preset, &merged).is_ok() {
+                prop_assert!(merged.allowed_tools.iter().all(|t| preset.allowed_tools.contains(t)));
+                prop_assert!(merged.limits.cpu <= preset.limits.cpu);
+                prop_assert!(merged.limits.memory_bytes().unwrap() <= preset.limits.memory_bytes().unwrap());
+                prop_assert!(merged.limits.timeout_sec <= preset.limits.timeout_sec);
+                prop_assert!(merged.limits.ttl_sec <= preset.limits.ttl_sec);
+                prop_assert!(merged.limits.pids() <= preset.limits.pids());
+                prop_assert!(!merged.has_internet || preset.has_internet);
+                prop_assert_eq!(image_ref::normalize(&merged.image), image_ref::normalize(&preset.image));
+                prop_assert_eq!(&merged.agent, &preset.agent);
+                prop_assert_eq!(&merged.network, &preset.network);
+                for (k, v) in &merged.env {
+                    if matches!(v, EnvValue::FromEnv { .. }) {
+                        prop_assert_eq!(preset.env.get(k), Some(v));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The daemon's settings (OPERATIONS.md): defaults, an optional TOML file,
+//! `WORKERS_SPAWNER_*` environment variables and command-line flags, layered
+//! with figment in that order (flags win).
+//!
+//! Reading the config file is the only I/O here, done by [`Settings::load`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+use crate::protocol::InputLimits;
+
+/// Every setting of the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Redis to consume from and publish to.
+    pub redis_url: String,
+    /// Preset JSON files, watched for changes.
+    pub presets_dir: PathBuf,
+    /// `<tool>.md` skill files.
+    pub skills_dir: PathBuf,
+    /// Instruction templates.
+    pub templates_dir: PathBuf,
+    /// Consumer name and owner label.
+    pub instance_id: String,
+    /// Running workers per instance.
+    pub max_concurrent: usize,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http_addr: String,
+    /// Stream names are `<prefix>:spawn`, `<prefix>:result`, ...
+    pub stream_prefix: String,
+    /// Consumer group name.
+    pub group: String,
+    /// Approximate cap of the output streams (`XADD MAXLEN ~`).
+    pub stream_maxlen: usize,
+    /// How long one `XREADGROUP` blocks.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Grace period between SIGTERM and SIGKILL on timeout.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    /// Entries pending longer than this on a dead consumer are reclaimed.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_min_idle: Duration,
+    /// Deliveries after which an entry is dead-lettered.
+    pub max_deliveries: u64,
+    /// Bytes of stdout kept for the result.
+    pub output_tail_bytes: usize,
+    /// Output lines per second forwarded as events per worker; the rest is counted.
+    pub output_lines_per_sec: u32,
+    /// Bytes of one output line forwarded as an event.
+    pub output_line_bytes: usize,
+    /// URL the workers use to reach the gateway (`ORCHESTRATOR_API_URL`).
+    pub gateway_url: String,
+    /// Docker network the workers join (the gateway is reachable on it).
+    pub worker_network: String,
+    /// Override policy.
+    pub policy: Policy,
+    /// Input limits.
+    pub limits: InputLimits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            presets_dir: "./presets".into(),
+            skills_dir: "./skills".into(),
+            templates_dir: "./templates".into(),
+            instance_id: default_instance_id(),
+            max_concurrent: 16,
+            http_addr: "127.0.0.1:9090".into(),
+            stream_prefix: "workers".into(),
+            group: "workers-spawner".into(),
+            stream_maxlen: 100_000,
+            block: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(5),
+            reclaim_min_idle: Duration::from_secs(60),
+            max_deliveries: 5,
+            output_tail_bytes: 64 * 1024,
+            output_lines_per_sec: 2000,
+            output_line_bytes: 16 * 1024,
+            gateway_url: String::new(),
+            worker_network: String::new(),
+            policy: Policy {
+                allowed_images: vec!["universal-worker-base:*".into()],
+                ..Policy::default()
+            },
+            limits: InputLimits::default(),
+        }
+    }
+}
+
+/// The host name, or `workers-spawner` when it cannot be read.
+pub fn default_instance_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| crate::protocol::is_valid_token(h, 64))
+        .unwrap_or_else(|| "workers-spawner".into())
+}
+
+/// Command-line flags that override settings; every flag is optional.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct SettingsArgs {
+    /// TOML file with settings (lowest precedence after defaults).
+    #[arg(long, global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Redis URL.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Presets directory.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presets_dir: Option<PathBuf>,
+    /// Skills directory.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skills_dir: Option<PathBuf>,
+    /// Templates directory.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub templates_dir: Option<PathBuf>,
+    /// Consumer name and owner label.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Running workers per instance.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// Address of /healthz, /readyz, /metrics.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+    /// Prefix of the stream names.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_prefix: Option<String>,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(String);
+
+impl Settings {
+    /// Layers defaults, the config file, the environment and `args`.
+    pub fn load(args: &SettingsArgs) -> Result<Settings, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        let file = args
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("WORKERS_SPAWNER_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(SettingsError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig
+            .merge(
+                Env::prefixed("WORKERS_SPAWNER_")
+                    .ignore(&["config"])
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(args));
+        let s: Settings = fig.extract().map_err(|e| SettingsError(e.to_string()))?;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        if self.max_concurrent == 0 {
+            return Err(SettingsError("max_concurrent must be at least 1".into()));
+        }
+        if !crate::protocol::is_valid_token(&self.instance_id, 64) {
+            return Err(SettingsError(
+                "instance_id must be 1-64 chars of [A-Za-z0-9._:-]".into(),
+            ));
+        }
+        if !crate::protocol::is_valid_token(&self.stream_prefix, 64) {
+            return Err(SettingsError(
+                "stream_prefix must be 1-64 chars of [A-Za-z0-9._:-]".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `<prefix>:<name>`.
+    pub fn stream(&self, name: &str) -> String {
+        format!("{}:{name}", self.stream_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_environment_and_the_environment_over_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ws.toml", "max_concurrent = 3\nstream_prefix = \"file\"\nblock = \"90s\"\n[policy]\nallow_inline_configs = true\n")?;
+            jail.set_env("WORKERS_SPAWNER_STREAM_PREFIX", "env");
+            jail.set_env("WORKERS_SPAWNER_REDIS_URL", "redis://env:1");
+            let args = SettingsArgs {
+                config: Some("ws.toml".into()),
+                redis_url: Some("redis://flag:2".into()),
+                ..Default::default()
+            };
+            let s = Settings::load(&args).unwrap();
+            assert_eq!(s.max_concurrent, 3);
+            assert_eq!(s.stream_prefix, "env");
+            assert_eq!(s.redis_url, "redis://flag:2");
+            assert_eq!(s.block, Duration::from_secs(90));
+            assert!(s.policy.allow_inline_configs);
+            assert_eq!(s.stream("spawn"), "env:spawn");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_setting_is_a_clear_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WORKERS_SPAWNER_MAX_CONCURRENT", "lots");
+            let e = Settings::load(&SettingsArgs::default()).unwrap_err();
+            assert!(
+                e.to_string().to_lowercase().contains("max_concurrent"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,306 @@
+//! Resolution of a spawn request into a [`WorkerSpec`]: preset lookup,
+//! merge, schema validation, override policy, rendering and env.
+//!
+//! This module does no I/O: the daemon's environment is handed in as a
+//! lookup function. Every failure is a [`ResolveError`] that maps to a
+//! `rejected` (the request's fault) or `error` (the daemon's) result.
+
+use serde_json::Value;
+
+use crate::catalog::Catalog;
+use crate::config::{config_hash, merge, ConfigSchema, EnvValue, WorkerConfig};
+use crate::policy::Policy;
+use crate::protocol::{ErrorInfo, FileView, InputLimits, SpawnRequest, Status};
+use crate::redact::Redactor;
+use crate::render::{render, RenderError, RenderedFile, PROMPT_FILE};
+
+/// An environment variable of the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+    /// Whether the value must be redacted everywhere.
+    pub secret: bool,
+}
+
+/// Everything needed to run one request, decided before any container exists.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// The request id.
+    pub request_id: String,
+    /// Preset id, when the request named one.
+    pub preset_id: Option<String>,
+    /// Session id, when set.
+    pub session_id: Option<String>,
+    /// The merged, validated config.
+    pub config: WorkerConfig,
+    /// The merged config as JSON (what `config_hash` covers).
+    pub config_json: Value,
+    /// Hash of the merged config.
+    pub config_hash: String,
+    /// Request-independent files (instructions, skills, settings).
+    pub files: Vec<RenderedFile>,
+    /// Files that carry the request (the prompt).
+    pub request_files: Vec<RenderedFile>,
+    /// Environment from the config plus the daemon's `ORCHESTRATOR_*` values.
+    pub env: Vec<EnvVar>,
+    /// argv with `{prompt}` replaced by the prompt, as one element.
+    pub command: Vec<String>,
+}
+
+impl WorkerSpec {
+    /// A redactor that knows every secret of this spec.
+    pub fn redactor(&self) -> Redactor {
+        let mut r = Redactor::default();
+        for v in self.env.iter().filter(|v| v.secret) {
+            r.add(&v.value);
+        }
+        r
+    }
+
+    /// The merged config with secret env values replaced by `{"from_env": ..}`.
+    pub fn config_view(&self) -> Value {
+        // `config_json` never holds resolved secret values: from_env stays a reference.
+        self.config_json.clone()
+    }
+
+    /// The rendered files as shown to people (`presets show`, dry runs).
+    pub fn file_views(&self) -> Vec<FileView> {
+        self.files
+            .iter()
+            .chain(&self.request_files)
+            .map(|f| FileView {
+                path: f.path.clone(),
+                content: f.content.clone(),
+            })
+            .collect()
+    }
+
+    /// `ORCHESTRATOR_ALLOWED_TOOLS` value.
+    pub fn allowed_tools_env(&self) -> String {
+        self.config
+            .allowed_tools
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Why a request could not be resolved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    /// The named preset does not exist.
+    #[error("worker_config_id: unknown preset {0:?}")]
+    UnknownPreset(String),
+    /// The merged config fails the schema.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Offending field.
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// The override breaks the policy.
+    #[error("{field}: {message}")]
+    Policy {
+        /// Offending field.
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// Rendering failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// A `from_env` variable is not set in the daemon's environment.
+    #[error("env.{name}: the daemon's environment has no {from_env}")]
+    MissingEnv {
+        /// Worker env name.
+        name: String,
+        /// Daemon variable.
+        from_env: String,
+    },
+}
+
+impl ResolveError {
+    /// The result status this error gives.
+    pub fn status(&self) -> Status {
+        match self {
+            ResolveError::UnknownPreset(_)
+            | ResolveError::Invalid { .. }
+            | ResolveError::Policy { .. }
+            | ResolveError::Render(RenderError::UnknownAgentType(_)) => Status::Rejected,
+            ResolveError::Render(_) | ResolveError::MissingEnv { .. } => Status::Error,
+        }
+    }
+
+    /// The `error` object of the result.
+    pub fn info(&self) -> ErrorInfo {
+        let (code, field) = match self {
+            ResolveError::UnknownPreset(_) => {
+                ("unknown_preset", Some("worker_config_id".to_string()))
+            }
+            ResolveError::Invalid { field, .. } => ("invalid_config", Some(field.clone())),
+            ResolveError::Policy { field, .. } => ("policy_violation", Some(field.clone())),
+            ResolveError::Render(RenderError::UnknownAgentType(_)) => {
+                ("unknown_agent_type", Some("agent.type".to_string()))
+            }
+            ResolveError::Render(_) => ("render_failed", None),
+            ResolveError::MissingEnv { name, .. } => ("missing_env", Some(format!("env.{name}"))),
+        };
+        ErrorInfo {
+            code: code.to_string(),
+            field,
+            message: self.to_string(),
+        }
+    }
+}
+
+/// What resolution needs besides the request.
+pub struct Resolver<'a> {
+    /// Presets, skills, templates.
+    pub catalog: &'a Catalog,
+    /// Schema for merged configs.
+    pub schema: &'a ConfigSchema,
+    /// Override policy.
+    pub policy: &'a Policy,
+    /// Input limits (env entry count).
+    pub limits: &'a InputLimits,
+    /// The daemon's environment.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Resolver<'_> {
+    /// Resolves `req` into a spec; nothing runs.
+    pub fn resolve(&self, req: &SpawnRequest) -> Result<WorkerSpec, ResolveError> {
+        let empty = Value::Object(Default::default());
+        let patch = req.worker_config_override.as_ref().unwrap_or(&empty);
+        let (config_json, config) = match &req.worker_config_id {
+            Some(id) => {
+                let preset = self
+                    .catalog
+                    .presets
+                    .get(id)
+                    .ok_or_else(|| ResolveError::UnknownPreset(id.clone()))?;
+                let merged = merge(&preset.json, patch);
+                let config = self.validate(&merged)?;
+                self.policy
+                    .check_override(&preset.config, &config)
+                    .map_err(|v| ResolveError::Policy {
+                        field: v.field,
+                        message: v.message,
+                    })?;
+                (merged, config)
+            }
+            None => {
+                // Policy first: a disabled inline config needs no schema errors.
+                if !self.policy.allow_inline_configs {
+                    return Err(ResolveError::Policy {
+                        field: "worker_config_id".into(),
+                        message: "worker_config_id is required: inline configs are disabled on this daemon".into(),
+                    });
+                }
+                let config = self.validate(patch)?;
+                self.policy
+                    .check_inline(&config)
+                    .map_err(|v| ResolveError::Policy {
+                        field: v.field,
+                        message: v.message,
+                    })?;
+                (patch.clone(), config)
+            }
+        };
+        if config.env.len() > self.limits.max_env_entries {
+            return Err(ResolveError::Invalid {
+                field: "env".into(),
+                message: format!(
+                    "{} env entries, the limit is {}",
+                    config.env.len(),
+                    self.limits.max_env_entries
+                ),
+            });
+        }
+        let files = render(self.catalog, &config)?;
+
+        let mut env = Vec::new();
+        for (name, value) in &config.env {
+            env.push(match value {
+                EnvValue::Plain(v) => EnvVar {
+                    name: name.clone(),
+                    value: v.clone(),
+                    secret: false,
+                },
+                EnvValue::FromEnv { from_env } => EnvVar {
+                    name: name.clone(),
+                    value: (self.env)(from_env).ok_or_else(|| ResolveError::MissingEnv {
+                        name: name.clone(),
+                        from_env: from_env.clone(),
+                    })?,
+                    secret: true,
+                },
+            });
+        }
+        let command = config
+            .agent
+            .command
+            .iter()
+            .map(|a| {
+                if a == "{prompt}" {
+                    req.task.prompt.clone()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let config_hash = config_hash(&config_json);
+        let spec = WorkerSpec {
+            request_id: req.request_id.clone(),
+            preset_id: req.worker_config_id.clone(),
+            session_id: req.task.session_id.clone(),
+            config_json,
+            config_hash,
+            files,
+            request_files: vec![RenderedFile {
+                path: PROMPT_FILE.to_string(),
+                content: req.task.prompt.clone(),
+                mode: 0o600,
+            }],
+            env,
+            command,
+            config,
+        };
+        let mut spec = spec;
+        let mut orchestrator = vec![
+            ("ORCHESTRATOR_REQUEST_ID", req.request_id.clone()),
+            ("ORCHESTRATOR_ALLOWED_TOOLS", spec.allowed_tools_env()),
+            ("ORCHESTRATOR_PROMPT_FILE", PROMPT_FILE.to_string()),
+        ];
+        if let Some(u) = &req.task.user_id {
+            orchestrator.push(("ORCHESTRATOR_USER_ID", u.clone()));
+        }
+        if let Some(s) = &req.task.session_id {
+            orchestrator.push(("ORCHESTRATOR_SESSION_ID", s.clone()));
+        }
+        spec.env
+            .extend(orchestrator.into_iter().map(|(n, v)| EnvVar {
+                name: n.to_string(),
+                value: v,
+                secret: false,
+            }));
+        Ok(spec)
+    }
+
+    fn validate(&self, v: &Value) -> Result<WorkerConfig, ResolveError> {
+        self.schema.validate(v).map_err(|e| ResolveError::Invalid {
+            field: e.field().to_string(),
+            message: e
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+}
