@@ -194,3 +194,364 @@ fn show(
     spec.redactor().redact_json(&mut out);
     Ok(out)
 }
+
+/// Sets up JSON logs on stderr, level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `serve`: runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(settings: Settings) -> i32 {
+    let daemon = match crate::daemon::Daemon::start(settings.clone()).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&settings.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("workers-spawner: cannot listen on {}: {e}", settings.http_addr);
+            return 1;
+        }
+    };
+    let shutdown = daemon.shutdown_token();
+    let http_shutdown = shutdown.clone();
+    let router = crate::http::router(daemon.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+    });
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; stopping intake");
+        shutdown.cancel();
+    });
+    tracing::info!(instance = %settings.instance_id, prefix = %settings.stream_prefix, http = %settings.http_addr, "workers-spawner serving");
+    daemon.run().await;
+    0
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn spawn_request_json(
+    request_id: &str,
+    preset: &str,
+    prompt: &str,
+    session: Option<&str>,
+    override_json: Option<&str>,
+) -> Result<String, String> {
+    let patch: Option<serde_json::Value> = override_json
+        .map(|s| serde_json::from_str(s).map_err(|e| format!("--override: not JSON: {e}")))
+        .transpose()?;
+    let mut task = serde_json::json!({ "prompt": prompt });
+    if let Some(s) = session {
+        task["session_id"] = serde_json::json!(s);
+    }
+    let mut req = serde_json::json!({ "request_id": request_id, "worker_config_id": preset, "task": task });
+    if let Some(p) = patch {
+        req["worker_config_override"] = p;
+    }
+    Ok(req.to_string())
+}
+
+fn generated_request_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("cli-{}-{n:016x}", chrono::Utc::now().format("%Y%m%d%H%M%S"))
+}
+
+async fn connect_bus(settings: &Settings) -> Result<crate::bus::Bus, String> {
+    let names = crate::bus::StreamNames::new(&settings.stream_prefix, &settings.group);
+    crate::bus::Bus::connect(&settings.redis_url, names, settings.stream_maxlen)
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))
+}
+
+/// What `spawn` was asked to publish.
+pub struct SpawnArgs<'a> {
+    /// Preset id.
+    pub preset: &'a str,
+    /// Prompt.
+    pub prompt: &'a str,
+    /// Session id.
+    pub session: Option<&'a str>,
+    /// Override JSON.
+    pub override_json: Option<&'a str>,
+    /// Request id.
+    pub request_id: Option<&'a str>,
+    /// Wait for the result.
+    pub follow: bool,
+}
+
+/// `spawn`: publishes a request; with `follow`, prints its events and
+/// exits 0 only when the result is `succeeded`.
+pub async fn spawn(settings: &Settings, args: SpawnArgs<'_>) -> i32 {
+    use std::io::IsTerminal;
+    let rid = args.request_id.map(str::to_string).unwrap_or_else(generated_request_id);
+    let json = match spawn_request_json(&rid, args.preset, args.prompt, args.session, args.override_json) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 2;
+        }
+    };
+    let bus = match connect_bus(settings).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    // Start reading before publishing so no event is missed.
+    let (events, results) = (bus.names.events.clone(), bus.names.result.clone());
+    let mut last = vec![
+        bus.tail_id(&events).await.unwrap_or_else(|_| "0-0".into()),
+        bus.tail_id(&results).await.unwrap_or_else(|_| "0-0".into()),
+    ];
+    if let Err(e) = bus.publish_spawn(&json).await {
+        eprintln!("workers-spawner: publishing failed: {e}");
+        return 1;
+    }
+    eprintln!("published request {rid}");
+    if !args.follow {
+        println!("{rid}");
+        return 0;
+    }
+    let block = std::time::Duration::from_secs(1);
+    let mut conn = match bus.blocking_connection(block).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    loop {
+        let read = bus.read_after(&mut conn, &[&events, &results], &last, block).await;
+        let batches = match read {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("workers-spawner: reading failed: {e}; retrying");
+                tokio::time::sleep(block).await;
+                if let Ok(c) = bus.blocking_connection(block).await {
+                    conn = c;
+                }
+                continue;
+            }
+        };
+        if batches.is_empty() && tty {
+            eprint!("\r… waiting ({}s)", started.elapsed().as_secs());
+        }
+        for (stream, entries) in batches {
+            for e in entries {
+                let idx = if stream == events { 0 } else { 1 };
+                last[idx] = e.id.clone();
+                let Some(data) = e.data else { continue };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else { continue };
+                if v.get("request_id").and_then(|r| r.as_str()) != Some(rid.as_str()) {
+                    continue;
+                }
+                if idx == 0 {
+                    if tty {
+                        eprint!("\r");
+                    }
+                    println!("{}", v);
+                } else {
+                    println!("{}", v);
+                    let ok = v.get("status").and_then(|s| s.as_str()) == Some("succeeded");
+                    return if ok { 0 } else { 1 };
+                }
+            }
+        }
+    }
+}
+
+/// `cancel`: publishes a cancel command for a request.
+pub async fn cancel(settings: &Settings, request_id: &str) -> i32 {
+    let bus = match connect_bus(settings).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    let json = serde_json::json!({"command": "cancel", "request_id": request_id}).to_string();
+    match bus.publish_control(&json).await {
+        Ok(()) => {
+            println!("cancel published for {request_id}");
+            0
+        }
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            1
+        }
+    }
+}
+
+/// `ps`: lists managed containers.
+pub async fn ps(settings: &Settings) -> i32 {
+    use crate::docker::labels;
+    let engine = match crate::docker::Engine::connect().await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("workers-spawner: cannot reach the Docker engine: {e}");
+            return 1;
+        }
+    };
+    let list = match engine.list_managed(&settings.stream_prefix).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    println!("{:<40} {:<24} {:<20} {:<8} {:<10} {:<10}", "CONTAINER", "REQUEST", "PRESET", "STATE", "AGE", "DEADLINE");
+    for c in list {
+        let l = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+        let age = l(labels::RECEIVED_MS)
+            .parse::<i64>()
+            .map(|ms| format!("{}s", now - ms / 1000))
+            .unwrap_or_default();
+        let deadline = l(labels::DEADLINE)
+            .parse::<i64>()
+            .map(|d| format!("{:+}s", d - now))
+            .unwrap_or_default();
+        let state = if c.running { "running" } else if c.started { "exited" } else { "created" };
+        println!(
+            "{:<40} {:<24} {:<20} {:<8} {:<10} {:<10}",
+            c.name,
+            l(labels::REQUEST_ID),
+            l(labels::PRESET),
+            state,
+            age,
+            deadline
+        );
+    }
+    0
+}
+
+/// `run`: one worker straight against Docker, no Redis; prints events on
+/// stderr and the result on stdout; exit 0 only when it succeeded.
+pub async fn run(settings: &Settings, preset: &str, prompt: &str, override_json: Option<&str>) -> i32 {
+    use crate::docker::{container_name, create_body};
+    use crate::worker::{self, Job, OutputLimits, WorkerEnv};
+    let rid = generated_request_id();
+    let json = match spawn_request_json(&rid, preset, prompt, None, override_json) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 2;
+        }
+    };
+    let req = match crate::protocol::parse_spawn_request(json.as_bytes(), &settings.limits) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 2;
+        }
+    };
+    let schema = ConfigSchema::new();
+    let (catalog, _) = loader::load(&catalog_dirs(settings), &schema, None);
+    let env_lookup = |k: &str| std::env::var(k).ok();
+    let resolver = Resolver {
+        catalog: &catalog,
+        schema: &schema,
+        policy: &settings.policy,
+        limits: &settings.limits,
+        env: &env_lookup,
+    };
+    let spec = match resolver.resolve(&req) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 2;
+        }
+    };
+    let engine = match crate::docker::Engine::connect().await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("workers-spawner: cannot reach the Docker engine: {e}");
+            return 1;
+        }
+    };
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let env = WorkerEnv {
+        engine: engine.clone(),
+        sink: crate::sink::Sink::print(),
+        metrics,
+        stop_grace: settings.stop_grace,
+        output: OutputLimits {
+            tail_bytes: settings.output_tail_bytes,
+            lines_per_sec: settings.output_lines_per_sec,
+            line_bytes: settings.output_line_bytes,
+        },
+        instance: settings.instance_id.clone(),
+    };
+    let name = container_name("ws", &rid);
+    let deadline = worker::unix_now() + spec.config.limits.timeout_sec;
+    let ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None);
+    let id = match engine.create(&name, create_body(&spec, &ctx)).await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    let job = Job {
+        request_id: rid.clone(),
+        session_id: None,
+        preset: spec.preset_id.clone(),
+        config_hash: spec.config_hash.clone(),
+        image: ctx.image.clone(),
+        container_id: id.clone(),
+        container_name: name,
+        redactor: spec.redactor(),
+        deadline_unix: deadline,
+        received_at: Some(crate::protocol::now_rfc3339()),
+        queue_ms: None,
+        received: Some(std::time::Instant::now()),
+        stop: tokio_util::sync::CancellationToken::new(),
+        stop_reason: Default::default(),
+    };
+    let mut files = spec.files.clone();
+    files.extend(spec.request_files.iter().cloned());
+    if let Err(e) = worker::start_container(&engine, &id, &files).await {
+        eprintln!("workers-spawner: {e}");
+        let _ = engine.remove(&id).await;
+        return 1;
+    }
+    // Ctrl-C stops the worker like a cancel.
+    let stop = job.stop.clone();
+    let reason = job.stop_reason.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        *reason.lock().expect("lock") = Some(crate::worker::StopReason::Cancelled);
+        stop.cancel();
+    });
+    let status = worker::supervise(&env, job, true).await;
+    if status == crate::protocol::Status::Succeeded {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,618 @@
+//! Redis: the streams of PROTOCOL.md section 1. This is the only module
+//! that talks to Redis.
+//!
+//! Blocking reads (`XREADGROUP ... BLOCK`, `XREAD ... BLOCK`) each run on a
+//! connection of their own, whose response timeout is longer than the
+//! block time; everything else shares one auto-reconnecting connection.
+//! Results are published through a Lua script that records the request id
+//! and appends the entry atomically, so a request never gets two results.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+
+/// A Redis failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Any error from the client (I/O, protocol, server).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A reply of an unexpected shape.
+    #[error("redis: unexpected reply: {0}")]
+    Reply(String),
+}
+
+/// Names of the streams and keys of one setup (`--stream-prefix`).
+#[derive(Debug, Clone)]
+pub struct StreamNames {
+    /// `<prefix>:spawn`
+    pub spawn: String,
+    /// `<prefix>:result`
+    pub result: String,
+    /// `<prefix>:events`
+    pub events: String,
+    /// `<prefix>:control`
+    pub control: String,
+    /// `<prefix>:spawn:dead`
+    pub dead: String,
+    /// Consumer group of `spawn`.
+    pub group: String,
+    /// Key prefix for bookkeeping keys.
+    pub prefix: String,
+}
+
+impl StreamNames {
+    /// Stream names for `prefix` and consumer group `group`.
+    pub fn new(prefix: &str, group: &str) -> Self {
+        StreamNames {
+            spawn: format!("{prefix}:spawn"),
+            result: format!("{prefix}:result"),
+            events: format!("{prefix}:events"),
+            control: format!("{prefix}:control"),
+            dead: format!("{prefix}:spawn:dead"),
+            group: group.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn result_sent_key(&self, request_id: &str) -> String {
+        format!("{}:result-sent:{request_id}", self.prefix)
+    }
+
+    fn seq_key(&self, request_id: &str) -> String {
+        format!("{}:seq:{request_id}", self.prefix)
+    }
+}
+
+/// One entry read from a stream.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Stream entry id (`<ms>-<n>`).
+    pub id: String,
+    /// The `data` field, if present.
+    pub data: Option<Vec<u8>>,
+    /// How many times it was delivered (1 for a fresh read).
+    pub deliveries: u64,
+}
+
+impl Entry {
+    /// Milliseconds since the epoch encoded in the entry id.
+    pub fn timestamp_ms(&self) -> Option<u64> {
+        self.id.split('-').next()?.parse().ok()
+    }
+}
+
+/// How long bookkeeping keys (result-sent marks, event counters) live.
+const MARK_TTL_SECS: u64 = 7 * 24 * 3600;
+
+const PUBLISH_RESULT: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])
+end
+return false
+"#;
+
+// Events arrive without their seq: ARGV[3..] are JSON objects' tails after
+// `{"seq":N`, so the counter and the appends are one atomic step.
+const PUBLISH_EVENTS: &str = r#"
+local n = #ARGV - 2
+local last = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local first = last - n
+for i = 1, n do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'data', '{"seq":' .. (first + i) .. ARGV[i + 2])
+end
+return last
+"#;
+
+const CLAIM_ADOPTION: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. cur) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"#;
+
+/// The shared, auto-reconnecting connection plus stream names.
+#[derive(Clone)]
+pub struct Bus {
+    client: Client,
+    conn: ConnectionManager,
+    /// Stream names.
+    pub names: StreamNames,
+    maxlen: usize,
+    publish_result: Script,
+    publish_events: Script,
+    claim_adoption: Script,
+}
+
+impl Bus {
+    /// Connects to `url`; fails fast when Redis is not reachable.
+    pub async fn connect(url: &str, names: StreamNames, maxlen: usize) -> Result<Bus, BusError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(10))
+            .set_number_of_retries(2);
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Bus {
+            client,
+            conn,
+            names,
+            maxlen,
+            publish_result: Script::new(PUBLISH_RESULT),
+            publish_events: Script::new(PUBLISH_EVENTS),
+            claim_adoption: Script::new(CLAIM_ADOPTION),
+        })
+    }
+
+    /// A connection of its own for blocking reads of up to `block`.
+    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection, BusError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(block + Duration::from_secs(10));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Creates the consumer group (and the stream) if missing.
+    pub async fn ensure_group(&self) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let r: Result<Value, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads up to `count` new entries for `consumer`, blocking up to `block`.
+    pub async fn read_new(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, BusError> {
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.names.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.names.spawn)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        Ok(parse_read_reply(v)?.into_iter().next().map(|(_, e)| e).unwrap_or_default())
+    }
+
+    /// Re-reads entries delivered to `consumer` but never acknowledged
+    /// (left by a crash of this same instance).
+    pub async fn read_own_pending(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, BusError> {
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.names.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&self.names.spawn)
+            .arg("0")
+            .query_async(conn)
+            .await?;
+        let mut entries: Vec<Entry> = parse_read_reply(v)?.into_iter().next().map(|(_, e)| e).unwrap_or_default();
+        for e in &mut entries {
+            e.deliveries = self.deliveries(&e.id).await.unwrap_or(1);
+        }
+        Ok(entries)
+    }
+
+    fn instance_key(&self, instance: &str) -> String {
+        format!("{}:instance:{instance}", self.names.prefix)
+    }
+
+    /// Marks `instance` alive for `ttl_secs`.
+    pub async fn heartbeat(&self, instance: &str, ttl_secs: u64) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let _: Value = redis::cmd("SET")
+            .arg(self.instance_key(instance))
+            .arg(crate::protocol::now_rfc3339())
+            .arg("EX")
+            .arg(ttl_secs)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `instance` sent a heartbeat recently.
+    pub async fn instance_alive(&self, instance: &str) -> Result<bool, BusError> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS").arg(self.instance_key(instance)).query_async(&mut c).await?;
+        Ok(n > 0)
+    }
+
+    /// Records `instance` as the adopter of `container` unless another live
+    /// instance already adopted it; returns whether `instance` may adopt.
+    pub async fn claim_adoption(&self, container: &str, instance: &str) -> Result<bool, BusError> {
+        let mut c = self.conn.clone();
+        let v: i64 = self
+            .claim_adoption
+            .key(format!("{}:adopter:{container}", self.names.prefix))
+            .arg(instance)
+            .arg(format!("{}:instance:", self.names.prefix))
+            .arg(MARK_TTL_SECS)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(v == 1)
+    }
+
+    /// True for the first caller only (per `what`, for a week).
+    pub async fn claim_once(&self, what: &str) -> Result<bool, BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("SET")
+            .arg(format!("{}:once:{what}", self.names.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(MARK_TTL_SECS)
+            .query_async(&mut c)
+            .await?;
+        Ok(!matches!(v, Value::Nil))
+    }
+
+    /// Reads control entries after `last_id`, blocking up to `block`.
+    pub async fn read_control(
+        &self,
+        conn: &mut MultiplexedConnection,
+        last_id: &str,
+        block: Duration,
+    ) -> Result<Vec<Entry>, BusError> {
+        let v: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.names.control)
+            .arg(last_id)
+            .query_async(conn)
+            .await?;
+        Ok(parse_read_reply(v)?.into_iter().next().map(|(_, e)| e).unwrap_or_default())
+    }
+
+    /// Id of the newest control entry (`0-0` when the stream is empty).
+    pub async fn control_tail(&self) -> Result<String, BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XREVRANGE")
+            .arg(&self.names.control)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        Ok(parse_entries(v)?
+            .into_iter()
+            .next()
+            .map(|e| e.id)
+            .unwrap_or_else(|| "0-0".into()))
+    }
+
+    /// Claims entries idle for at least `min_idle` from any consumer,
+    /// following the cursor from `start`; returns the entries and the next cursor.
+    pub async fn autoclaim(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        start: &str,
+        count: usize,
+    ) -> Result<(Vec<Entry>, String), BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(start)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut c)
+            .await?;
+        let Value::Array(mut parts) = v else {
+            return Err(BusError::Reply("XAUTOCLAIM".into()));
+        };
+        if parts.len() < 2 {
+            return Err(BusError::Reply("XAUTOCLAIM".into()));
+        }
+        let entries_v = parts.remove(1);
+        let next = match parts.remove(0) {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::SimpleString(s) => s,
+            other => return Err(BusError::Reply(format!("XAUTOCLAIM cursor {other:?}"))),
+        };
+        let mut entries = parse_entries(entries_v)?;
+        for e in &mut entries {
+            e.deliveries = self.deliveries(&e.id).await.unwrap_or(1);
+        }
+        Ok((entries, next))
+    }
+
+    /// Delivery count of a pending entry.
+    pub async fn deliveries(&self, id: &str) -> Result<u64, BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XPENDING")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        if let Value::Array(rows) = v {
+            if let Some(Value::Array(row)) = rows.into_iter().next() {
+                if let Some(Value::Int(n)) = row.get(3) {
+                    return Ok(*n as u64);
+                }
+            }
+        }
+        Ok(1)
+    }
+
+    /// `XACK` of one spawn entry.
+    pub async fn ack(&self, id: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let _: Value = redis::cmd("XACK")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a result unless one was already published for `request_id`;
+    /// returns whether this call published it.
+    pub async fn publish_result(&self, request_id: &str, json: &str) -> Result<bool, BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = self
+            .publish_result
+            .key(self.names.result_sent_key(request_id))
+            .key(&self.names.result)
+            .arg(json)
+            .arg(self.maxlen)
+            .arg(MARK_TTL_SECS)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(!matches!(v, Value::Nil))
+    }
+
+    /// Whether a result was already published for `request_id`.
+    pub async fn has_result(&self, request_id: &str) -> Result<bool, BusError> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.names.result_sent_key(request_id))
+            .query_async(&mut c)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Publishes events of one request; `tails` are each event's JSON object
+    /// without its opening `{` (the script prepends `{"seq":N,`).
+    pub async fn publish_events(&self, request_id: &str, tails: &[String]) -> Result<(), BusError> {
+        if tails.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut inv = self.publish_events.key(self.names.seq_key(request_id));
+        inv.key(&self.names.events).arg(self.maxlen).arg(MARK_TTL_SECS);
+        for t in tails {
+            inv.arg(format!(",{t}"));
+        }
+        let _: Value = inv.invoke_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Appends to the dead-letter stream.
+    pub async fn dead_letter(&self, json: &str) -> Result<(), BusError> {
+        self.xadd(&self.names.dead, json).await
+    }
+
+    /// Appends to the control stream.
+    pub async fn publish_control(&self, json: &str) -> Result<(), BusError> {
+        self.xadd(&self.names.control, json).await
+    }
+
+    /// Appends a spawn request.
+    pub async fn publish_spawn(&self, json: &str) -> Result<String, BusError> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("XADD")
+            .arg(&self.names.spawn)
+            .arg("*")
+            .arg("data")
+            .arg(json)
+            .query_async(&mut c)
+            .await?)
+    }
+
+    async fn xadd(&self, stream: &str, json: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let _: Value = redis::cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.maxlen)
+            .arg("*")
+            .arg("data")
+            .arg(json)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Stream length and pending count of the spawn stream.
+    pub async fn queue_depth(&self) -> Result<(u64, u64), BusError> {
+        let mut c = self.conn.clone();
+        let len: u64 = redis::cmd("XLEN").arg(&self.names.spawn).query_async(&mut c).await?;
+        let v: Value = redis::cmd("XPENDING")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .query_async(&mut c)
+            .await
+            .unwrap_or(Value::Nil);
+        let pending = match v {
+            Value::Array(a) => match a.first() {
+                Some(Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok((len, pending))
+    }
+
+    /// Reads entries of any stream after `last_id` (for clients like `spawn --follow`).
+    pub async fn read_after(
+        &self,
+        conn: &mut MultiplexedConnection,
+        streams: &[&str],
+        last_ids: &[String],
+        block: Duration,
+    ) -> Result<Vec<(String, Vec<Entry>)>, BusError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(500).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
+        for s in streams {
+            cmd.arg(*s);
+        }
+        for id in last_ids {
+            cmd.arg(id);
+        }
+        let v: Value = cmd.query_async(conn).await?;
+        parse_read_reply(v)
+    }
+
+    /// Id of the newest entry of `stream` (`0-0` when empty).
+    pub async fn tail_id(&self, stream: &str) -> Result<String, BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        Ok(parse_entries(v)?
+            .into_iter()
+            .next()
+            .map(|e| e.id)
+            .unwrap_or_else(|| "0-0".into()))
+    }
+}
+
+fn bulk_to_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Parses `[[id, [k, v, ...]], ...]`; entries deleted meanwhile have nil fields.
+fn parse_entries(v: Value) -> Result<Vec<Entry>, BusError> {
+    let Value::Array(items) = v else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            continue;
+        };
+        if pair.is_empty() {
+            continue;
+        }
+        let fields = if pair.len() > 1 { pair.remove(1) } else { Value::Nil };
+        let Some(id) = bulk_to_string(&pair[0]) else {
+            continue;
+        };
+        let mut data = None;
+        match fields {
+            Value::Array(kv) => {
+                let mut it = kv.into_iter();
+                while let (Some(k), Some(val)) = (it.next(), it.next()) {
+                    if bulk_to_string(&k).as_deref() == Some("data") {
+                        if let Value::BulkString(b) = val {
+                            data = Some(b);
+                        }
+                    }
+                }
+            }
+            Value::Map(kv) => {
+                for (k, val) in kv {
+                    if bulk_to_string(&k).as_deref() == Some("data") {
+                        if let Value::BulkString(b) = val {
+                            data = Some(b);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.push(Entry {
+            id,
+            data,
+            deliveries: 1,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses an `XREAD`/`XREADGROUP` reply into (stream, entries).
+fn parse_read_reply(v: Value) -> Result<Vec<(String, Vec<Entry>)>, BusError> {
+    let streams: Vec<(Value, Value)> = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut p) if p.len() == 2 => {
+                    let e = p.remove(1);
+                    Some((p.remove(0), e))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m,
+        other => return Err(BusError::Reply(format!("{other:?}"))),
+    };
+    let mut out = Vec::new();
+    for (name, entries) in streams {
+        let name = bulk_to_string(&name).unwrap_or_default();
+        out.push((name, parse_entries(entries)?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,854 @@
+//! The supervisor: reads spawn requests, turns them into workers, and owns
+//! every worker until its result is published. It sits between `bus`
+//! (Redis) and `docker` (the engine) and holds the delivery guarantees of
+//! PROTOCOL.md section 10:
+//!
+//! - an entry is acknowledged only once its labelled container exists or
+//!   its result is published;
+//! - the container name derives from the request id, so a redelivered
+//!   request finds its worker instead of starting another;
+//! - results go through `Bus::publish_result`, which publishes at most one
+//!   result per request id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, BusError, Entry, StreamNames};
+use crate::catalog::Catalog;
+use crate::config::ConfigSchema;
+use crate::docker::{container_name, create_body, labels, ContainerFacts, Engine, EngineError, LaunchContext};
+use crate::loader::{self, CatalogDirs};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    now_rfc3339, parse_control, parse_spawn_request, ControlCommand, ErrorInfo, EventType,
+    ResultRecord, SpawnRequest, Status,
+};
+use crate::settings::Settings;
+use crate::sink::Sink;
+use crate::spec::{Resolver, WorkerSpec};
+use crate::worker::{self, unix_now, Job, OutputLimits, StopReason, WorkerEnv};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Redis is missing or unreachable.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Redis {
+        /// The URL tried (without password).
+        url: String,
+        /// The cause.
+        source: BusError,
+    },
+    /// Docker is missing or unreachable.
+    #[error("cannot reach the Docker engine: {0}")]
+    Docker(EngineError),
+    /// The HTTP address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A worker this instance supervises.
+struct Running {
+    stop: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+/// State shared by every task of the daemon.
+pub struct Daemon {
+    settings: Arc<Settings>,
+    bus: Bus,
+    env: WorkerEnv,
+    catalog: RwLock<Arc<Catalog>>,
+    schema: ConfigSchema,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<String, Running>>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+fn redis_url_for_logs(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, host)) => {
+            let scheme = scheme_user.split("://").next().unwrap_or("redis");
+            format!("{scheme}://***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl Daemon {
+    /// Connects to Redis and Docker and loads the catalog.
+    pub async fn start(settings: Settings) -> Result<Arc<Daemon>, StartError> {
+        let settings = Arc::new(settings);
+        let engine = Engine::connect().await.map_err(StartError::Docker)?;
+        let names = StreamNames::new(&settings.stream_prefix, &settings.group);
+        let bus = Bus::connect(&settings.redis_url, names, settings.stream_maxlen)
+            .await
+            .map_err(|source| StartError::Redis {
+                url: redis_url_for_logs(&settings.redis_url),
+                source,
+            })?;
+        bus.ensure_group().await.map_err(|source| StartError::Redis {
+            url: redis_url_for_logs(&settings.redis_url),
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        let schema = ConfigSchema::new();
+        let (catalog, issues) = loader::load(&dirs(&settings), &schema, None);
+        for i in &issues {
+            tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
+        }
+        tracing::info!(presets = catalog.presets.len(), "catalog loaded");
+        let env = WorkerEnv {
+            engine,
+            sink: Sink::Redis(bus.clone(), metrics.clone()),
+            metrics: metrics.clone(),
+            stop_grace: settings.stop_grace,
+            output: OutputLimits {
+                tail_bytes: settings.output_tail_bytes,
+                lines_per_sec: settings.output_lines_per_sec,
+                line_bytes: settings.output_line_bytes,
+            },
+            instance: settings.instance_id.clone(),
+        };
+        Ok(Arc::new(Daemon {
+            slots: Arc::new(Semaphore::new(settings.max_concurrent)),
+            settings,
+            bus,
+            env,
+            catalog: RwLock::new(Arc::new(catalog)),
+            schema,
+            running: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            metrics,
+            ready: std::sync::atomic::AtomicBool::new(true),
+        }))
+    }
+
+    /// Metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether Redis and Docker both answer now.
+    pub async fn check_ready(&self) -> bool {
+        let redis = tokio::time::timeout(Duration::from_secs(2), self.bus.ping()).await;
+        let docker = tokio::time::timeout(Duration::from_secs(2), self.env.engine.ping()).await;
+        let ok = matches!(redis, Ok(Ok(()))) && matches!(docker, Ok(Ok(())));
+        self.ready.store(ok, std::sync::atomic::Ordering::Relaxed);
+        ok
+    }
+
+    /// The token that stops intake.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `shutdown` fires: adoption, intake, control, reclaim,
+    /// catalog reload. Running workers are left alone on the way out.
+    pub async fn run(self: &Arc<Self>) {
+        self.adopt_all().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        let d = self.clone();
+        tasks.spawn(async move { d.intake_loop().await });
+        let d = self.clone();
+        tasks.spawn(async move { d.control_loop().await });
+        let d = self.clone();
+        tasks.spawn(async move { d.maintenance_loop().await });
+        self.shutdown.cancelled().await;
+        // Give each loop a moment to leave its blocking read.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
+        tasks.abort_all();
+        tracing::info!("intake stopped; running workers are left to the next start");
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Re-reads the catalog directories; a bad file keeps its last valid version.
+    pub async fn reload_catalog(&self) {
+        let prev = self.catalog();
+        let (catalog, issues) = loader::load(&dirs(&self.settings), &self.schema, Some(&prev));
+        let changed = catalog.presets != prev.presets
+            || catalog.skills != prev.skills
+            || catalog.layouts != prev.layouts
+            || catalog.template_names != prev.template_names;
+        *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
+        if changed {
+            tracing::info!("catalog reloaded");
+        }
+        for i in issues {
+            tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
+            self.env
+                .sink
+                .event("", EventType::CatalogError, json!({"file": i.file, "field": i.field, "message": i.message}))
+                .await;
+        }
+    }
+
+    async fn intake_loop(self: Arc<Self>) {
+        let block = self.settings.block;
+        let mut conn = None;
+        let mut backoff = Duration::from_millis(100);
+        // Entries this consumer read before a crash come first.
+        let mut own_backlog = true;
+        loop {
+            // Backpressure: read only as many entries as there are free slots.
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = self.shutdown.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = self.slots.clone().try_acquire_owned() {
+                permits.push(p);
+                if permits.len() >= 64 {
+                    break;
+                }
+            }
+            if conn.is_none() {
+                match self.bus.blocking_connection(block).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        self.metrics.redis_errors.inc();
+                        tracing::warn!(error = %e, "redis unreachable; retrying");
+                        drop(permits);
+                        self.sleep_or_shutdown(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected");
+            let read = if own_backlog {
+                self.bus.read_own_pending(c, &self.settings.instance_id, permits.len()).await
+            } else {
+                tokio::select! {
+                    r = self.bus.read_new(c, &self.settings.instance_id, permits.len(), block) => r,
+                    _ = self.shutdown.cancelled() => return,
+                }
+            };
+            match read {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(100);
+                    if own_backlog && entries.is_empty() {
+                        own_backlog = false;
+                    }
+                    for entry in entries {
+                        let Some(permit) = permits.pop() else { break };
+                        self.metrics.entries_read.inc();
+                        let d = self.clone();
+                        tokio::spawn(async move { d.handle_entry(entry, permit).await });
+                    }
+                }
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    let nogroup = matches!(&e, BusError::Redis(r) if r.code() == Some("NOGROUP"));
+                    tracing::warn!(error = %e, "reading the spawn stream failed; retrying");
+                    if nogroup {
+                        let _ = self.bus.ensure_group().await;
+                    }
+                    conn = None;
+                    drop(permits);
+                    self.sleep_or_shutdown(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn sleep_or_shutdown(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Publishes a result that has no container behind it, then acks.
+    async fn answer(&self, entry_id: &str, result: ResultRecord) {
+        let event = if result.status == Status::Rejected {
+            Some(EventType::Rejected)
+        } else {
+            None
+        };
+        if let Some(kind) = event {
+            let err = result.error.clone();
+            self.env
+                .sink
+                .event(&result.request_id, kind, json!({"error": err}))
+                .await;
+        }
+        if self.env.sink.result(&result, &self.shutdown).await {
+            self.ack(entry_id).await;
+        }
+    }
+
+    async fn ack(&self, entry_id: &str) {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..20 {
+            match self.bus.ack(entry_id).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(entry_id, error = %e, "ack failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Left pending: a reclaim finds the finished work by its request id.
+    }
+
+    async fn dead_letter(&self, entry: &Entry, reason: &str) {
+        let data = entry
+            .data
+            .as_ref()
+            .map(|d| String::from_utf8_lossy(&d[..d.len().min(64 * 1024)]).into_owned());
+        let json = json!({
+            "entry_id": entry.id,
+            "reason": reason,
+            "deliveries": entry.deliveries,
+            "data": data,
+            "instance": self.settings.instance_id,
+            "ts": now_rfc3339(),
+        })
+        .to_string();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.bus.dead_letter(&json).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(error = %e, "dead-lettering failed; retrying");
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.metrics.dead_letters.inc();
+        tracing::warn!(entry_id = %entry.id, reason, "entry dead-lettered");
+        self.ack(&entry.id).await;
+    }
+
+    async fn handle_entry(self: Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+        let received = Instant::now();
+        let received_at = now_rfc3339();
+        let queue_ms = entry
+            .timestamp_ms()
+            .map(|t| (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(t));
+        let Some(data) = entry.data.as_deref() else {
+            self.dead_letter(&entry, "entry has no data field").await;
+            return;
+        };
+        let req = match parse_spawn_request(data, &self.settings.limits) {
+            Ok(r) => r,
+            Err(e) => match &e.request_id {
+                Some(rid) => {
+                    tracing::info!(request_id = %rid, field = %e.field, "request rejected: {}", e.message);
+                    let info = ErrorInfo { code: e.code.to_string(), field: Some(e.field.clone()), message: e.to_string() };
+                    self.answer(&entry.id, ResultRecord::bare(rid, Status::Rejected, Some(info))).await;
+                    return;
+                }
+                None => {
+                    self.dead_letter(&entry, &e.to_string()).await;
+                    return;
+                }
+            },
+        };
+        let rid = req.request_id.clone();
+
+        // Idempotency: a request that already has a result gets no second one.
+        match self.bus.has_result(&rid).await {
+            Ok(true) => {
+                tracing::info!(request_id = %rid, "request already answered; acknowledging the duplicate");
+                self.ack(&entry.id).await;
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(request_id = %rid, error = %e, "cannot check for an earlier result; leaving the entry pending");
+                return;
+            }
+        }
+        if self.running.lock().expect("running lock").contains_key(&rid) {
+            tracing::info!(request_id = %rid, "request already running here; acknowledging the duplicate");
+            self.ack(&entry.id).await;
+            return;
+        }
+        if entry.deliveries > self.settings.max_deliveries {
+            let reason = format!("failed {} deliveries", entry.deliveries - 1);
+            self.dead_letter(&entry, &reason).await;
+            let info = ErrorInfo { code: "too_many_deliveries".into(), field: None, message: reason };
+            self.answer(&entry.id, ResultRecord::bare(&rid, Status::Error, Some(info))).await;
+            return;
+        }
+
+        let name = container_name("ws", &rid);
+        // A redelivered request whose container exists follows that container.
+        match self.env.engine.inspect(&name).await {
+            Ok(facts) => {
+                self.ack(&entry.id).await;
+                self.adopt(facts, Some(permit)).await;
+                return;
+            }
+            Err(EngineError::NotFound(_)) => {}
+            Err(e) => {
+                self.metrics.docker_errors.inc();
+                tracing::warn!(request_id = %rid, error = %e, "docker unavailable; leaving the entry pending");
+                return;
+            }
+        }
+
+        let resolved = {
+            let catalog = self.catalog();
+            let env_lookup = |k: &str| std::env::var(k).ok();
+            let resolver = Resolver {
+                catalog: &catalog,
+                schema: &self.schema,
+                policy: &self.settings.policy,
+                limits: &self.settings.limits,
+                env: &env_lookup,
+            };
+            resolver.resolve(&req)
+        };
+        let spec = match resolved {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(request_id = %rid, "request refused: {e}");
+                let mut r = ResultRecord::bare(&rid, e.status(), Some(e.info()));
+                r.session_id = req.task.session_id.clone();
+                self.answer(&entry.id, r).await;
+                return;
+            }
+        };
+        if req.dry_run {
+            let mut r = ResultRecord::bare(&rid, Status::Succeeded, None);
+            r.session_id = req.task.session_id.clone();
+            let mut config = spec.config_view();
+            let mut files = serde_json::to_value(spec.file_views()).expect("files serialize");
+            let red = spec.redactor();
+            red.redact_json(&mut config);
+            red.redact_json(&mut files);
+            r.config = Some(config);
+            r.files = serde_json::from_value(files).ok();
+            self.answer(&entry.id, r).await;
+            return;
+        }
+        self.spawn_worker(entry, req, spec, name, permit, received, received_at, queue_ms).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn_worker(
+        self: &Arc<Self>,
+        entry: Entry,
+        req: SpawnRequest,
+        spec: WorkerSpec,
+        name: String,
+        permit: OwnedSemaphorePermit,
+        received: Instant,
+        received_at: String,
+        queue_ms: Option<u64>,
+    ) {
+        let rid = req.request_id.clone();
+        self.env
+            .sink
+            .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id}))
+            .await;
+        let deadline = unix_now() + spec.config.limits.timeout_sec;
+        let ctx = launch_context(&spec, &self.settings, &name, deadline, Some(&entry.id));
+        let body = create_body(&spec, &ctx);
+        let redactor = spec.redactor();
+        let job = |id: String| Job {
+            request_id: rid.clone(),
+            session_id: spec.session_id.clone(),
+            preset: spec.preset_id.clone(),
+            config_hash: spec.config_hash.clone(),
+            image: ctx.image.clone(),
+            container_id: id,
+            container_name: name.clone(),
+            redactor: redactor.clone(),
+            deadline_unix: deadline,
+            received_at: Some(received_at.clone()),
+            queue_ms,
+            received: Some(received),
+            stop: CancellationToken::new(),
+            stop_reason: Arc::new(Mutex::new(None)),
+        };
+        let id = match self.env.engine.create(&name, body).await {
+            Ok(id) => id,
+            Err(EngineError::Conflict(_)) => {
+                // Another delivery of this request won the race: follow it.
+                self.ack(&entry.id).await;
+                if let Ok(facts) = self.env.engine.inspect(&name).await {
+                    self.adopt(facts, Some(permit)).await;
+                }
+                return;
+            }
+            Err(e @ EngineError::ImageNotFound(_)) => {
+                self.metrics.docker_errors.inc();
+                let info = ErrorInfo { code: "image_not_found".into(), field: Some("image".into()), message: e.to_string() };
+                let j = job(String::new());
+                self.answer(&entry.id, j.result(Status::Error, Some(info), &self.settings.instance_id)).await;
+                return;
+            }
+            Err(e) => {
+                self.metrics.docker_errors.inc();
+                tracing::warn!(request_id = %rid, error = %e, "creating the container failed; the entry stays pending for a retry");
+                return;
+            }
+        };
+        // The labelled container is now the record of the work.
+        self.ack(&entry.id).await;
+        let job = job(id.clone());
+        self.env
+            .sink
+            .event(&rid, EventType::ContainerCreated, json!({"container": name, "image": ctx.image}))
+            .await;
+        let mut files = spec.files.clone();
+        files.extend(spec.request_files.iter().cloned());
+        if let Err(e) = worker::start_container(&self.env.engine, &id, &files).await {
+            self.metrics.docker_errors.inc();
+            let info = ErrorInfo { code: "start_failed".into(), field: None, message: job.redactor.redact(&e.to_string()) };
+            let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
+            worker::finish(&self.env, &job, &r).await;
+            return;
+        }
+        self.supervise(job, true, permit).await;
+    }
+
+    async fn supervise(self: &Arc<Self>, job: Job, fresh: bool, permit: OwnedSemaphorePermit) {
+        let rid = job.request_id.clone();
+        self.running.lock().expect("running lock").insert(
+            rid.clone(),
+            Running { stop: job.stop.clone(), reason: job.stop_reason.clone() },
+        );
+        let _ = worker::supervise(&self.env, job, fresh).await;
+        self.running.lock().expect("running lock").remove(&rid);
+        drop(permit);
+    }
+
+    /// Takes over a managed container found on the engine: follows it if it
+    /// runs, answers for it if it ended, stops it if past its deadline.
+    async fn adopt(self: &Arc<Self>, facts: ContainerFacts, permit: Option<OwnedSemaphorePermit>) {
+        let l = &facts.labels;
+        if l.get(labels::MANAGED).map(String::as_str) != Some("true")
+            || l.get(labels::PREFIX) != Some(&self.settings.stream_prefix)
+        {
+            return;
+        }
+        let Some(rid) = l.get(labels::REQUEST_ID).cloned() else { return };
+        if self.running.lock().expect("running lock").contains_key(&rid) {
+            return;
+        }
+        let facts = match self.env.engine.inspect(&facts.id).await {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let deadline = l.get(labels::DEADLINE).and_then(|d| d.parse().ok()).unwrap_or(0);
+        let job = Job {
+            request_id: rid.clone(),
+            session_id: l.get(labels::SESSION_ID).cloned(),
+            preset: l.get(labels::PRESET).cloned().filter(|p| !p.is_empty()),
+            config_hash: l.get(labels::CONFIG_HASH).cloned().unwrap_or_default(),
+            image: facts.image.clone(),
+            container_id: facts.id.clone(),
+            container_name: facts.name.clone(),
+            redactor: self.redactor_for(l.get(labels::PRESET)),
+            deadline_unix: deadline,
+            received_at: None,
+            queue_ms: None,
+            received: None,
+            stop: CancellationToken::new(),
+            stop_reason: Arc::new(Mutex::new(None)),
+        };
+        self.metrics.adopted.inc();
+        tracing::info!(request_id = %rid, container = %facts.name, running = facts.running, "adopting container");
+        let permit = match permit {
+            Some(p) => p,
+            None => match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                // Adopted work runs even past the limit: it exists already.
+                Err(_) => Arc::new(Semaphore::new(1)).try_acquire_owned().expect("fresh semaphore"),
+            },
+        };
+        if facts.running || !facts.started {
+            if !facts.started {
+                // Created but never started (crash between create and start):
+                // it has no files yet only if the crash came before upload; start it anyway
+                // would run without instructions, so answer with an error instead.
+                let info = ErrorInfo { code: "interrupted".into(), field: None, message: "the daemon stopped before the worker started; publish the request again".into() };
+                let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
+                worker::finish(&self.env, &job, &r).await;
+                return;
+            }
+            let d = self.clone();
+            tokio::spawn(async move { d.supervise(job, false, permit).await });
+        } else {
+            // It ended while nobody watched: supervise finds it exited at once.
+            let d = self.clone();
+            tokio::spawn(async move { d.supervise(job, false, permit).await });
+        }
+    }
+
+    /// A redactor with the secrets a preset's env would carry.
+    fn redactor_for(&self, preset: Option<&String>) -> crate::redact::Redactor {
+        let mut r = crate::redact::Redactor::default();
+        if let Some(p) = preset.and_then(|id| self.catalog().presets.get(id).cloned()) {
+            for v in p.config.env.values() {
+                if let crate::config::EnvValue::FromEnv { from_env } = v {
+                    if let Ok(val) = std::env::var(from_env) {
+                        r.add(&val);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    async fn adopt_all(self: &Arc<Self>) {
+        match self.env.engine.list_managed(&self.settings.stream_prefix).await {
+            Ok(list) => {
+                for c in list {
+                    let owner = c.labels.get(labels::INSTANCE).cloned().unwrap_or_default();
+                    let mine = owner == self.settings.instance_id;
+                    if mine
+                        || (!self.instance_alive(&owner).await
+                            && self.bus.claim_adoption(&c.name, &self.settings.instance_id).await.unwrap_or(false))
+                    {
+                        self.adopt(c, None).await;
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.docker_errors.inc();
+                tracing::warn!(error = %e, "listing managed containers failed");
+            }
+        }
+    }
+
+    async fn instance_alive(&self, instance: &str) -> bool {
+        self.bus.instance_alive(instance).await.unwrap_or(true)
+    }
+
+    async fn control_loop(self: Arc<Self>) {
+        let mut last = match self.bus.control_tail().await {
+            Ok(id) => id,
+            Err(_) => "$".to_string(),
+        };
+        let mut conn = None;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if conn.is_none() {
+                match self.bus.blocking_connection(self.settings.block).await {
+                    Ok(c) => conn = Some(c),
+                    Err(_) => {
+                        self.sleep_or_shutdown(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected");
+            let read = tokio::select! {
+                r = self.bus.read_control(c, &last, self.settings.block) => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match read {
+                Ok(entries) => {
+                    for e in entries {
+                        last = e.id.clone();
+                        self.handle_control(&e).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the control stream failed; retrying");
+                    conn = None;
+                    self.sleep_or_shutdown(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle_control(&self, entry: &Entry) {
+        let data = entry.data.as_deref().unwrap_or_default();
+        match parse_control(data) {
+            Ok(ControlCommand::CancelRequest { request_id }) => {
+                let found = self.stop_worker(|rid| rid == request_id);
+                if found {
+                    tracing::info!(request_id = %request_id, "cancelling on request");
+                }
+            }
+            Ok(ControlCommand::CancelSession { session_id }) => {
+                tracing::info!(session_id = %session_id, "session cancel is handled by the session manager");
+            }
+            Err(reason) => {
+                // Every instance sees every control entry; only one reports it.
+                if self.bus.claim_once(&format!("control-dead:{}", entry.id)).await.unwrap_or(false) {
+                    let json = json!({
+                        "entry_id": entry.id,
+                        "stream": self.bus.names.control,
+                        "reason": reason,
+                        "data": String::from_utf8_lossy(data),
+                        "ts": now_rfc3339(),
+                    });
+                    let _ = self.bus.dead_letter(&json.to_string()).await;
+                    self.metrics.dead_letters.inc();
+                }
+            }
+        }
+    }
+
+    fn stop_worker(&self, matches: impl Fn(&str) -> bool) -> bool {
+        let running = self.running.lock().expect("running lock");
+        let mut found = false;
+        for (rid, r) in running.iter() {
+            if matches(rid) {
+                *r.reason.lock().expect("lock") = Some(StopReason::Cancelled);
+                r.stop.cancel();
+                found = true;
+            }
+        }
+        found
+    }
+
+    async fn maintenance_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut cursor = "0-0".to_string();
+        let mut last_reclaim = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if let Err(e) = self.bus.heartbeat(&self.settings.instance_id, 30).await {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            if let Ok((len, pending)) = self.bus.queue_depth().await {
+                self.metrics.queue_length.set(len as i64);
+                self.metrics.queue_pending.set(pending as i64);
+            }
+            self.reload_catalog().await;
+            self.check_ready().await;
+            if last_reclaim.elapsed() >= self.settings.reclaim_min_idle.min(Duration::from_secs(30)) {
+                last_reclaim = Instant::now();
+                cursor = self.reclaim(cursor).await;
+                self.adopt_orphans().await;
+            }
+        }
+    }
+
+    /// Claims entries left pending by dead consumers (following the cursor).
+    async fn reclaim(self: &Arc<Self>, mut cursor: String) -> String {
+        for _ in 0..10 {
+            let free = self.slots.available_permits();
+            if free == 0 {
+                break;
+            }
+            match self
+                .bus
+                .autoclaim(&self.settings.instance_id, self.settings.reclaim_min_idle, &cursor, free.min(32))
+                .await
+            {
+                Ok((entries, next)) => {
+                    for e in entries {
+                        let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
+                        self.metrics.reclaims.inc();
+                        tracing::info!(entry_id = %e.id, deliveries = e.deliveries, "reclaimed a pending entry");
+                        let d = self.clone();
+                        tokio::spawn(async move { d.handle_entry(e, permit).await });
+                    }
+                    cursor = next;
+                    if cursor == "0-0" {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(error = %e, "XAUTOCLAIM failed");
+                    break;
+                }
+            }
+        }
+        cursor
+    }
+
+    /// Adopts containers whose owning instance is gone.
+    async fn adopt_orphans(self: &Arc<Self>) {
+        let Ok(list) = self.env.engine.list_managed(&self.settings.stream_prefix).await else { return };
+        for c in list {
+            let owner = c.labels.get(labels::INSTANCE).cloned().unwrap_or_default();
+            if owner == self.settings.instance_id {
+                continue;
+            }
+            let Some(rid) = c.labels.get(labels::REQUEST_ID) else { continue };
+            if self.running.lock().expect("running lock").contains_key(rid) {
+                continue;
+            }
+            if !self.instance_alive(&owner).await
+                && self.bus.claim_adoption(&c.name, &self.settings.instance_id).await.unwrap_or(false)
+            {
+                self.adopt(c, None).await;
+            }
+        }
+    }
+}
+
+/// Names, labels and network of a one-shot worker's container.
+pub fn launch_context(
+    spec: &WorkerSpec,
+    settings: &Settings,
+    name: &str,
+    deadline: u64,
+    entry_id: Option<&str>,
+) -> LaunchContext {
+    let mut l = HashMap::new();
+    l.insert(labels::MANAGED.to_string(), "true".to_string());
+    l.insert(labels::PREFIX.to_string(), settings.stream_prefix.clone());
+    l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
+    l.insert(labels::PRESET.to_string(), spec.preset_id.clone().unwrap_or_default());
+    l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
+    l.insert(labels::INSTANCE.to_string(), settings.instance_id.clone());
+    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
+    l.insert(labels::RECEIVED_MS.to_string(), chrono::Utc::now().timestamp_millis().to_string());
+    l.insert(labels::KIND.to_string(), "oneshot".to_string());
+    if let Some(e) = entry_id {
+        l.insert(labels::ENTRY_ID.to_string(), e.to_string());
+    }
+    if let Some(s) = &spec.session_id {
+        l.insert(labels::SESSION_ID.to_string(), s.clone());
+    }
+    let network_mode = if spec.config.has_internet { "bridge" } else { "none" };
+    LaunchContext {
+        name: name.to_string(),
+        image: spec.config.image.clone(),
+        labels: l,
+        extra_env: Vec::new(),
+        network_mode: network_mode.to_string(),
+        cmd: None,
+    }
+}
+
+fn dirs(settings: &Settings) -> CatalogDirs {
+    CatalogDirs {
+        presets: settings.presets_dir.clone(),
+        skills: settings.skills_dir.clone(),
+        templates: settings.templates_dir.clone(),
+    }
+}

@@ -1,0 +1,522 @@
+//! Docker: the container of a worker, from create to remove, through the
+//! Engine API (bollard). This is the only module that talks to Docker.
+//!
+//! It never touches a container without the managed-by label, and every
+//! container it creates carries the labels of PROTOCOL.md section 5, which
+//! are the durable record of the work (see `ARCHITECTURE.md`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::render::RenderedFile;
+use crate::spec::WorkerSpec;
+
+/// Label keys (PROTOCOL.md section 5).
+pub mod labels {
+    /// `true` on every container the daemon manages.
+    pub const MANAGED: &str = "io.workers-spawner.managed";
+    /// The stream prefix of the setup that owns it.
+    pub const PREFIX: &str = "io.workers-spawner.stream-prefix";
+    /// Request id (one-shot) or first request id (session).
+    pub const REQUEST_ID: &str = "io.workers-spawner.request-id";
+    /// Preset id.
+    pub const PRESET: &str = "io.workers-spawner.preset";
+    /// Config hash.
+    pub const CONFIG_HASH: &str = "io.workers-spawner.config-hash";
+    /// Owning daemon instance.
+    pub const INSTANCE: &str = "io.workers-spawner.instance";
+    /// Unix time after which the container must not run.
+    pub const DEADLINE: &str = "io.workers-spawner.deadline";
+    /// Session id, when a session container.
+    pub const SESSION_ID: &str = "io.workers-spawner.session-id";
+    /// Stream entry id of the request.
+    pub const ENTRY_ID: &str = "io.workers-spawner.entry-id";
+    /// Unix time (ms) the request was received.
+    pub const RECEIVED_MS: &str = "io.workers-spawner.received-ms";
+    /// `oneshot`, `session` or `pool`.
+    pub const KIND: &str = "io.workers-spawner.kind";
+}
+
+/// Uid:gid the agent runs as.
+pub const WORKER_USER: &str = "1000:1000";
+
+/// A Docker failure.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The image does not exist locally (nothing is pulled).
+    #[error("image {0:?} does not exist on this engine")]
+    ImageNotFound(String),
+    /// A container of that name already exists.
+    #[error("container {0} already exists")]
+    Conflict(String),
+    /// The container does not exist.
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    /// Anything else from the engine or the transport.
+    #[error("docker: {0}")]
+    Api(#[from] bollard::errors::Error),
+}
+
+impl EngineError {
+    /// Whether retrying later may help (transport or server trouble).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Api(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                ..
+            }) => *status_code >= 500,
+            EngineError::Api(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The container name of a request: `ws-<request id>`, with characters
+/// Docker refuses replaced and a hash suffix to keep names unique.
+pub fn container_name(kind: &str, id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect();
+    if clean == id {
+        format!("{kind}-{id}")
+    } else {
+        let h = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
+        format!("{kind}-{clean}-{h}")
+    }
+}
+
+/// What the container needs beyond the spec: names, labels, network.
+#[derive(Debug, Clone)]
+pub struct LaunchContext {
+    /// Container name.
+    pub name: String,
+    /// Image actually run (a derived image when the preset has setup).
+    pub image: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Extra env (`ORCHESTRATOR_API_URL`, key).
+    pub extra_env: Vec<(String, String)>,
+    /// Network mode (`none`, `bridge`, a network name).
+    pub network_mode: String,
+    /// Main process; `None` runs the spec's command.
+    pub cmd: Option<Vec<String>>,
+}
+
+/// The create body for `spec` under `ctx`, with the hardened defaults.
+pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBody {
+    let limits = &spec.config.limits;
+    let memory = limits.memory_bytes().unwrap_or(512 << 20) as i64;
+    let mut env: Vec<String> = spec
+        .env
+        .iter()
+        .map(|v| format!("{}={}", v.name, v.value))
+        .collect();
+    env.extend(ctx.extra_env.iter().map(|(k, v)| format!("{k}={v}")));
+    env.push(format!("HOME={}", crate::render::HOME));
+    let read_only = spec.config.security.read_only_root;
+    let mut tmpfs = HashMap::new();
+    if read_only {
+        tmpfs.insert("/tmp".to_string(), "rw,noexec,nosuid,size=256m".to_string());
+    }
+    ContainerCreateBody {
+        image: Some(ctx.image.clone()),
+        cmd: Some(ctx.cmd.clone().unwrap_or_else(|| spec.command.clone())),
+        env: Some(env),
+        user: Some(WORKER_USER.to_string()),
+        working_dir: Some(crate::render::WORKSPACE.to_string()),
+        labels: Some(ctx.labels.clone()),
+        attach_stdin: Some(false),
+        open_stdin: Some(false),
+        tty: Some(false),
+        network_disabled: Some(ctx.network_mode == "none"),
+        host_config: Some(HostConfig {
+            init: Some(true),
+            nano_cpus: Some((limits.cpu * 1e9) as i64),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(limits.pids() as i64),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            cap_add: Some(spec.config.security.cap_add.clone()),
+            security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+            privileged: Some(false),
+            readonly_rootfs: Some(read_only),
+            tmpfs: if tmpfs.is_empty() { None } else { Some(tmpfs) },
+            network_mode: Some(ctx.network_mode.clone()),
+            ipc_mode: Some("private".to_string()),
+            auto_remove: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A tar archive holding `files` (with their parent directories), owned by
+/// the worker user, to be extracted at `/`.
+pub fn files_tar(files: &[RenderedFile]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        let mut acc = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for p in &parts[..parts.len() - 1] {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(p);
+            dirs.insert(acc.clone());
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for d in &dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_size(0);
+        h.set_mtime(now);
+        let _ = builder.append_data(&mut h, format!("{d}/"), std::io::empty());
+    }
+    for f in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(f.mode);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_size(f.content.len() as u64);
+        h.set_mtime(now);
+        let _ = builder.append_data(&mut h, f.path.trim_start_matches('/'), f.content.as_bytes());
+    }
+    builder.into_inner().unwrap_or_default()
+}
+
+/// The facts of a container that matter to the supervisor.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFacts {
+    /// Container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Whether it runs now.
+    pub running: bool,
+    /// Whether it was ever started.
+    pub started: bool,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i64>,
+    /// Whether the OOM killer struck.
+    pub oom_killed: bool,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// RFC 3339 start time.
+    pub started_at: Option<String>,
+    /// RFC 3339 finish time.
+    pub finished_at: Option<String>,
+    /// Image.
+    pub image: String,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// stdout
+    Stdout,
+    /// stderr
+    Stderr,
+}
+
+impl OutputStream {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The Docker engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+impl Engine {
+    /// Connects the usual way (`DOCKER_HOST`, else the local socket) and
+    /// negotiates the API version; fails fast when the engine is unreachable.
+    pub async fn connect() -> Result<Engine, EngineError> {
+        let docker = Docker::connect_with_local_defaults()?
+            .with_timeout(Duration::from_secs(120))
+            .negotiate_version()
+            .await?;
+        docker.ping().await?;
+        Ok(Engine { docker })
+    }
+
+    /// `GET /_ping`.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.docker.ping().await?;
+        Ok(())
+    }
+
+    /// The bollard client, for the few callers (image builds) that need more.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Whether `image` exists locally.
+    pub async fn image_exists(&self, image: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates the container; returns its id.
+    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, EngineError> {
+        let image = body.image.clone().unwrap_or_default();
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => Ok(r.id),
+            Err(e) if status_of(&e) == Some(409) => Err(EngineError::Conflict(name.to_string())),
+            Err(e) if status_of(&e) == Some(404) => Err(EngineError::ImageNotFound(image)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Extracts `files` into the container at `/`.
+    pub async fn upload(&self, id: &str, files: &[RenderedFile]) -> Result<(), EngineError> {
+        let tar = files_tar(files);
+        let opts = UploadToContainerOptions {
+            path: "/".to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts the container.
+    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|e| self.not_found(e, id))
+    }
+
+    fn not_found(&self, e: bollard::errors::Error, id: &str) -> EngineError {
+        if status_of(&e) == Some(404) {
+            EngineError::NotFound(id.to_string())
+        } else {
+            e.into()
+        }
+    }
+
+    /// Follows the container's output (from the beginning, or the last
+    /// `tail` lines) as chunks.
+    pub fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> impl Stream<Item = Result<(OutputStream, bytes::Bytes), EngineError>> + Send + 'static {
+        let opts = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map(|n| n.to_string()).unwrap_or_else(|| "all".into()),
+            ..Default::default()
+        };
+        self.docker.logs(id, Some(opts)).filter_map(|r| async move {
+            use bollard::container::LogOutput;
+            match r {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(Ok((OutputStream::Stdout, message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok((OutputStream::Stderr, message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        })
+    }
+
+    /// Waits until the container is not running; returns its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i64, EngineError> {
+        let mut s = self.docker.wait_container(id, None::<WaitContainerOptions>);
+        match s.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(self.not_found(e, id)),
+            None => Ok(self.inspect(id).await?.exit_code.unwrap_or(-1)),
+        }
+    }
+
+    /// Inspects the container.
+    pub async fn inspect(&self, id: &str) -> Result<ContainerFacts, EngineError> {
+        let r = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| self.not_found(e, id))?;
+        let state = r.state.unwrap_or_default();
+        let config = r.config.unwrap_or_default();
+        let started_at = state.started_at.filter(|s| !s.starts_with("0001-"));
+        Ok(ContainerFacts {
+            id: r.id.unwrap_or_default(),
+            name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
+            running: state.running.unwrap_or(false),
+            started: started_at.is_some(),
+            exit_code: if state.running.unwrap_or(false) { None } else { state.exit_code },
+            oom_killed: state.oom_killed.unwrap_or(false),
+            labels: config.labels.unwrap_or_default(),
+            started_at,
+            finished_at: state.finished_at.filter(|s| !s.starts_with("0001-")),
+            image: config.image.unwrap_or_default(),
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns once it is stopped.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let opts = StopContainerOptions {
+            t: Some(grace.as_secs().max(1) as i32),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(304) => Ok(()),
+            Err(e) => Err(self.not_found(e, id)),
+        }
+    }
+
+    /// Sends `signal` to the container's main process.
+    pub async fn kill(&self, id: &str, signal: &str) -> Result<(), EngineError> {
+        let opts = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        match self.docker.kill_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => Ok(()), // not running
+            Err(e) => Err(self.not_found(e, id)),
+        }
+    }
+
+    /// Removes the container (forcefully, with its anonymous volumes).
+    pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => Ok(()), // removal already in progress
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every container with the managed label of `prefix`, running or not.
+    pub async fn list_managed(&self, prefix: &str) -> Result<Vec<ContainerFacts>, EngineError> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![
+                format!("{}=true", labels::MANAGED),
+                format!("{}={prefix}", labels::PREFIX),
+            ],
+        );
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self.docker.list_containers(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                ContainerFacts {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string(),
+                    running: state == "running",
+                    started: state != "created",
+                    labels: c.labels.unwrap_or_default(),
+                    image: c.image.unwrap_or_default(),
+                    ..Default::default()
+                }
+            })
+            // Belt and braces: never trust a filter with someone else's container.
+            .filter(|c| c.labels.get(labels::MANAGED).map(String::as_str) == Some("true"))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_deterministic_and_docker_safe() {
+        assert_eq!(container_name("ws", "req_123"), "ws-req_123");
+        let a = container_name("ws", "a:b");
+        assert!(a.starts_with("ws-a_b-"));
+        assert_ne!(a, container_name("ws", "a_b"));
+        assert_eq!(a, container_name("ws", "a:b"));
+    }
+
+    #[test]
+    fn the_files_tar_holds_parent_directories_and_modes() {
+        let files = vec![RenderedFile {
+            path: "/home/worker/.claude/skills/x/SKILL.md".into(),
+            content: "hi".into(),
+            mode: 0o600,
+        }];
+        let tar = files_tar(&files);
+        let mut a = tar::Archive::new(&tar[..]);
+        let names: Vec<(String, u32, u64)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                    e.header().uid().unwrap(),
+                )
+            })
+            .collect();
+        assert!(names.contains(&("home/worker/.claude/skills/x/".into(), 0o755, 1000)));
+        assert!(names.contains(&("home/worker/.claude/skills/x/SKILL.md".into(), 0o600, 1000)));
+    }
+}

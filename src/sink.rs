@@ -1,0 +1,137 @@
+//! Where a worker's events and result go: Redis streams for the daemon, or
+//! the terminal for `workers-spawner run`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bus::Bus;
+use crate::metrics::Metrics;
+use crate::protocol::{now_rfc3339, Event, EventType, ResultRecord};
+
+/// Destination of events and results.
+#[derive(Clone)]
+pub enum Sink {
+    /// `workers:events` and `workers:result`.
+    Redis(Bus, Arc<Metrics>),
+    /// Events on stderr, results on stdout (one JSON object per line).
+    Print(Arc<Mutex<HashMap<String, u64>>>),
+}
+
+#[derive(Serialize)]
+struct EventTail<'a> {
+    request_id: &'a str,
+    #[serde(rename = "type")]
+    kind: EventType,
+    ts: String,
+    data: &'a Value,
+}
+
+impl Sink {
+    /// A printing sink.
+    pub fn print() -> Sink {
+        Sink::Print(Arc::new(Mutex::new(HashMap::new())))
+    }
+
+    /// Publishes events of one request, in order. Redis trouble is retried
+    /// a few times; after that the events are counted as lost, never blocking
+    /// the worker for good.
+    pub async fn events(&self, request_id: &str, events: &[(EventType, Value)]) {
+        if events.is_empty() {
+            return;
+        }
+        match self {
+            Sink::Redis(bus, metrics) => {
+                let tails: Vec<String> = events
+                    .iter()
+                    .map(|(kind, data)| {
+                        let t = serde_json::to_string(&EventTail {
+                            request_id,
+                            kind: *kind,
+                            ts: now_rfc3339(),
+                            data,
+                        })
+                        .expect("events serialize");
+                        t[1..].to_string()
+                    })
+                    .collect();
+                for attempt in 0..5u32 {
+                    match bus.publish_events(request_id, &tails).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            metrics.redis_errors.inc();
+                            tracing::warn!(request_id, error = %e, attempt, "publishing events failed");
+                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        }
+                    }
+                }
+                metrics.events_lost.inc_by(events.len() as u64);
+            }
+            Sink::Print(seqs) => {
+                for (kind, data) in events {
+                    let seq = {
+                        let mut m = seqs.lock().expect("seq lock");
+                        let s = m.entry(request_id.to_string()).or_insert(0);
+                        *s += 1;
+                        *s
+                    };
+                    let e = Event {
+                        request_id: request_id.to_string(),
+                        seq,
+                        kind: *kind,
+                        ts: now_rfc3339(),
+                        data: data.clone(),
+                    };
+                    eprintln!("{}", serde_json::to_string(&e).expect("events serialize"));
+                }
+            }
+        }
+    }
+
+    /// Publishes one event.
+    pub async fn event(&self, request_id: &str, kind: EventType, data: Value) {
+        self.events(request_id, &[(kind, data)]).await
+    }
+
+    /// Publishes the result, retrying until Redis takes it or `give_up`
+    /// fires. Returns whether it is known to be published (by this call or
+    /// an earlier one).
+    pub async fn result(&self, result: &ResultRecord, give_up: &tokio_util::sync::CancellationToken) -> bool {
+        match self {
+            Sink::Redis(bus, metrics) => {
+                let json = serde_json::to_string(result).expect("results serialize");
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match bus.publish_result(&result.request_id, &json).await {
+                        Ok(published) => {
+                            if published {
+                                metrics.results.get_or_create(&crate::metrics::OutcomeLabel {
+                                    outcome: result.status.as_str().to_string(),
+                                }).inc();
+                            } else {
+                                tracing::info!(request_id = %result.request_id, "result already published; not sending another");
+                            }
+                            return true;
+                        }
+                        Err(e) => {
+                            metrics.redis_errors.inc();
+                            tracing::warn!(request_id = %result.request_id, error = %e, "publishing the result failed; retrying");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = give_up.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+            Sink::Print(_) => {
+                println!("{}", serde_json::to_string(result).expect("results serialize"));
+                true
+            }
+        }
+    }
+}
