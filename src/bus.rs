@@ -149,7 +149,10 @@ impl Bus {
     }
 
     /// A connection of its own for blocking reads of up to `block`.
-    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection, BusError> {
+    pub async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> Result<MultiplexedConnection, BusError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Duration::from_secs(5))
             .set_response_timeout(block + Duration::from_secs(10));
@@ -205,7 +208,11 @@ impl Bus {
             .arg(">")
             .query_async(conn)
             .await?;
-        Ok(parse_read_reply(v)?.into_iter().next().map(|(_, e)| e).unwrap_or_default())
+        Ok(parse_read_reply(v)?
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
+            .unwrap_or_default())
     }
 
     /// Re-reads entries delivered to `consumer` but never acknowledged
@@ -227,7 +234,11 @@ impl Bus {
             .arg("0")
             .query_async(conn)
             .await?;
-        let mut entries: Vec<Entry> = parse_read_reply(v)?.into_iter().next().map(|(_, e)| e).unwrap_or_default();
+        let mut entries: Vec<Entry> = parse_read_reply(v)?
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
+            .unwrap_or_default();
         for e in &mut entries {
             e.deliveries = self.deliveries(&e.id).await.unwrap_or(1);
         }
@@ -254,7 +265,10 @@ impl Bus {
     /// Whether `instance` sent a heartbeat recently.
     pub async fn instance_alive(&self, instance: &str) -> Result<bool, BusError> {
         let mut c = self.conn.clone();
-        let n: i64 = redis::cmd("EXISTS").arg(self.instance_key(instance)).query_async(&mut c).await?;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.instance_key(instance))
+            .query_async(&mut c)
+            .await?;
         Ok(n > 0)
     }
 
@@ -304,7 +318,11 @@ impl Bus {
             .arg(last_id)
             .query_async(conn)
             .await?;
-        Ok(parse_read_reply(v)?.into_iter().next().map(|(_, e)| e).unwrap_or_default())
+        Ok(parse_read_reply(v)?
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
+            .unwrap_or_default())
     }
 
     /// Id of the newest control entry (`0-0` when the stream is empty).
@@ -431,7 +449,9 @@ impl Bus {
         }
         let mut c = self.conn.clone();
         let mut inv = self.publish_events.key(self.names.seq_key(request_id));
-        inv.key(&self.names.events).arg(self.maxlen).arg(MARK_TTL_SECS);
+        inv.key(&self.names.events)
+            .arg(self.maxlen)
+            .arg(MARK_TTL_SECS);
         for t in tails {
             inv.arg(format!(",{t}"));
         }
@@ -479,7 +499,10 @@ impl Bus {
     /// Stream length and pending count of the spawn stream.
     pub async fn queue_depth(&self) -> Result<(u64, u64), BusError> {
         let mut c = self.conn.clone();
-        let len: u64 = redis::cmd("XLEN").arg(&self.names.spawn).query_async(&mut c).await?;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&self.names.spawn)
+            .query_async(&mut c)
+            .await?;
         let v: Value = redis::cmd("XPENDING")
             .arg(&self.names.spawn)
             .arg(&self.names.group)
@@ -505,7 +528,11 @@ impl Bus {
         block: Duration,
     ) -> Result<Vec<(String, Vec<Entry>)>, BusError> {
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(500).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
+        cmd.arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS");
         for s in streams {
             cmd.arg(*s);
         }
@@ -556,7 +583,11 @@ fn parse_entries(v: Value) -> Result<Vec<Entry>, BusError> {
         if pair.is_empty() {
             continue;
         }
-        let fields = if pair.len() > 1 { pair.remove(1) } else { Value::Nil };
+        let fields = if pair.len() > 1 {
+            pair.remove(1)
+        } else {
+            Value::Nil
+        };
         let Some(id) = bulk_to_string(&pair[0]) else {
             continue;
         };

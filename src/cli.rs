@@ -219,7 +219,10 @@ pub async fn serve(settings: Settings) -> i32 {
     let listener = match tokio::net::TcpListener::bind(&settings.http_addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("workers-spawner: cannot listen on {}: {e}", settings.http_addr);
+            eprintln!(
+                "workers-spawner: cannot listen on {}: {e}",
+                settings.http_addr
+            );
             return 1;
         }
     };
@@ -265,7 +268,8 @@ fn spawn_request_json(
     if let Some(s) = session {
         task["session_id"] = serde_json::json!(s);
     }
-    let mut req = serde_json::json!({ "request_id": request_id, "worker_config_id": preset, "task": task });
+    let mut req =
+        serde_json::json!({ "request_id": request_id, "worker_config_id": preset, "task": task });
     if let Some(p) = patch {
         req["worker_config_override"] = p;
     }
@@ -305,8 +309,17 @@ pub struct SpawnArgs<'a> {
 /// exits 0 only when the result is `succeeded`.
 pub async fn spawn(settings: &Settings, args: SpawnArgs<'_>) -> i32 {
     use std::io::IsTerminal;
-    let rid = args.request_id.map(str::to_string).unwrap_or_else(generated_request_id);
-    let json = match spawn_request_json(&rid, args.preset, args.prompt, args.session, args.override_json) {
+    let rid = args
+        .request_id
+        .map(str::to_string)
+        .unwrap_or_else(generated_request_id);
+    let json = match spawn_request_json(
+        &rid,
+        args.preset,
+        args.prompt,
+        args.session,
+        args.override_json,
+    ) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("workers-spawner: {e}");
@@ -346,7 +359,9 @@ pub async fn spawn(settings: &Settings, args: SpawnArgs<'_>) -> i32 {
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     loop {
-        let read = bus.read_after(&mut conn, &[&events, &results], &last, block).await;
+        let read = bus
+            .read_after(&mut conn, &[&events, &results], &last, block)
+            .await;
         let batches = match read {
             Ok(b) => b,
             Err(e) => {
@@ -366,7 +381,9 @@ pub async fn spawn(settings: &Settings, args: SpawnArgs<'_>) -> i32 {
                 let idx = if stream == events { 0 } else { 1 };
                 last[idx] = e.id.clone();
                 let Some(data) = e.data else { continue };
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else { continue };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                    continue;
+                };
                 if v.get("request_id").and_then(|r| r.as_str()) != Some(rid.as_str()) {
                     continue;
                 }
@@ -425,7 +442,10 @@ pub async fn ps(settings: &Settings) -> i32 {
         }
     };
     let now = chrono::Utc::now().timestamp();
-    println!("{:<40} {:<24} {:<20} {:<8} {:<10} {:<10}", "CONTAINER", "REQUEST", "PRESET", "STATE", "AGE", "DEADLINE");
+    println!(
+        "{:<40} {:<24} {:<20} {:<8} {:<10} {:<10}",
+        "CONTAINER", "REQUEST", "PRESET", "STATE", "AGE", "DEADLINE"
+    );
     for c in list {
         let l = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
         let age = l(labels::RECEIVED_MS)
@@ -436,7 +456,13 @@ pub async fn ps(settings: &Settings) -> i32 {
             .parse::<i64>()
             .map(|d| format!("{:+}s", d - now))
             .unwrap_or_default();
-        let state = if c.running { "running" } else if c.started { "exited" } else { "created" };
+        let state = if c.running {
+            "running"
+        } else if c.started {
+            "exited"
+        } else {
+            "created"
+        };
         println!(
             "{:<40} {:<24} {:<20} {:<8} {:<10} {:<10}",
             c.name,
@@ -452,7 +478,12 @@ pub async fn ps(settings: &Settings) -> i32 {
 
 /// `run`: one worker straight against Docker, no Redis; prints events on
 /// stderr and the result on stdout; exit 0 only when it succeeded.
-pub async fn run(settings: &Settings, preset: &str, prompt: &str, override_json: Option<&str>) -> i32 {
+pub async fn run(
+    settings: &Settings,
+    preset: &str,
+    prompt: &str,
+    override_json: Option<&str>,
+) -> i32 {
     use crate::docker::{container_name, create_body};
     use crate::worker::{self, Job, OutputLimits, WorkerEnv};
     let rid = generated_request_id();

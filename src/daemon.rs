@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Bus, BusError, Entry, StreamNames};
 use crate::catalog::Catalog;
 use crate::config::ConfigSchema;
-use crate::docker::{container_name, create_body, labels, ContainerFacts, Engine, EngineError, LaunchContext};
+use crate::docker::{
+    container_name, create_body, labels, ContainerFacts, Engine, EngineError, LaunchContext,
+};
 use crate::loader::{self, CatalogDirs};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -99,10 +101,12 @@ impl Daemon {
                 url: redis_url_for_logs(&settings.redis_url),
                 source,
             })?;
-        bus.ensure_group().await.map_err(|source| StartError::Redis {
-            url: redis_url_for_logs(&settings.redis_url),
-            source,
-        })?;
+        bus.ensure_group()
+            .await
+            .map_err(|source| StartError::Redis {
+                url: redis_url_for_logs(&settings.redis_url),
+                source,
+            })?;
         let metrics = Arc::new(Metrics::new());
         let schema = ConfigSchema::new();
         let (catalog, issues) = loader::load(&dirs(&settings), &schema, None);
@@ -168,7 +172,10 @@ impl Daemon {
         tasks.spawn(async move { d.maintenance_loop().await });
         self.shutdown.cancelled().await;
         // Give each loop a moment to leave its blocking read.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         tasks.abort_all();
         tracing::info!("intake stopped; running workers are left to the next start");
     }
@@ -193,7 +200,11 @@ impl Daemon {
             tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
             self.env
                 .sink
-                .event("", EventType::CatalogError, json!({"file": i.file, "field": i.field, "message": i.message}))
+                .event(
+                    "",
+                    EventType::CatalogError,
+                    json!({"file": i.file, "field": i.field, "message": i.message}),
+                )
                 .await;
         }
     }
@@ -232,7 +243,9 @@ impl Daemon {
             }
             let c = conn.as_mut().expect("connected");
             let read = if own_backlog {
-                self.bus.read_own_pending(c, &self.settings.instance_id, permits.len()).await
+                self.bus
+                    .read_own_pending(c, &self.settings.instance_id, permits.len())
+                    .await
             } else {
                 tokio::select! {
                     r = self.bus.read_new(c, &self.settings.instance_id, permits.len(), block) => r,
@@ -359,8 +372,16 @@ impl Daemon {
             Err(e) => match &e.request_id {
                 Some(rid) => {
                     tracing::info!(request_id = %rid, field = %e.field, "request rejected: {}", e.message);
-                    let info = ErrorInfo { code: e.code.to_string(), field: Some(e.field.clone()), message: e.to_string() };
-                    self.answer(&entry.id, ResultRecord::bare(rid, Status::Rejected, Some(info))).await;
+                    let info = ErrorInfo {
+                        code: e.code.to_string(),
+                        field: Some(e.field.clone()),
+                        message: e.to_string(),
+                    };
+                    self.answer(
+                        &entry.id,
+                        ResultRecord::bare(rid, Status::Rejected, Some(info)),
+                    )
+                    .await;
                     return;
                 }
                 None => {
@@ -385,7 +406,12 @@ impl Daemon {
                 return;
             }
         }
-        if self.running.lock().expect("running lock").contains_key(&rid) {
+        if self
+            .running
+            .lock()
+            .expect("running lock")
+            .contains_key(&rid)
+        {
             tracing::info!(request_id = %rid, "request already running here; acknowledging the duplicate");
             self.ack(&entry.id).await;
             return;
@@ -393,8 +419,16 @@ impl Daemon {
         if entry.deliveries > self.settings.max_deliveries {
             let reason = format!("failed {} deliveries", entry.deliveries - 1);
             self.dead_letter(&entry, &reason).await;
-            let info = ErrorInfo { code: "too_many_deliveries".into(), field: None, message: reason };
-            self.answer(&entry.id, ResultRecord::bare(&rid, Status::Error, Some(info))).await;
+            let info = ErrorInfo {
+                code: "too_many_deliveries".into(),
+                field: None,
+                message: reason,
+            };
+            self.answer(
+                &entry.id,
+                ResultRecord::bare(&rid, Status::Error, Some(info)),
+            )
+            .await;
             return;
         }
 
@@ -449,7 +483,17 @@ impl Daemon {
             self.answer(&entry.id, r).await;
             return;
         }
-        self.spawn_worker(entry, req, spec, name, permit, received, received_at, queue_ms).await;
+        self.spawn_worker(
+            entry,
+            req,
+            spec,
+            name,
+            permit,
+            received,
+            received_at,
+            queue_ms,
+        )
+        .await;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -501,9 +545,17 @@ impl Daemon {
             }
             Err(e @ EngineError::ImageNotFound(_)) => {
                 self.metrics.docker_errors.inc();
-                let info = ErrorInfo { code: "image_not_found".into(), field: Some("image".into()), message: e.to_string() };
+                let info = ErrorInfo {
+                    code: "image_not_found".into(),
+                    field: Some("image".into()),
+                    message: e.to_string(),
+                };
                 let j = job(String::new());
-                self.answer(&entry.id, j.result(Status::Error, Some(info), &self.settings.instance_id)).await;
+                self.answer(
+                    &entry.id,
+                    j.result(Status::Error, Some(info), &self.settings.instance_id),
+                )
+                .await;
                 return;
             }
             Err(e) => {
@@ -517,13 +569,21 @@ impl Daemon {
         let job = job(id.clone());
         self.env
             .sink
-            .event(&rid, EventType::ContainerCreated, json!({"container": name, "image": ctx.image}))
+            .event(
+                &rid,
+                EventType::ContainerCreated,
+                json!({"container": name, "image": ctx.image}),
+            )
             .await;
         let mut files = spec.files.clone();
         files.extend(spec.request_files.iter().cloned());
         if let Err(e) = worker::start_container(&self.env.engine, &id, &files).await {
             self.metrics.docker_errors.inc();
-            let info = ErrorInfo { code: "start_failed".into(), field: None, message: job.redactor.redact(&e.to_string()) };
+            let info = ErrorInfo {
+                code: "start_failed".into(),
+                field: None,
+                message: job.redactor.redact(&e.to_string()),
+            };
             let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
             worker::finish(&self.env, &job, &r).await;
             return;
@@ -535,7 +595,10 @@ impl Daemon {
         let rid = job.request_id.clone();
         self.running.lock().expect("running lock").insert(
             rid.clone(),
-            Running { stop: job.stop.clone(), reason: job.stop_reason.clone() },
+            Running {
+                stop: job.stop.clone(),
+                reason: job.stop_reason.clone(),
+            },
         );
         let _ = worker::supervise(&self.env, job, fresh).await;
         self.running.lock().expect("running lock").remove(&rid);
@@ -551,15 +614,25 @@ impl Daemon {
         {
             return;
         }
-        let Some(rid) = l.get(labels::REQUEST_ID).cloned() else { return };
-        if self.running.lock().expect("running lock").contains_key(&rid) {
+        let Some(rid) = l.get(labels::REQUEST_ID).cloned() else {
+            return;
+        };
+        if self
+            .running
+            .lock()
+            .expect("running lock")
+            .contains_key(&rid)
+        {
             return;
         }
         let facts = match self.env.engine.inspect(&facts.id).await {
             Ok(f) => f,
             Err(_) => return,
         };
-        let deadline = l.get(labels::DEADLINE).and_then(|d| d.parse().ok()).unwrap_or(0);
+        let deadline = l
+            .get(labels::DEADLINE)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
         let job = Job {
             request_id: rid.clone(),
             session_id: l.get(labels::SESSION_ID).cloned(),
@@ -583,7 +656,9 @@ impl Daemon {
             None => match self.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
                 // Adopted work runs even past the limit: it exists already.
-                Err(_) => Arc::new(Semaphore::new(1)).try_acquire_owned().expect("fresh semaphore"),
+                Err(_) => Arc::new(Semaphore::new(1))
+                    .try_acquire_owned()
+                    .expect("fresh semaphore"),
             },
         };
         if facts.running || !facts.started {
@@ -591,7 +666,13 @@ impl Daemon {
                 // Created but never started (crash between create and start):
                 // it has no files yet only if the crash came before upload; start it anyway
                 // would run without instructions, so answer with an error instead.
-                let info = ErrorInfo { code: "interrupted".into(), field: None, message: "the daemon stopped before the worker started; publish the request again".into() };
+                let info = ErrorInfo {
+                    code: "interrupted".into(),
+                    field: None,
+                    message:
+                        "the daemon stopped before the worker started; publish the request again"
+                            .into(),
+                };
                 let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
                 worker::finish(&self.env, &job, &r).await;
                 return;
@@ -621,14 +702,23 @@ impl Daemon {
     }
 
     async fn adopt_all(self: &Arc<Self>) {
-        match self.env.engine.list_managed(&self.settings.stream_prefix).await {
+        match self
+            .env
+            .engine
+            .list_managed(&self.settings.stream_prefix)
+            .await
+        {
             Ok(list) => {
                 for c in list {
                     let owner = c.labels.get(labels::INSTANCE).cloned().unwrap_or_default();
                     let mine = owner == self.settings.instance_id;
                     if mine
                         || (!self.instance_alive(&owner).await
-                            && self.bus.claim_adoption(&c.name, &self.settings.instance_id).await.unwrap_or(false))
+                            && self
+                                .bus
+                                .claim_adoption(&c.name, &self.settings.instance_id)
+                                .await
+                                .unwrap_or(false))
                     {
                         self.adopt(c, None).await;
                     }
@@ -699,7 +789,12 @@ impl Daemon {
             }
             Err(reason) => {
                 // Every instance sees every control entry; only one reports it.
-                if self.bus.claim_once(&format!("control-dead:{}", entry.id)).await.unwrap_or(false) {
+                if self
+                    .bus
+                    .claim_once(&format!("control-dead:{}", entry.id))
+                    .await
+                    .unwrap_or(false)
+                {
                     let json = json!({
                         "entry_id": entry.id,
                         "stream": self.bus.names.control,
@@ -746,7 +841,8 @@ impl Daemon {
             }
             self.reload_catalog().await;
             self.check_ready().await;
-            if last_reclaim.elapsed() >= self.settings.reclaim_min_idle.min(Duration::from_secs(30)) {
+            if last_reclaim.elapsed() >= self.settings.reclaim_min_idle.min(Duration::from_secs(30))
+            {
                 last_reclaim = Instant::now();
                 cursor = self.reclaim(cursor).await;
                 self.adopt_orphans().await;
@@ -763,12 +859,19 @@ impl Daemon {
             }
             match self
                 .bus
-                .autoclaim(&self.settings.instance_id, self.settings.reclaim_min_idle, &cursor, free.min(32))
+                .autoclaim(
+                    &self.settings.instance_id,
+                    self.settings.reclaim_min_idle,
+                    &cursor,
+                    free.min(32),
+                )
                 .await
             {
                 Ok((entries, next)) => {
                     for e in entries {
-                        let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
+                        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                            break;
+                        };
                         self.metrics.reclaims.inc();
                         tracing::info!(entry_id = %e.id, deliveries = e.deliveries, "reclaimed a pending entry");
                         let d = self.clone();
@@ -791,18 +894,31 @@ impl Daemon {
 
     /// Adopts containers whose owning instance is gone.
     async fn adopt_orphans(self: &Arc<Self>) {
-        let Ok(list) = self.env.engine.list_managed(&self.settings.stream_prefix).await else { return };
+        let Ok(list) = self
+            .env
+            .engine
+            .list_managed(&self.settings.stream_prefix)
+            .await
+        else {
+            return;
+        };
         for c in list {
             let owner = c.labels.get(labels::INSTANCE).cloned().unwrap_or_default();
             if owner == self.settings.instance_id {
                 continue;
             }
-            let Some(rid) = c.labels.get(labels::REQUEST_ID) else { continue };
+            let Some(rid) = c.labels.get(labels::REQUEST_ID) else {
+                continue;
+            };
             if self.running.lock().expect("running lock").contains_key(rid) {
                 continue;
             }
             if !self.instance_alive(&owner).await
-                && self.bus.claim_adoption(&c.name, &self.settings.instance_id).await.unwrap_or(false)
+                && self
+                    .bus
+                    .claim_adoption(&c.name, &self.settings.instance_id)
+                    .await
+                    .unwrap_or(false)
             {
                 self.adopt(c, None).await;
             }
@@ -822,11 +938,17 @@ pub fn launch_context(
     l.insert(labels::MANAGED.to_string(), "true".to_string());
     l.insert(labels::PREFIX.to_string(), settings.stream_prefix.clone());
     l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
-    l.insert(labels::PRESET.to_string(), spec.preset_id.clone().unwrap_or_default());
+    l.insert(
+        labels::PRESET.to_string(),
+        spec.preset_id.clone().unwrap_or_default(),
+    );
     l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
     l.insert(labels::INSTANCE.to_string(), settings.instance_id.clone());
     l.insert(labels::DEADLINE.to_string(), deadline.to_string());
-    l.insert(labels::RECEIVED_MS.to_string(), chrono::Utc::now().timestamp_millis().to_string());
+    l.insert(
+        labels::RECEIVED_MS.to_string(),
+        chrono::Utc::now().timestamp_millis().to_string(),
+    );
     l.insert(labels::KIND.to_string(), "oneshot".to_string());
     if let Some(e) = entry_id {
         l.insert(labels::ENTRY_ID.to_string(), e.to_string());
@@ -834,7 +956,11 @@ pub fn launch_context(
     if let Some(s) = &spec.session_id {
         l.insert(labels::SESSION_ID.to_string(), s.clone());
     }
-    let network_mode = if spec.config.has_internet { "bridge" } else { "none" };
+    let network_mode = if spec.config.has_internet {
+        "bridge"
+    } else {
+        "none"
+    };
     LaunchContext {
         name: name.to_string(),
         image: spec.config.image.clone(),

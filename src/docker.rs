@@ -93,7 +93,13 @@ fn status_of(e: &bollard::errors::Error) -> Option<u16> {
 pub fn container_name(kind: &str, id: &str) -> String {
     let clean: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if clean == id {
         format!("{kind}-{id}")
@@ -295,7 +301,11 @@ impl Engine {
     }
 
     /// Creates the container; returns its id.
-    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, EngineError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, EngineError> {
         let image = body.image.clone().unwrap_or_default();
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
@@ -345,7 +355,8 @@ impl Engine {
         id: &str,
         follow: bool,
         tail: Option<usize>,
-    ) -> impl Stream<Item = Result<(OutputStream, bytes::Bytes), EngineError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<(OutputStream, bytes::Bytes), EngineError>> + Send + 'static
+    {
         let opts = LogsOptions {
             follow,
             stdout: true,
@@ -389,10 +400,18 @@ impl Engine {
         let started_at = state.started_at.filter(|s| !s.starts_with("0001-"));
         Ok(ContainerFacts {
             id: r.id.unwrap_or_default(),
-            name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
+            name: r
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
             running: state.running.unwrap_or(false),
             started: started_at.is_some(),
-            exit_code: if state.running.unwrap_or(false) { None } else { state.exit_code },
+            exit_code: if state.running.unwrap_or(false) {
+                None
+            } else {
+                state.exit_code
+            },
             oom_killed: state.oom_killed.unwrap_or(false),
             labels: config.labels.unwrap_or_default(),
             started_at,

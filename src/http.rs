@@ -23,13 +23,19 @@ async fn readyz(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     if d.check_ready().await {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: Redis or Docker unreachable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: Redis or Docker unreachable\n",
+        )
     }
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         d.metrics().encode(),
     )
 }

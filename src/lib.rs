@@ -1,21 +1,21 @@
 //! workers-spawner: runs CLI coding agents in isolated Docker containers on
 //! demand, driven by Redis streams. See `ARCHITECTURE.md` for the map.
 
+pub mod bus;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod docker;
+pub mod http;
 pub mod image_ref;
 pub mod loader;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod redact;
 pub mod render;
 pub mod settings;
-pub mod spec;
-pub mod bus;
-pub mod daemon;
-pub mod docker;
-pub mod http;
-pub mod metrics;
 pub mod sink;
+pub mod spec;
 pub mod worker;

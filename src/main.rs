@@ -30,7 +30,14 @@ fn main() {
                         cli::init_logging();
                         cli::serve(settings).await
                     }
-                    Command::Spawn { preset, prompt, session, override_json, request_id, follow } => {
+                    Command::Spawn {
+                        preset,
+                        prompt,
+                        session,
+                        override_json,
+                        request_id,
+                        follow,
+                    } => {
                         let args = SpawnArgs {
                             preset: &preset,
                             prompt: &prompt,
@@ -41,9 +48,11 @@ fn main() {
                         };
                         cli::spawn(&settings, args).await
                     }
-                    Command::Run { preset, prompt, override_json } => {
-                        cli::run(&settings, &preset, &prompt, override_json.as_deref()).await
-                    }
+                    Command::Run {
+                        preset,
+                        prompt,
+                        override_json,
+                    } => cli::run(&settings, &preset, &prompt, override_json.as_deref()).await,
                     Command::Ps => cli::ps(&settings).await,
                     Command::Cancel { request_id } => cli::cancel(&settings, &request_id).await,
                     Command::Presets(_) => unreachable!("handled above"),

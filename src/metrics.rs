@@ -59,7 +59,9 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("workers_spawner");
-        let buckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+        let buckets = [
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+        ];
         let m = Metrics {
             results: Family::default(),
             entries_read: Counter::default(),
@@ -78,28 +80,81 @@ impl Metrics {
             adopted: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("results", "Results published, by outcome", m.results.clone());
-        registry.register("entries_read", "Entries read from the spawn stream", m.entries_read.clone());
-        registry.register("start_seconds", "Seconds from reception to agent start", m.start_seconds.clone());
-        registry.register("run_seconds", "Seconds from agent start to finish", m.run_seconds.clone());
-        registry.register("running_workers", "Workers running now", m.running_workers.clone());
-        registry.register("queue_length", "Length of the spawn stream", m.queue_length.clone());
-        registry.register("queue_pending", "Pending entries of the consumer group", m.queue_pending.clone());
-        registry.register("image_builds", "Derived images built", m.image_builds.clone());
-        registry.register("reclaims", "Entries reclaimed from other consumers", m.reclaims.clone());
-        registry.register("dead_letters", "Entries sent to the dead-letter stream", m.dead_letters.clone());
+        registry.register(
+            "results",
+            "Results published, by outcome",
+            m.results.clone(),
+        );
+        registry.register(
+            "entries_read",
+            "Entries read from the spawn stream",
+            m.entries_read.clone(),
+        );
+        registry.register(
+            "start_seconds",
+            "Seconds from reception to agent start",
+            m.start_seconds.clone(),
+        );
+        registry.register(
+            "run_seconds",
+            "Seconds from agent start to finish",
+            m.run_seconds.clone(),
+        );
+        registry.register(
+            "running_workers",
+            "Workers running now",
+            m.running_workers.clone(),
+        );
+        registry.register(
+            "queue_length",
+            "Length of the spawn stream",
+            m.queue_length.clone(),
+        );
+        registry.register(
+            "queue_pending",
+            "Pending entries of the consumer group",
+            m.queue_pending.clone(),
+        );
+        registry.register(
+            "image_builds",
+            "Derived images built",
+            m.image_builds.clone(),
+        );
+        registry.register(
+            "reclaims",
+            "Entries reclaimed from other consumers",
+            m.reclaims.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Entries sent to the dead-letter stream",
+            m.dead_letters.clone(),
+        );
         registry.register("redis_errors", "Redis errors", m.redis_errors.clone());
         registry.register("docker_errors", "Docker errors", m.docker_errors.clone());
-        registry.register("events_lost", "Events given up after retries", m.events_lost.clone());
-        registry.register("output_dropped_lines", "Output lines dropped by the rate bound", m.output_dropped.clone());
-        registry.register("adopted", "Containers adopted at start-up", m.adopted.clone());
+        registry.register(
+            "events_lost",
+            "Events given up after retries",
+            m.events_lost.clone(),
+        );
+        registry.register(
+            "output_dropped_lines",
+            "Output lines dropped by the rate bound",
+            m.output_dropped.clone(),
+        );
+        registry.register(
+            "adopted",
+            "Containers adopted at start-up",
+            m.adopted.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
         out
     }
 }

@@ -99,7 +99,11 @@ impl Sink {
     /// Publishes the result, retrying until Redis takes it or `give_up`
     /// fires. Returns whether it is known to be published (by this call or
     /// an earlier one).
-    pub async fn result(&self, result: &ResultRecord, give_up: &tokio_util::sync::CancellationToken) -> bool {
+    pub async fn result(
+        &self,
+        result: &ResultRecord,
+        give_up: &tokio_util::sync::CancellationToken,
+    ) -> bool {
         match self {
             Sink::Redis(bus, metrics) => {
                 let json = serde_json::to_string(result).expect("results serialize");
@@ -108,9 +112,12 @@ impl Sink {
                     match bus.publish_result(&result.request_id, &json).await {
                         Ok(published) => {
                             if published {
-                                metrics.results.get_or_create(&crate::metrics::OutcomeLabel {
-                                    outcome: result.status.as_str().to_string(),
-                                }).inc();
+                                metrics
+                                    .results
+                                    .get_or_create(&crate::metrics::OutcomeLabel {
+                                        outcome: result.status.as_str().to_string(),
+                                    })
+                                    .inc();
                             } else {
                                 tracing::info!(request_id = %result.request_id, "result already published; not sending another");
                             }
@@ -129,7 +136,10 @@ impl Sink {
                 }
             }
             Sink::Print(_) => {
-                println!("{}", serde_json::to_string(result).expect("results serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string(result).expect("results serialize")
+                );
                 true
             }
         }

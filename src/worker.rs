@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{ContainerFacts, Engine, EngineError, OutputStream};
 use crate::metrics::Metrics;
-use crate::protocol::{now_rfc3339, ErrorInfo, EventType, ResultRecord, Status, Timings, WorkerInfo};
+use crate::protocol::{
+    now_rfc3339, ErrorInfo, EventType, ResultRecord, Status, Timings, WorkerInfo,
+};
 use crate::redact::Redactor;
 use crate::render::RenderedFile;
 use crate::sink::Sink;
@@ -119,7 +121,11 @@ impl Job {
 }
 
 /// Uploads `files` and starts the container.
-pub async fn start_container(engine: &Engine, id: &str, files: &[RenderedFile]) -> Result<(), EngineError> {
+pub async fn start_container(
+    engine: &Engine,
+    id: &str,
+    files: &[RenderedFile],
+) -> Result<(), EngineError> {
     engine.upload(id, files).await?;
     engine.start(id).await
 }
@@ -180,13 +186,17 @@ impl OutputForwarder {
             text.truncate(cut);
         }
         let text = self.redactor.redact(&text);
-        self.batch.push((EventType::Output, json!({"stream": stream.as_str(), "text": text})));
+        self.batch.push((
+            EventType::Output,
+            json!({"stream": stream.as_str(), "text": text}),
+        ));
     }
 
     async fn flush(&mut self) {
         if self.dropped > 0 {
             self.metrics.output_dropped.inc_by(self.dropped);
-            self.batch.push((EventType::OutputDropped, json!({"lines": self.dropped})));
+            self.batch
+                .push((EventType::OutputDropped, json!({"lines": self.dropped})));
             self.dropped = 0;
         }
         let batch = std::mem::take(&mut self.batch);
@@ -194,7 +204,10 @@ impl OutputForwarder {
     }
 
     async fn finish(&mut self) {
-        for (i, stream) in [OutputStream::Stdout, OutputStream::Stderr].into_iter().enumerate() {
+        for (i, stream) in [OutputStream::Stdout, OutputStream::Stderr]
+            .into_iter()
+            .enumerate()
+        {
             if !self.partial[i].is_empty() {
                 let line = std::mem::take(&mut self.partial[i]);
                 self.push_line(stream, &line);
@@ -205,7 +218,13 @@ impl OutputForwarder {
 }
 
 /// Follows the container's output until it ends, forwarding it as events.
-async fn forward_output(env: WorkerEnv, job_request_id: String, container: String, redactor: Redactor, from_now: bool) {
+async fn forward_output(
+    env: WorkerEnv,
+    job_request_id: String,
+    container: String,
+    redactor: Redactor,
+    from_now: bool,
+) {
     let mut fwd = OutputForwarder {
         request_id: job_request_id,
         sink: env.sink.clone(),
@@ -218,7 +237,9 @@ async fn forward_output(env: WorkerEnv, job_request_id: String, container: Strin
         dropped: 0,
         metrics: env.metrics.clone(),
     };
-    let logs = env.engine.logs(&container, true, if from_now { Some(0) } else { None });
+    let logs = env
+        .engine
+        .logs(&container, true, if from_now { Some(0) } else { None });
     tokio::pin!(logs);
     loop {
         let next = if fwd.batch.is_empty() {
@@ -251,7 +272,12 @@ async fn forward_output(env: WorkerEnv, job_request_id: String, container: Strin
 
 /// The last `tail_bytes` of the container's stdout, redacted; and whether
 /// the beginning was cut.
-pub async fn stdout_tail(engine: &Engine, container: &str, tail_bytes: usize, redactor: &Redactor) -> (String, bool) {
+pub async fn stdout_tail(
+    engine: &Engine,
+    container: &str,
+    tail_bytes: usize,
+    redactor: &Redactor,
+) -> (String, bool) {
     // Lines are at most a few KiB in practice; 4096 lines cover the tail.
     let logs = engine.logs(container, false, Some(4096));
     tokio::pin!(logs);
@@ -282,13 +308,19 @@ pub async fn stdout_tail(engine: &Engine, container: &str, tail_bytes: usize, re
 pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     let started = Instant::now();
     let started_at = now_rfc3339();
-    let start_ms = job.received.map(|r| started.duration_since(r).as_millis() as u64);
+    let start_ms = job
+        .received
+        .map(|r| started.duration_since(r).as_millis() as u64);
     if fresh {
         if let Some(ms) = start_ms {
             env.metrics.start_seconds.observe(ms as f64 / 1000.0);
         }
         env.sink
-            .event(&job.request_id, EventType::Started, json!({"container": job.container_name}))
+            .event(
+                &job.request_id,
+                EventType::Started,
+                json!({"container": job.container_name}),
+            )
             .await;
     }
     env.metrics.running_workers.inc();
@@ -321,15 +353,24 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
             tracing::warn!(request_id = %job.request_id, error = %e, "stop failed; killing");
             let _ = env.engine.kill(&job.container_id, "SIGKILL").await;
         }
-        let _ = tokio::time::timeout(env.stop_grace + Duration::from_secs(10), wait_exit(&env.engine, &job.container_id)).await;
+        let _ = tokio::time::timeout(
+            env.stop_grace + Duration::from_secs(10),
+            wait_exit(&env.engine, &job.container_id),
+        )
+        .await;
     }
     // Let the output follower drain what the container printed last.
     let _ = tokio::time::timeout(Duration::from_secs(3), output).await;
     env.metrics.running_workers.dec();
 
     let facts = inspect_retrying(&env.engine, &job.container_id).await;
-    let (output_tail, truncated) =
-        stdout_tail(&env.engine, &job.container_id, env.output.tail_bytes, &job.redactor).await;
+    let (output_tail, truncated) = stdout_tail(
+        &env.engine,
+        &job.container_id,
+        env.output.tail_bytes,
+        &job.redactor,
+    )
+    .await;
     let finished_at = now_rfc3339();
     let run_ms = started.elapsed().as_millis() as u64;
     env.metrics.run_seconds.observe(run_ms as f64 / 1000.0);
@@ -362,7 +403,9 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
             }),
             EventType::Finished,
         ),
-        (_, Some(f)) if f.oom_killed || f.exit_code != Some(0) => (Status::Failed, None, EventType::Finished),
+        (_, Some(f)) if f.oom_killed || f.exit_code != Some(0) => {
+            (Status::Failed, None, EventType::Finished)
+        }
         (_, Some(_)) => (Status::Succeeded, None, EventType::Finished),
         (_, None) => (
             Status::Error,
@@ -410,7 +453,11 @@ pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
     match env.engine.remove(&job.container_id).await {
         Ok(()) => {
             env.sink
-                .event(&job.request_id, EventType::Removed, json!({"container": job.container_name}))
+                .event(
+                    &job.request_id,
+                    EventType::Removed,
+                    json!({"container": job.container_name}),
+                )
                 .await
         }
         Err(e) => {
