@@ -287,6 +287,47 @@ impl Bus {
         Ok(v == 1)
     }
 
+    fn key_key(&self, key_hash: &str) -> String {
+        format!("{}:key:{key_hash}", self.names.prefix)
+    }
+
+    /// Stores a worker key's record (by the key's hash) for `ttl_secs`.
+    pub async fn put_worker_key(
+        &self,
+        key_hash: &str,
+        record: &str,
+        ttl_secs: u64,
+    ) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let _: Value = redis::cmd("SET")
+            .arg(self.key_key(key_hash))
+            .arg(record)
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// The record of a worker key, if it is still valid.
+    pub async fn get_worker_key(&self, key_hash: &str) -> Result<Option<String>, BusError> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.key_key(key_hash))
+            .query_async(&mut c)
+            .await?)
+    }
+
+    /// Revokes a worker key.
+    pub async fn delete_worker_key(&self, key_hash: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let _: Value = redis::cmd("DEL")
+            .arg(self.key_key(key_hash))
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
     /// True for the first caller only (per `what`, for a week).
     pub async fn claim_once(&self, what: &str) -> Result<bool, BusError> {
         let mut c = self.conn.clone();

@@ -227,6 +227,25 @@ pub async fn serve(settings: Settings) -> i32 {
         }
     };
     let shutdown = daemon.shutdown_token();
+    let gateway = crate::gateway::router(daemon.gateway());
+    for addr in daemon.gateway_addrs() {
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                tracing::info!(addr = %addr, "gateway listening");
+                let router = gateway.clone();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    let _ = axum::serve(l, router)
+                        .with_graceful_shutdown(async move { s.cancelled().await })
+                        .await;
+                });
+            }
+            Err(e) => {
+                eprintln!("workers-spawner: cannot listen for the gateway on {addr}: {e}");
+                return 1;
+            }
+        }
+    }
     let http_shutdown = shutdown.clone();
     let router = crate::http::router(daemon.clone());
     tokio::spawn(async move {
@@ -540,7 +559,7 @@ pub async fn run(
     };
     let name = container_name("ws", &rid);
     let deadline = worker::unix_now() + spec.config.limits.timeout_sec;
-    let ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None);
+    let ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None, None);
     let id = match engine.create(&name, create_body(&spec, &ctx)).await {
         Ok(id) => id,
         Err(e) => {
@@ -563,6 +582,7 @@ pub async fn run(
         received: Some(std::time::Instant::now()),
         stop: tokio_util::sync::CancellationToken::new(),
         stop_reason: Default::default(),
+        api_key: None,
     };
     let mut files = spec.files.clone();
     files.extend(spec.request_files.iter().cloned());

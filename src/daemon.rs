@@ -77,6 +77,7 @@ pub struct Daemon {
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     ready: std::sync::atomic::AtomicBool,
+    networks: Networks,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -107,6 +108,24 @@ impl Daemon {
                 url: redis_url_for_logs(&settings.redis_url),
                 source,
             })?;
+        let ext = settings.worker_network.clone();
+        let int = format!("{}-internal", settings.worker_network);
+        let networks = Networks {
+            external: (
+                ext.clone(),
+                engine
+                    .ensure_network(&ext, false)
+                    .await
+                    .map_err(StartError::Docker)?,
+            ),
+            internal: (
+                int.clone(),
+                engine
+                    .ensure_network(&int, true)
+                    .await
+                    .map_err(StartError::Docker)?,
+            ),
+        };
         let metrics = Arc::new(Metrics::new());
         let schema = ConfigSchema::new();
         let (catalog, issues) = loader::load(&dirs(&settings), &schema, None);
@@ -137,6 +156,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             metrics,
             ready: std::sync::atomic::AtomicBool::new(true),
+            networks,
         }))
     }
 
@@ -514,9 +534,43 @@ impl Daemon {
             .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id}))
             .await;
         let deadline = unix_now() + spec.config.limits.timeout_sec;
-        let ctx = launch_context(&spec, &self.settings, &name, deadline, Some(&entry.id));
+        let api_key = crate::gateway::new_key();
+        let net = self.worker_net(spec.config.has_internet, &api_key);
+        let record = crate::gateway::KeyRecord {
+            request_id: rid.clone(),
+            tools: spec
+                .config
+                .allowed_tools
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            user_id: req.task.user_id.clone(),
+            session_id: spec.session_id.clone(),
+            preset: spec.preset_id.clone(),
+        };
+        if let Err(e) = crate::gateway::register_key(
+            &self.bus,
+            &api_key,
+            &record,
+            Duration::from_secs(spec.config.limits.timeout_sec),
+        )
+        .await
+        {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; the entry stays pending");
+            return;
+        }
+        let ctx = launch_context(
+            &spec,
+            &self.settings,
+            &name,
+            deadline,
+            Some(&entry.id),
+            Some(&net),
+        );
         let body = create_body(&spec, &ctx);
-        let redactor = spec.redactor();
+        let mut redactor = spec.redactor();
+        redactor.add(&api_key);
         let job = |id: String| Job {
             request_id: rid.clone(),
             session_id: spec.session_id.clone(),
@@ -532,6 +586,7 @@ impl Daemon {
             received: Some(received),
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
+            api_key: Some(api_key.clone()),
         };
         let id = match self.env.engine.create(&name, body).await {
             Ok(id) => id,
@@ -577,7 +632,15 @@ impl Daemon {
             .await;
         let mut files = spec.files.clone();
         files.extend(spec.request_files.iter().cloned());
-        if let Err(e) = worker::start_container(&self.env.engine, &id, &files).await {
+        let attached = match &spec.config.network {
+            Some(extra) => self.env.engine.connect_network(extra, &id).await,
+            None => Ok(()),
+        };
+        let started = match attached {
+            Ok(()) => worker::start_container(&self.env.engine, &id, &files).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             self.metrics.docker_errors.inc();
             let info = ErrorInfo {
                 code: "start_failed".into(),
@@ -641,13 +704,20 @@ impl Daemon {
             image: facts.image.clone(),
             container_id: facts.id.clone(),
             container_name: facts.name.clone(),
-            redactor: self.redactor_for(l.get(labels::PRESET)),
+            redactor: {
+                let mut r = self.redactor_for(l.get(labels::PRESET).map(String::as_str));
+                if let Some(k) = &facts.api_key {
+                    r.add(k);
+                }
+                r
+            },
             deadline_unix: deadline,
             received_at: None,
             queue_ms: None,
             received: None,
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
+            api_key: facts.api_key.clone(),
         };
         self.metrics.adopted.inc();
         tracing::info!(request_id = %rid, container = %facts.name, running = facts.running, "adopting container");
@@ -686,8 +756,54 @@ impl Daemon {
         }
     }
 
+    /// The network and gateway URL of a new worker.
+    fn worker_net(&self, has_internet: bool, api_key: &str) -> WorkerNet {
+        let (network, ip) = if has_internet {
+            &self.networks.external
+        } else {
+            &self.networks.internal
+        };
+        let host = if self.settings.gateway_host.is_empty() {
+            ip.clone()
+        } else {
+            self.settings.gateway_host.clone()
+        };
+        WorkerNet {
+            network: network.clone(),
+            api_url: format!("http://{host}:{}", self.settings.gateway_port),
+            api_key: api_key.to_string(),
+        }
+    }
+
+    /// Addresses the gateway listens on.
+    pub fn gateway_addrs(&self) -> Vec<String> {
+        if !self.settings.gateway_bind.is_empty() {
+            return vec![self.settings.gateway_bind.clone()];
+        }
+        let mut ips = vec![
+            self.networks.external.1.clone(),
+            self.networks.internal.1.clone(),
+        ];
+        ips.retain(|ip| !ip.is_empty());
+        ips.dedup();
+        ips.into_iter()
+            .map(|ip| format!("{ip}:{}", self.settings.gateway_port))
+            .collect()
+    }
+
+    /// The gateway's shared state.
+    pub fn gateway(self: &Arc<Self>) -> Arc<crate::gateway::Gateway> {
+        let d = self.clone();
+        Arc::new(crate::gateway::Gateway {
+            bus: self.bus.clone(),
+            sink: self.env.sink.clone(),
+            upstream: Some(self.settings.upstream_url.clone()).filter(|u| !u.is_empty()),
+            redactor_for: Box::new(move |preset| d.redactor_for(preset)),
+        })
+    }
+
     /// A redactor with the secrets a preset's env would carry.
-    fn redactor_for(&self, preset: Option<&String>) -> crate::redact::Redactor {
+    fn redactor_for(&self, preset: Option<&str>) -> crate::redact::Redactor {
         let mut r = crate::redact::Redactor::default();
         if let Some(p) = preset.and_then(|id| self.catalog().presets.get(id).cloned()) {
             for v in p.config.env.values() {
@@ -933,6 +1049,7 @@ pub fn launch_context(
     name: &str,
     deadline: u64,
     entry_id: Option<&str>,
+    net: Option<&WorkerNet>,
 ) -> LaunchContext {
     let mut l = HashMap::new();
     l.insert(labels::MANAGED.to_string(), "true".to_string());
@@ -956,19 +1073,51 @@ pub fn launch_context(
     if let Some(s) = &spec.session_id {
         l.insert(labels::SESSION_ID.to_string(), s.clone());
     }
-    let network_mode = if spec.config.has_internet {
-        "bridge"
-    } else {
-        "none"
+    let (network_mode, extra_env) = match net {
+        Some(n) => (
+            n.network.clone(),
+            vec![
+                ("ORCHESTRATOR_API_URL".to_string(), n.api_url.clone()),
+                ("ORCHESTRATOR_API_KEY".to_string(), n.api_key.clone()),
+            ],
+        ),
+        None => {
+            let mode = if spec.config.has_internet {
+                "bridge"
+            } else {
+                "none"
+            };
+            (mode.to_string(), Vec::new())
+        }
     };
     LaunchContext {
         name: name.to_string(),
         image: spec.config.image.clone(),
         labels: l,
-        extra_env: Vec::new(),
-        network_mode: network_mode.to_string(),
+        extra_env,
+        network_mode,
         cmd: None,
     }
+}
+
+/// The network a worker joins and how it reaches the gateway.
+#[derive(Debug, Clone)]
+pub struct WorkerNet {
+    /// Docker network name.
+    pub network: String,
+    /// `ORCHESTRATOR_API_URL`.
+    pub api_url: String,
+    /// `ORCHESTRATOR_API_KEY` (a secret).
+    pub api_key: String,
+}
+
+/// The workers' networks and the gateway address on each.
+#[derive(Debug, Clone, Default)]
+pub struct Networks {
+    /// (name, gateway ip) of the network with a route out.
+    pub external: (String, String),
+    /// (name, gateway ip) of the internal network (no route out).
+    pub internal: (String, String),
 }
 
 fn dirs(settings: &Settings) -> CatalogDirs {

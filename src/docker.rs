@@ -241,6 +241,8 @@ pub struct ContainerFacts {
     pub finished_at: Option<String>,
     /// Image.
     pub image: String,
+    /// The worker's gateway key, read back from its env (inspect only).
+    pub api_key: Option<String>,
 }
 
 /// Which output stream a chunk came from.
@@ -416,6 +418,11 @@ impl Engine {
             labels: config.labels.unwrap_or_default(),
             started_at,
             finished_at: state.finished_at.filter(|s| !s.starts_with("0001-")),
+            api_key: config
+                .env
+                .unwrap_or_default()
+                .iter()
+                .find_map(|e| e.strip_prefix("ORCHESTRATOR_API_KEY=").map(str::to_string)),
             image: config.image.unwrap_or_default(),
         })
     }
@@ -458,6 +465,68 @@ impl Engine {
             Err(e) if status_of(&e) == Some(409) => Ok(()), // removal already in progress
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Creates the bridge network `name` if missing (`internal` = no route
+    /// out) and returns the host's gateway address on it.
+    pub async fn ensure_network(&self, name: &str, internal: bool) -> Result<String, EngineError> {
+        use bollard::models::NetworkCreateRequest;
+        let inspect = |d: Docker, n: String| async move {
+            d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+        };
+        let net = match inspect(self.docker.clone(), name.to_string()).await {
+            Ok(n) => n,
+            Err(e) if status_of(&e) == Some(404) => {
+                let mut labels = HashMap::new();
+                labels.insert(labels::MANAGED.to_string(), "true".to_string());
+                let req = NetworkCreateRequest {
+                    name: name.to_string(),
+                    driver: Some("bridge".to_string()),
+                    internal: Some(internal),
+                    labels: Some(labels),
+                    ..Default::default()
+                };
+                match self.docker.create_network(req).await {
+                    Ok(_) => {}
+                    Err(e) if status_of(&e) == Some(409) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                inspect(self.docker.clone(), name.to_string()).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if net.internal.unwrap_or(false) != internal {
+            tracing::warn!(
+                network = name,
+                internal,
+                "existing network has the other internal setting"
+            );
+        }
+        let gateway = net
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+            .unwrap_or_default();
+        Ok(gateway)
+    }
+
+    /// Connects a (created) container to another network.
+    pub async fn connect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
+        let req = bollard::models::NetworkConnectRequest {
+            container: Some(container.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .connect_network(network, req)
+            .await
+            .map_err(|e| {
+                if status_of(&e) == Some(404) {
+                    EngineError::NotFound(network.to_string())
+                } else {
+                    e.into()
+                }
+            })
     }
 
     /// Every container with the managed label of `prefix`, running or not.

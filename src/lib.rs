@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod docker;
+pub mod gateway;
 pub mod http;
 pub mod image_ref;
 pub mod loader;

@@ -56,10 +56,20 @@ pub struct Settings {
     pub output_lines_per_sec: u32,
     /// Bytes of one output line forwarded as an event.
     pub output_line_bytes: usize,
-    /// URL the workers use to reach the gateway (`ORCHESTRATOR_API_URL`).
-    pub gateway_url: String,
-    /// Docker network the workers join (the gateway is reachable on it).
+    /// Base name of the workers' bridge networks: `<name>` (with a route
+    /// out) and `<name>-internal` (no route out).
     pub worker_network: String,
+    /// Port of the gateway the in-container `orchestrator` CLI calls.
+    pub gateway_port: u16,
+    /// Host the workers use to reach the gateway; empty means the bridge
+    /// gateway address of their network (the daemon runs on the host).
+    pub gateway_host: String,
+    /// Address the gateway listens on; empty means each workers' network's
+    /// gateway address (never all interfaces).
+    pub gateway_bind: String,
+    /// Orchestrator backend the gateway forwards tool calls to; empty means
+    /// none (calls other than `respond` get a clear error).
+    pub upstream_url: String,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -86,8 +96,11 @@ impl Default for Settings {
             output_tail_bytes: 64 * 1024,
             output_lines_per_sec: 2000,
             output_line_bytes: 16 * 1024,
-            gateway_url: String::new(),
-            worker_network: String::new(),
+            worker_network: "ws-workers".into(),
+            gateway_port: 9091,
+            gateway_host: String::new(),
+            gateway_bind: String::new(),
+            upstream_url: String::new(),
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()

@@ -85,6 +85,8 @@ pub struct Job {
     pub stop: CancellationToken,
     /// Why `stop` fired (set before cancelling).
     pub stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    /// The worker's gateway key, revoked when it ends.
+    pub api_key: Option<String>,
 }
 
 /// Unix seconds now.
@@ -447,6 +449,11 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
 /// safe: a container left behind is adopted and its result republished).
 pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
     let never = CancellationToken::new();
+    if let (Some(key), Sink::Redis(bus, _)) = (&job.api_key, &env.sink) {
+        if let Err(e) = crate::gateway::revoke_key(bus, key).await {
+            tracing::warn!(request_id = %job.request_id, error = %e, "revoking the worker key failed; it expires on its own");
+        }
+    }
     if !env.sink.result(result, &never).await {
         return;
     }
