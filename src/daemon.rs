@@ -60,24 +60,26 @@ pub enum StartError {
 }
 
 /// A worker this instance supervises.
-struct Running {
-    stop: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
+pub(crate) struct Running {
+    pub(crate) stop: CancellationToken,
+    pub(crate) reason: Arc<Mutex<Option<StopReason>>>,
 }
 
 /// State shared by every task of the daemon.
 pub struct Daemon {
-    settings: Arc<Settings>,
-    bus: Bus,
-    env: WorkerEnv,
-    catalog: RwLock<Arc<Catalog>>,
-    schema: ConfigSchema,
-    slots: Arc<Semaphore>,
-    running: Mutex<HashMap<String, Running>>,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-    ready: std::sync::atomic::AtomicBool,
-    networks: Networks,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) bus: Bus,
+    pub(crate) env: WorkerEnv,
+    pub(crate) catalog: RwLock<Arc<Catalog>>,
+    pub(crate) schema: ConfigSchema,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) running: Mutex<HashMap<String, Running>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) ready: std::sync::atomic::AtomicBool,
+    pub(crate) networks: Networks,
+    pub(crate) images: crate::images::ImageBuilder,
+    pub(crate) sessions: Mutex<HashMap<String, crate::session::SessionState>>,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -145,6 +147,7 @@ impl Daemon {
             },
             instance: settings.instance_id.clone(),
         };
+        let images = crate::images::ImageBuilder::new(env.engine.clone(), metrics.clone());
         Ok(Arc::new(Daemon {
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
             settings,
@@ -157,6 +160,8 @@ impl Daemon {
             metrics,
             ready: std::sync::atomic::AtomicBool::new(true),
             networks,
+            images,
+            sessions: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -281,8 +286,7 @@ impl Daemon {
                     for entry in entries {
                         let Some(permit) = permits.pop() else { break };
                         self.metrics.entries_read.inc();
-                        let d = self.clone();
-                        tokio::spawn(async move { d.handle_entry(entry, permit).await });
+                        self.dispatch(entry, permit);
                     }
                 }
                 Err(e) => {
@@ -309,7 +313,7 @@ impl Daemon {
     }
 
     /// Publishes a result that has no container behind it, then acks.
-    async fn answer(&self, entry_id: &str, result: ResultRecord) {
+    pub(crate) async fn answer(&self, entry_id: &str, result: ResultRecord) {
         let event = if result.status == Status::Rejected {
             Some(EventType::Rejected)
         } else {
@@ -327,7 +331,7 @@ impl Daemon {
         }
     }
 
-    async fn ack(&self, entry_id: &str) {
+    pub(crate) async fn ack(&self, entry_id: &str) {
         let mut delay = Duration::from_millis(100);
         for _ in 0..20 {
             match self.bus.ack(entry_id).await {
@@ -343,7 +347,7 @@ impl Daemon {
         // Left pending: a reclaim finds the finished work by its request id.
     }
 
-    async fn dead_letter(&self, entry: &Entry, reason: &str) {
+    pub(crate) async fn dead_letter(&self, entry: &Entry, reason: &str) {
         let data = entry
             .data
             .as_ref()
@@ -377,7 +381,7 @@ impl Daemon {
         self.ack(&entry.id).await;
     }
 
-    async fn handle_entry(self: Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+    pub(crate) async fn handle_entry(self: Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
         let received = Instant::now();
         let received_at = now_rfc3339();
         let queue_ms = entry
@@ -468,19 +472,7 @@ impl Daemon {
             }
         }
 
-        let resolved = {
-            let catalog = self.catalog();
-            let env_lookup = |k: &str| std::env::var(k).ok();
-            let resolver = Resolver {
-                catalog: &catalog,
-                schema: &self.schema,
-                policy: &self.settings.policy,
-                limits: &self.settings.limits,
-                env: &env_lookup,
-            };
-            resolver.resolve(&req)
-        };
-        let spec = match resolved {
+        let spec = match self.resolve(&req) {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(request_id = %rid, "request refused: {e}");
@@ -491,16 +483,7 @@ impl Daemon {
             }
         };
         if req.dry_run {
-            let mut r = ResultRecord::bare(&rid, Status::Succeeded, None);
-            r.session_id = req.task.session_id.clone();
-            let mut config = spec.config_view();
-            let mut files = serde_json::to_value(spec.file_views()).expect("files serialize");
-            let red = spec.redactor();
-            red.redact_json(&mut config);
-            red.redact_json(&mut files);
-            r.config = Some(config);
-            r.files = serde_json::from_value(files).ok();
-            self.answer(&entry.id, r).await;
+            self.answer_dry_run(&entry.id, &req, &spec).await;
             return;
         }
         self.spawn_worker(
@@ -514,6 +497,61 @@ impl Daemon {
             queue_ms,
         )
         .await;
+    }
+
+    /// Resolves a request against the current catalog.
+    pub(crate) fn resolve(
+        &self,
+        req: &SpawnRequest,
+    ) -> Result<WorkerSpec, crate::spec::ResolveError> {
+        let catalog = self.catalog();
+        let env_lookup = |k: &str| std::env::var(k).ok();
+        let resolver = Resolver {
+            catalog: &catalog,
+            schema: &self.schema,
+            policy: &self.settings.policy,
+            limits: &self.settings.limits,
+            env: &env_lookup,
+        };
+        resolver.resolve(req)
+    }
+
+    /// Answers a dry run with the resolved config and files (secrets masked).
+    pub(crate) async fn answer_dry_run(
+        &self,
+        entry_id: &str,
+        req: &SpawnRequest,
+        spec: &WorkerSpec,
+    ) {
+        let mut r = ResultRecord::bare(&req.request_id, Status::Succeeded, None);
+        r.session_id = req.task.session_id.clone();
+        let mut config = spec.config_view();
+        let mut files = serde_json::to_value(spec.file_views()).expect("files serialize");
+        let red = spec.redactor();
+        red.redact_json(&mut config);
+        red.redact_json(&mut files);
+        r.config = Some(config);
+        r.files = serde_json::from_value(files).ok();
+        self.answer(entry_id, r).await;
+    }
+
+    /// Routes an entry: session requests queue per session, others run now.
+    pub(crate) fn dispatch(self: &Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+        let session = entry
+            .data
+            .as_deref()
+            .and_then(|d| parse_spawn_request(d, &self.settings.limits).ok())
+            .and_then(|r| r.task.session_id);
+        match session {
+            Some(sid) => {
+                drop(permit);
+                self.enqueue_session(sid, entry);
+            }
+            None => {
+                let d = self.clone();
+                tokio::spawn(async move { d.handle_entry(entry, permit).await });
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -560,7 +598,7 @@ impl Daemon {
             tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; the entry stays pending");
             return;
         }
-        let ctx = launch_context(
+        let mut ctx = launch_context(
             &spec,
             &self.settings,
             &name,
@@ -568,6 +606,63 @@ impl Daemon {
             Some(&entry.id),
             Some(&net),
         );
+        // Setup layers are baked once per base image + setup, never per spawn.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let sink = self.env.sink.clone();
+        let rid2 = rid.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let mut batch = vec![(EventType::ImageBuilding, json!({"text": line}))];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push((EventType::ImageBuilding, json!({"text": more})));
+                }
+                sink.events(&rid2, &batch).await;
+            }
+        });
+        let built = self
+            .images
+            .image_for(&spec.config, |line| {
+                let _ = tx.send(line);
+            })
+            .await;
+        drop(tx);
+        let _ = relay.await;
+        match built {
+            Ok(image) => ctx.image = image,
+            Err(e) => {
+                self.metrics.docker_errors.inc();
+                let (code, field) = match &e {
+                    crate::images::BuildError::BaseMissing(_) => {
+                        ("image_not_found", Some("image".to_string()))
+                    }
+                    crate::images::BuildError::Failed { .. } => {
+                        ("image_build_failed", Some("system_packages".to_string()))
+                    }
+                    crate::images::BuildError::Engine(_) => ("docker_error", None),
+                };
+                if let crate::images::BuildError::Engine(e) = &e {
+                    if e.is_transient() {
+                        tracing::warn!(request_id = %rid, error = %e, "docker unavailable; the entry stays pending");
+                        return;
+                    }
+                }
+                let info = ErrorInfo {
+                    code: code.into(),
+                    field,
+                    message: e.to_string(),
+                };
+                let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+                self.answer(
+                    &entry.id,
+                    ResultRecord {
+                        session_id: spec.session_id.clone(),
+                        ..ResultRecord::bare(&rid, Status::Error, Some(info))
+                    },
+                )
+                .await;
+                return;
+            }
+        }
         let body = create_body(&spec, &ctx);
         let mut redactor = spec.redactor();
         redactor.add(&api_key);
@@ -757,7 +852,7 @@ impl Daemon {
     }
 
     /// The network and gateway URL of a new worker.
-    fn worker_net(&self, has_internet: bool, api_key: &str) -> WorkerNet {
+    pub(crate) fn worker_net(&self, has_internet: bool, api_key: &str) -> WorkerNet {
         let (network, ip) = if has_internet {
             &self.networks.external
         } else {
@@ -901,7 +996,16 @@ impl Daemon {
                 }
             }
             Ok(ControlCommand::CancelSession { session_id }) => {
-                tracing::info!(session_id = %session_id, "session cancel is handled by the session manager");
+                let known = self
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .get(&session_id)
+                    .is_some_and(|s| s.container.is_some());
+                if known {
+                    tracing::info!(session_id = %session_id, "ending session on request");
+                    self.end_session(&session_id, "cancelled").await;
+                }
             }
             Err(reason) => {
                 // Every instance sees every control entry; only one reports it.
@@ -990,8 +1094,7 @@ impl Daemon {
                         };
                         self.metrics.reclaims.inc();
                         tracing::info!(entry_id = %e.id, deliveries = e.deliveries, "reclaimed a pending entry");
-                        let d = self.clone();
-                        tokio::spawn(async move { d.handle_entry(e, permit).await });
+                        self.dispatch(e, permit);
                     }
                     cursor = next;
                     if cursor == "0-0" {

@@ -264,6 +264,10 @@ impl OutputStream {
     }
 }
 
+/// Output of a process: chunks tagged with their stream.
+pub type ExecOutput =
+    std::pin::Pin<Box<dyn Stream<Item = Result<(OutputStream, bytes::Bytes), EngineError>> + Send>>;
+
 /// The Docker engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -465,6 +469,74 @@ impl Engine {
             Err(e) if status_of(&e) == Some(409) => Ok(()), // removal already in progress
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Starts `argv` inside a running container as the worker user; returns
+    /// the exec id and its output stream (which ends when the process does).
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        env: Vec<String>,
+    ) -> Result<(String, ExecOutput), EngineError> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let opts = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv),
+            env: Some(env),
+            user: Some(WORKER_USER.to_string()),
+            working_dir: Some(crate::render::WORKSPACE.to_string()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(id, opts)
+            .await
+            .map_err(|e| self.not_found(e, id))?;
+        match self.docker.start_exec(&created.id, None).await? {
+            StartExecResults::Attached { output, .. } => {
+                let stream = output.filter_map(|r| async move {
+                    use bollard::container::LogOutput;
+                    match r {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                            Some(Ok((OutputStream::Stdout, message)))
+                        }
+                        Ok(LogOutput::StdErr { message }) => {
+                            Some(Ok((OutputStream::Stderr, message)))
+                        }
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(EngineError::from(e))),
+                    }
+                });
+                Ok((created.id, Box::pin(stream)))
+            }
+            StartExecResults::Detached => Ok((created.id, Box::pin(futures_util::stream::empty()))),
+        }
+    }
+
+    /// Exit code of a finished exec (`None` while it runs).
+    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+        let r = self.docker.inspect_exec(exec_id).await?;
+        if r.running.unwrap_or(false) {
+            return Ok(None);
+        }
+        Ok(r.exit_code)
+    }
+
+    /// Runs `argv` to completion and returns its exit code and stdout.
+    pub async fn exec_output(&self, id: &str, argv: &[&str]) -> Result<(i64, String), EngineError> {
+        let (exec_id, mut out) = self
+            .exec(id, argv.iter().map(|s| s.to_string()).collect(), Vec::new())
+            .await?;
+        let mut text = Vec::new();
+        while let Some(item) = out.next().await {
+            if let Ok((OutputStream::Stdout, b)) = item {
+                text.extend_from_slice(&b);
+            }
+        }
+        let code = self.exec_exit_code(&exec_id).await?.unwrap_or(-1);
+        Ok((code, String::from_utf8_lossy(&text).into_owned()))
     }
 
     /// Creates the bridge network `name` if missing (`internal` = no route

@@ -70,6 +70,9 @@ pub struct Settings {
     /// Orchestrator backend the gateway forwards tool calls to; empty means
     /// none (calls other than `respond` get a clear error).
     pub upstream_url: String,
+    /// A session nobody used for this long ends (`0s` = never).
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -101,6 +104,7 @@ impl Default for Settings {
             gateway_host: String::new(),
             gateway_bind: String::new(),
             upstream_url: String::new(),
+            session_idle_timeout: Duration::ZERO,
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()

@@ -227,10 +227,24 @@ async fn forward_output(
     redactor: Redactor,
     from_now: bool,
 ) {
+    let logs = env
+        .engine
+        .logs(&container, true, if from_now { Some(0) } else { None });
+    forward(&env, &job_request_id, &redactor, Box::pin(logs)).await;
+}
+
+/// Forwards a process's output as events until the stream ends; returns
+/// the redacted tail of its stdout and whether the tail lost its start.
+pub async fn forward(
+    env: &WorkerEnv,
+    request_id: &str,
+    redactor: &Redactor,
+    mut output: crate::docker::ExecOutput,
+) -> (String, bool) {
     let mut fwd = OutputForwarder {
-        request_id: job_request_id,
+        request_id: request_id.to_string(),
         sink: env.sink.clone(),
-        redactor,
+        redactor: redactor.clone(),
         limits: env.output.clone(),
         partial: [Vec::new(), Vec::new()],
         batch: Vec::new(),
@@ -239,15 +253,13 @@ async fn forward_output(
         dropped: 0,
         metrics: env.metrics.clone(),
     };
-    let logs = env
-        .engine
-        .logs(&container, true, if from_now { Some(0) } else { None });
-    tokio::pin!(logs);
+    let mut tail: Vec<u8> = Vec::new();
+    let mut truncated = false;
     loop {
         let next = if fwd.batch.is_empty() {
-            logs.next().await
+            output.next().await
         } else {
-            match tokio::time::timeout(BATCH_DELAY, logs.next()).await {
+            match tokio::time::timeout(BATCH_DELAY, output.next()).await {
                 Ok(n) => n,
                 Err(_) => {
                     fwd.flush().await;
@@ -257,19 +269,31 @@ async fn forward_output(
         };
         match next {
             Some(Ok((stream, chunk))) => {
+                if stream == OutputStream::Stdout {
+                    tail.extend_from_slice(&chunk);
+                    if tail.len() > 2 * env.output.tail_bytes {
+                        tail.drain(..tail.len() - env.output.tail_bytes);
+                        truncated = true;
+                    }
+                }
                 fwd.push_chunk(stream, &chunk);
                 if fwd.batch.len() >= BATCH_LINES {
                     fwd.flush().await;
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(container = %container, error = %e, "following output failed");
+                tracing::warn!(request_id, error = %e, "following output failed");
                 break;
             }
             None => break,
         }
     }
     fwd.finish().await;
+    if tail.len() > env.output.tail_bytes {
+        tail.drain(..tail.len() - env.output.tail_bytes);
+        truncated = true;
+    }
+    (redactor.redact(&String::from_utf8_lossy(&tail)), truncated)
 }
 
 /// The last `tail_bytes` of the container's stdout, redacted; and whether
