@@ -11,6 +11,7 @@ pub mod http;
 pub mod image_ref;
 pub mod loader;
 pub mod metrics;
+pub mod orchestrator_cli;
 pub mod policy;
 pub mod protocol;
 pub mod redact;
