@@ -13,6 +13,7 @@ pub mod image_ref;
 pub mod images;
 pub mod loader;
 pub mod metrics;
+pub mod orchestrator_cli;
 pub mod policy;
 pub mod protocol;
 pub mod redact;
