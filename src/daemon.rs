@@ -112,21 +112,19 @@ impl Daemon {
             })?;
         let ext = settings.worker_network.clone();
         let int = format!("{}-internal", settings.worker_network);
+        let (ext_ip, ext_bridge) = engine.ensure_network(&ext, false).await.map_err(StartError::Docker)?;
+        let (int_ip, int_bridge) = engine.ensure_network(&int, true).await.map_err(StartError::Docker)?;
+        if settings.manage_firewall {
+            for bridge in [&ext_bridge, &int_bridge] {
+                if let Err(e) = crate::firewall::isolate_bridge(bridge, settings.gateway_port) {
+                    tracing::warn!(bridge = %bridge, error = %e, "cannot isolate the workers' bridge from the host; workers may reach host services");
+                }
+            }
+        }
         let networks = Networks {
-            external: (
-                ext.clone(),
-                engine
-                    .ensure_network(&ext, false)
-                    .await
-                    .map_err(StartError::Docker)?,
-            ),
-            internal: (
-                int.clone(),
-                engine
-                    .ensure_network(&int, true)
-                    .await
-                    .map_err(StartError::Docker)?,
-            ),
+            external: (ext.clone(), ext_ip),
+            internal: (int.clone(), int_ip),
+            bridges: vec![ext_bridge, int_bridge],
         };
         let metrics = Arc::new(Metrics::new());
         let schema = ConfigSchema::new();
@@ -202,6 +200,11 @@ impl Daemon {
         })
         .await;
         tasks.abort_all();
+        if self.settings.manage_firewall {
+            for bridge in &self.networks.bridges {
+                crate::firewall::release_bridge(bridge, self.settings.gateway_port);
+            }
+        }
         tracing::info!("intake stopped; running workers are left to the next start");
     }
 
@@ -1221,6 +1224,8 @@ pub struct Networks {
     pub external: (String, String),
     /// (name, gateway ip) of the internal network (no route out).
     pub internal: (String, String),
+    /// Bridge interfaces of both.
+    pub bridges: Vec<String>,
 }
 
 fn dirs(settings: &Settings) -> CatalogDirs {

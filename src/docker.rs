@@ -540,8 +540,9 @@ impl Engine {
     }
 
     /// Creates the bridge network `name` if missing (`internal` = no route
-    /// out) and returns the host's gateway address on it.
-    pub async fn ensure_network(&self, name: &str, internal: bool) -> Result<String, EngineError> {
+    /// out) and returns the host's gateway address on it and its bridge
+    /// interface name.
+    pub async fn ensure_network(&self, name: &str, internal: bool) -> Result<(String, String), EngineError> {
         use bollard::models::NetworkCreateRequest;
         let inspect = |d: Docker, n: String| async move {
             d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
@@ -575,12 +576,17 @@ impl Engine {
                 "existing network has the other internal setting"
             );
         }
+        let bridge = net
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+            .unwrap_or_else(|| format!("br-{}", &net.id.clone().unwrap_or_default().chars().take(12).collect::<String>()));
         let gateway = net
             .ipam
             .and_then(|i| i.config)
             .and_then(|c| c.into_iter().find_map(|c| c.gateway))
             .unwrap_or_default();
-        Ok(gateway)
+        Ok((gateway, bridge))
     }
 
     /// Connects a (created) container to another network.

@@ -23,3 +23,4 @@ pub mod settings;
 pub mod sink;
 pub mod spec;
 pub mod worker;
+pub mod firewall;

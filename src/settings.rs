@@ -70,6 +70,8 @@ pub struct Settings {
     /// Orchestrator backend the gateway forwards tool calls to; empty means
     /// none (calls other than `respond` get a clear error).
     pub upstream_url: String,
+    /// Add host firewall rules so workers reach only the gateway on the host.
+    pub manage_firewall: bool,
     /// A session nobody used for this long ends (`0s` = never).
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
@@ -105,6 +107,7 @@ impl Default for Settings {
             gateway_bind: String::new(),
             upstream_url: String::new(),
             session_idle_timeout: Duration::ZERO,
+            manage_firewall: true,
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()
