@@ -83,6 +83,9 @@ impl Entry {
     }
 }
 
+/// How long a run mark lives without a refresh from its instance.
+const RUN_MARK_TTL_SECS: u64 = 60;
+
 /// How long bookkeeping keys (result-sent marks, event counters) live.
 const MARK_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -115,6 +118,34 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 "#;
 
+// A run mark says which instance runs a request now: 1 = taken by the
+// caller, 2 = the caller already holds it, 0 = a live instance holds it,
+// 3 = a dead instance held it (the run was interrupted).
+const CLAIM_RUN: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+if cur == ARGV[1] then return 2 end
+if redis.call('EXISTS', ARGV[2] .. cur) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 3
+"#;
+
+/// Outcome of [`Bus::claim_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunClaim {
+    /// Nobody ran it: the caller runs it now.
+    Taken,
+    /// The caller's own instance holds it already.
+    Mine,
+    /// Another live instance runs it.
+    Elsewhere,
+    /// A dead instance started it: the run was interrupted.
+    Interrupted,
+}
+
 /// The shared, auto-reconnecting connection plus stream names.
 #[derive(Clone)]
 pub struct Bus {
@@ -126,6 +157,7 @@ pub struct Bus {
     publish_result: Script,
     publish_events: Script,
     claim_adoption: Script,
+    claim_run: Script,
 }
 
 impl Bus {
@@ -145,6 +177,7 @@ impl Bus {
             publish_result: Script::new(PUBLISH_RESULT),
             publish_events: Script::new(PUBLISH_EVENTS),
             claim_adoption: Script::new(CLAIM_ADOPTION),
+            claim_run: Script::new(CLAIM_RUN),
         })
     }
 
@@ -325,6 +358,46 @@ impl Bus {
             .arg(self.key_key(key_hash))
             .query_async(&mut c)
             .await?;
+        Ok(())
+    }
+
+    fn run_key(&self, request_id: &str) -> String {
+        format!("{}:run:{request_id}", self.names.prefix)
+    }
+
+    /// Marks `request_id` as run by `instance` (see [`RunClaim`]).
+    pub async fn claim_run(&self, request_id: &str, instance: &str) -> Result<RunClaim, BusError> {
+        let mut c = self.conn.clone();
+        let v: i64 = self
+            .claim_run
+            .key(self.run_key(request_id))
+            .arg(instance)
+            .arg(format!("{}:instance:", self.names.prefix))
+            .arg(RUN_MARK_TTL_SECS)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match v {
+            1 => RunClaim::Taken,
+            2 => RunClaim::Mine,
+            0 => RunClaim::Elsewhere,
+            _ => RunClaim::Interrupted,
+        })
+    }
+
+    /// Keeps the run marks of `request_ids` alive.
+    pub async fn refresh_runs(&self, request_ids: &[String]) -> Result<(), BusError> {
+        if request_ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for rid in request_ids {
+            pipe.cmd("EXPIRE")
+                .arg(self.run_key(rid))
+                .arg(RUN_MARK_TTL_SECS)
+                .ignore();
+        }
+        let _: Value = pipe.query_async(&mut c).await?;
         Ok(())
     }
 

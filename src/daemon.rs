@@ -112,8 +112,14 @@ impl Daemon {
             })?;
         let ext = settings.worker_network.clone();
         let int = format!("{}-internal", settings.worker_network);
-        let (ext_ip, ext_bridge) = engine.ensure_network(&ext, false).await.map_err(StartError::Docker)?;
-        let (int_ip, int_bridge) = engine.ensure_network(&int, true).await.map_err(StartError::Docker)?;
+        let (ext_ip, ext_bridge) = engine
+            .ensure_network(&ext, false)
+            .await
+            .map_err(StartError::Docker)?;
+        let (int_ip, int_bridge) = engine
+            .ensure_network(&int, true)
+            .await
+            .map_err(StartError::Docker)?;
         if settings.manage_firewall {
             for bridge in [&ext_bridge, &int_bridge] {
                 if let Err(e) = crate::firewall::isolate_bridge(bridge, settings.gateway_port) {
@@ -1054,6 +1060,14 @@ impl Daemon {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
+            let running: Vec<String> = self
+                .running
+                .lock()
+                .expect("running lock")
+                .keys()
+                .cloned()
+                .collect();
+            let _ = self.bus.refresh_runs(&running).await;
             if let Err(e) = self.bus.heartbeat(&self.settings.instance_id, 30).await {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(error = %e, "heartbeat failed");

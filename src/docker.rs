@@ -542,7 +542,11 @@ impl Engine {
     /// Creates the bridge network `name` if missing (`internal` = no route
     /// out) and returns the host's gateway address on it and its bridge
     /// interface name.
-    pub async fn ensure_network(&self, name: &str, internal: bool) -> Result<(String, String), EngineError> {
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        internal: bool,
+    ) -> Result<(String, String), EngineError> {
         use bollard::models::NetworkCreateRequest;
         let inspect = |d: Docker, n: String| async move {
             d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
@@ -580,7 +584,17 @@ impl Engine {
             .options
             .as_ref()
             .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
-            .unwrap_or_else(|| format!("br-{}", &net.id.clone().unwrap_or_default().chars().take(12).collect::<String>()));
+            .unwrap_or_else(|| {
+                format!(
+                    "br-{}",
+                    &net.id
+                        .clone()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
+                )
+            });
         let gateway = net
             .ipam
             .and_then(|i| i.config)

@@ -51,12 +51,19 @@ pub fn isolate_bridge(bridge: &str, port: u16) -> Result<(), String> {
     ensure(&["INPUT", "-j", CHAIN], "-I")?;
     let port = port.to_string();
     ensure(&[CHAIN, "-i", bridge, "-j", "DROP"], "-A")?;
-    ensure(&[CHAIN, "-i", bridge, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"], "-I")?;
+    ensure(
+        &[
+            CHAIN, "-i", bridge, "-p", "tcp", "--dport", &port, "-j", "ACCEPT",
+        ],
+        "-I",
+    )?;
     Ok(())
 }
 
 /// Removes this instance's gateway rule for `bridge` (the drop rule stays).
 pub fn release_bridge(bridge: &str, port: u16) {
     let port = port.to_string();
-    let _ = iptables(&["-D", CHAIN, "-i", bridge, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"]);
+    let _ = iptables(&[
+        "-D", CHAIN, "-i", bridge, "-p", "tcp", "--dport", &port, "-j", "ACCEPT",
+    ]);
 }

@@ -141,6 +141,24 @@ impl Daemon {
             Ok(false) => {}
             Err(_) => return,
         }
+        match self.bus.claim_run(&rid, &self.settings.instance_id).await {
+            Ok(crate::bus::RunClaim::Taken) => {}
+            // Running here or on a live instance: that run acknowledges it.
+            Ok(crate::bus::RunClaim::Mine | crate::bus::RunClaim::Elsewhere) => return,
+            Ok(crate::bus::RunClaim::Interrupted) => {
+                // Its instance died mid-task: never run it a second time.
+                let name = self.session_container_name(sid);
+                if let Ok(f) = self.env.engine.inspect(&name).await {
+                    self.kill_task(&f.id).await;
+                }
+                let info = ErrorInfo { code: "interrupted".into(), field: None, message: "the daemon running this task stopped before it finished; publish the request again".into() };
+                let mut r = ResultRecord::bare(&rid, Status::Error, Some(info));
+                r.session_id = Some(sid.to_string());
+                self.answer(&entry.id, r).await;
+                return;
+            }
+            Err(_) => return,
+        }
         if entry.deliveries > self.settings.max_deliveries {
             let reason = format!("failed {} deliveries", entry.deliveries - 1);
             self.dead_letter(&entry, &reason).await;
@@ -216,7 +234,7 @@ impl Daemon {
             .expect("sessions lock")
             .get(sid)
             .and_then(|s| s.container.clone());
-        let name = container_name("wss", sid);
+        let name = self.session_container_name(sid);
         let existing = match known {
             Some(c) => Some(c),
             None => match self.env.engine.inspect(&name).await {
@@ -663,6 +681,15 @@ impl Daemon {
             }
         }
         run(killer("KILL")).await;
+    }
+
+    /// The container name of a session in this setup.
+    pub(crate) fn session_container_name(&self, sid: &str) -> String {
+        if self.settings.stream_prefix == "workers" {
+            container_name("wss", sid)
+        } else {
+            container_name("wss", &format!("{}/{sid}", self.settings.stream_prefix))
+        }
     }
 
     /// Ends a session: stops its task, removes its container, says so.
