@@ -503,7 +503,7 @@ pub async fn run(
     prompt: &str,
     override_json: Option<&str>,
 ) -> i32 {
-    use crate::docker::{container_name, create_body};
+    use crate::docker::{create_body, request_container_name};
     use crate::worker::{self, Job, OutputLimits, WorkerEnv};
     let rid = generated_request_id();
     let json = match spawn_request_json(&rid, preset, prompt, None, override_json) {
@@ -557,8 +557,8 @@ pub async fn run(
         },
         instance: settings.instance_id.clone(),
     };
-    let name = container_name("ws", &rid);
-    let deadline = worker::unix_now() + spec.config.limits.timeout_sec;
+    let name = request_container_name(&settings.stream_prefix, &rid);
+    let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
     let ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None, None);
     let id = match engine.create(&name, create_body(&spec, &ctx)).await {
         Ok(id) => id,

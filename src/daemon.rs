@@ -22,7 +22,7 @@ use crate::bus::{Bus, BusError, Entry, StreamNames};
 use crate::catalog::Catalog;
 use crate::config::ConfigSchema;
 use crate::docker::{
-    container_name, create_body, labels, ContainerFacts, Engine, EngineError, LaunchContext,
+    create_body, labels, request_container_name, ContainerFacts, Engine, EngineError, LaunchContext,
 };
 use crate::loader::{self, CatalogDirs};
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ use crate::protocol::{
 use crate::settings::Settings;
 use crate::sink::Sink;
 use crate::spec::{Resolver, WorkerSpec};
-use crate::worker::{self, unix_now, Job, OutputLimits, StopReason, WorkerEnv};
+use crate::worker::{self, Job, OutputLimits, StopReason, WorkerEnv};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +465,7 @@ impl Daemon {
             return;
         }
 
-        let name = container_name("ws", &rid);
+        let name = request_container_name(&self.settings.stream_prefix, &rid);
         // A redelivered request whose container exists follows that container.
         match self.env.engine.inspect(&name).await {
             Ok(facts) => {
@@ -580,7 +580,7 @@ impl Daemon {
             .sink
             .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id}))
             .await;
-        let deadline = unix_now() + spec.config.limits.timeout_sec;
+        let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let api_key = crate::gateway::new_key();
         let net = self.worker_net(spec.config.has_internet, &api_key);
         let record = crate::gateway::KeyRecord {

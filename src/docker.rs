@@ -109,6 +109,21 @@ pub fn container_name(kind: &str, id: &str) -> String {
     }
 }
 
+/// The container name of request `request_id` of the setup with stream
+/// prefix `prefix`. Setups sharing one engine must not share names: the
+/// daemon follows an existing container of the same name instead of
+/// spawning, and would never answer a request whose name another setup
+/// took. The default prefix keeps the plain `ws-<request id>`; any other
+/// gets `ws-<prefix>_<request id>-<hash>` (`/` cannot occur in either part,
+/// so the hashed pair is unambiguous).
+pub fn request_container_name(prefix: &str, request_id: &str) -> String {
+    if prefix == "workers" {
+        container_name("ws", request_id)
+    } else {
+        container_name("ws", &format!("{prefix}/{request_id}"))
+    }
+}
+
 /// What the container needs beyond the spec: names, labels, network.
 #[derive(Debug, Clone)]
 pub struct LaunchContext {
@@ -673,6 +688,16 @@ mod tests {
         assert!(a.starts_with("ws-a_b-"));
         assert_ne!(a, container_name("ws", "a_b"));
         assert_eq!(a, container_name("ws", "a:b"));
+    }
+
+    #[test]
+    fn setups_with_different_prefixes_get_different_container_names() {
+        assert_eq!(request_container_name("workers", "req_1"), "ws-req_1");
+        let a = request_container_name("a", "b.c");
+        let b = request_container_name("a.b", "c");
+        assert!(a.starts_with("ws-a_b.c-"), "{a}");
+        assert_ne!(a, b);
+        assert_ne!(a, request_container_name("workers", "req_1"));
     }
 
     #[test]

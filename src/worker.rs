@@ -97,6 +97,26 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix milliseconds now.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The deadline (Unix seconds, as labelled) of a task of `timeout_sec`
+/// starting now. Rounded up: the task gets at least `timeout_sec`, never
+/// up to a second less as with a truncated "now".
+pub fn deadline_after(timeout_sec: u64) -> u64 {
+    unix_now_ms().div_ceil(1000) + timeout_sec
+}
+
+/// Time left until `deadline_unix`, to the millisecond.
+pub fn time_left(deadline_unix: u64) -> Duration {
+    Duration::from_millis((deadline_unix * 1000).saturating_sub(unix_now_ms()))
+}
+
 impl Job {
     fn worker_info(&self, instance: &str) -> WorkerInfo {
         WorkerInfo {
@@ -358,7 +378,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         !fresh,
     ));
 
-    let remaining = Duration::from_secs(job.deadline_unix.saturating_sub(unix_now()));
+    let remaining = time_left(job.deadline_unix);
     enum End {
         Exited,
         TimedOut,
@@ -531,4 +551,23 @@ async fn inspect_retrying(engine: &Engine, id: &str) -> Option<ContainerFacts> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_leaves_at_least_the_whole_timeout() {
+        let before = unix_now_ms();
+        let d = deadline_after(2);
+        assert!(
+            d * 1000 >= before + 2000,
+            "deadline {d} cuts the timeout short"
+        );
+        let left = time_left(d);
+        assert!(left > Duration::from_millis(1900), "{left:?}");
+        assert!(left <= Duration::from_secs(3), "{left:?}");
+        assert_eq!(time_left(0), Duration::ZERO);
+    }
 }
