@@ -72,6 +72,9 @@ fi
 section "cargo build --all-targets"
 cargo build --all-targets
 
+section "universal worker image (debootstrap base, orchestrator CLI)"
+images/universal-worker/build.sh --orchestrator "${CARGO_TARGET_DIR:-target}/debug/orchestrator"
+
 # Extra args go to cargo test; args after a "--" go to the test harness,
 # together with --test-threads=2.
 cargo_args=()

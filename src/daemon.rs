@@ -580,6 +580,62 @@ impl Daemon {
             .sink
             .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id}))
             .await;
+        // Setup layers are baked once per base image + setup, never per spawn.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let sink = self.env.sink.clone();
+        let rid2 = rid.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let mut batch = vec![(EventType::ImageBuilding, json!({"text": line}))];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push((EventType::ImageBuilding, json!({"text": more})));
+                }
+                sink.events(&rid2, &batch).await;
+            }
+        });
+        let built = self
+            .images
+            .image_for(&spec.config, |line| {
+                let _ = tx.send(line);
+            })
+            .await;
+        drop(tx);
+        let _ = relay.await;
+        let image = match built {
+            Ok(image) => image,
+            Err(e) => {
+                self.metrics.docker_errors.inc();
+                let (code, field) = match &e {
+                    crate::images::BuildError::BaseMissing(_) => {
+                        ("image_not_found", Some("image".to_string()))
+                    }
+                    crate::images::BuildError::Failed { .. } => {
+                        ("image_build_failed", Some("system_packages".to_string()))
+                    }
+                    crate::images::BuildError::Engine(_) => ("docker_error", None),
+                };
+                if let crate::images::BuildError::Engine(e) = &e {
+                    if e.is_transient() {
+                        tracing::warn!(request_id = %rid, error = %e, "docker unavailable; the entry stays pending");
+                        return;
+                    }
+                }
+                let info = ErrorInfo {
+                    code: code.into(),
+                    field,
+                    message: e.to_string(),
+                };
+                self.answer(
+                    &entry.id,
+                    ResultRecord {
+                        session_id: spec.session_id.clone(),
+                        ..ResultRecord::bare(&rid, Status::Error, Some(info))
+                    },
+                )
+                .await;
+                return;
+            }
+        };
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let api_key = crate::gateway::new_key();
         let net = self.worker_net(spec.config.has_internet, &api_key);
@@ -615,63 +671,7 @@ impl Daemon {
             Some(&entry.id),
             Some(&net),
         );
-        // Setup layers are baked once per base image + setup, never per spawn.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let sink = self.env.sink.clone();
-        let rid2 = rid.clone();
-        let relay = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let mut batch = vec![(EventType::ImageBuilding, json!({"text": line}))];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push((EventType::ImageBuilding, json!({"text": more})));
-                }
-                sink.events(&rid2, &batch).await;
-            }
-        });
-        let built = self
-            .images
-            .image_for(&spec.config, |line| {
-                let _ = tx.send(line);
-            })
-            .await;
-        drop(tx);
-        let _ = relay.await;
-        match built {
-            Ok(image) => ctx.image = image,
-            Err(e) => {
-                self.metrics.docker_errors.inc();
-                let (code, field) = match &e {
-                    crate::images::BuildError::BaseMissing(_) => {
-                        ("image_not_found", Some("image".to_string()))
-                    }
-                    crate::images::BuildError::Failed { .. } => {
-                        ("image_build_failed", Some("system_packages".to_string()))
-                    }
-                    crate::images::BuildError::Engine(_) => ("docker_error", None),
-                };
-                if let crate::images::BuildError::Engine(e) = &e {
-                    if e.is_transient() {
-                        tracing::warn!(request_id = %rid, error = %e, "docker unavailable; the entry stays pending");
-                        return;
-                    }
-                }
-                let info = ErrorInfo {
-                    code: code.into(),
-                    field,
-                    message: e.to_string(),
-                };
-                let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
-                self.answer(
-                    &entry.id,
-                    ResultRecord {
-                        session_id: spec.session_id.clone(),
-                        ..ResultRecord::bare(&rid, Status::Error, Some(info))
-                    },
-                )
-                .await;
-                return;
-            }
-        }
+        ctx.image = image;
         let body = create_body(&spec, &ctx);
         let mut redactor = spec.redactor();
         redactor.add(&api_key);
