@@ -18,4 +18,5 @@ pub mod render;
 pub mod settings;
 pub mod sink;
 pub mod spec;
+pub mod watcher;
 pub mod worker;

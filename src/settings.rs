@@ -60,6 +60,9 @@ pub struct Settings {
     pub gateway_url: String,
     /// Docker network the workers join (the gateway is reachable on it).
     pub worker_network: String,
+    /// Full re-scan of the catalog directories, the backup of the file watcher.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -88,6 +91,7 @@ impl Default for Settings {
             output_line_bytes: 16 * 1024,
             gateway_url: String::new(),
             worker_network: String::new(),
+            rescan_interval: Duration::from_secs(30),
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()
@@ -185,6 +189,9 @@ impl Settings {
         if self.max_concurrent == 0 {
             return Err(SettingsError("max_concurrent must be at least 1".into()));
         }
+        if self.rescan_interval.is_zero() {
+            return Err(SettingsError("rescan_interval must be positive".into()));
+        }
         if !crate::protocol::is_valid_token(&self.instance_id, 64) {
             return Err(SettingsError(
                 "instance_id must be 1-64 chars of [A-Za-z0-9._:-]".into(),
@@ -226,6 +233,28 @@ mod tests {
             assert_eq!(s.block, Duration::from_secs(90));
             assert!(s.policy.allow_inline_configs);
             assert_eq!(s.stream("spawn"), "env:spawn");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn nested_and_duration_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Settings::default().rescan_interval, Duration::from_secs(30));
+            jail.set_env("WORKERS_SPAWNER_RESCAN_INTERVAL", "2m");
+            jail.set_env(
+                "WORKERS_SPAWNER_POLICY__ALLOWED_IMAGES",
+                r#"["universal-worker-base:*", "ghcr.io/acme/worker:*"]"#,
+            );
+            let s = Settings::load(&SettingsArgs::default()).unwrap();
+            assert_eq!(s.rescan_interval, Duration::from_secs(120));
+            assert_eq!(
+                s.policy.allowed_images,
+                vec!["universal-worker-base:*", "ghcr.io/acme/worker:*"]
+            );
+            jail.set_env("WORKERS_SPAWNER_RESCAN_INTERVAL", "0s");
+            assert!(Settings::load(&SettingsArgs::default()).is_err());
             Ok(())
         });
     }
