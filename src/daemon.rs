@@ -33,7 +33,11 @@ use crate::protocol::{
 use crate::settings::Settings;
 use crate::sink::Sink;
 use crate::spec::{Resolver, WorkerSpec};
+use crate::watcher;
 use crate::worker::{self, Job, OutputLimits, StopReason, WorkerEnv};
+
+/// Quiet time after a burst of catalog file changes before reloading.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +203,8 @@ impl Daemon {
         tasks.spawn(async move { d.control_loop().await });
         let d = self.clone();
         tasks.spawn(async move { d.maintenance_loop().await });
+        let d = self.clone();
+        tasks.spawn(async move { d.watch_loop().await });
         self.shutdown.cancelled().await;
         // Give each loop a moment to leave its blocking read.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -240,6 +246,30 @@ impl Daemon {
                     json!({"file": i.file, "field": i.field, "message": i.message}),
                 )
                 .await;
+        }
+    }
+
+    /// Reloads the catalog whenever the catalog directories change; the
+    /// periodic re-scan in `maintenance_loop` is the backup.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut changes = match watcher::spawn_watcher(&dirs(&self.settings), WATCH_DEBOUNCE) {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog changes are picked up by the periodic re-scan only");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = changes.recv() => {
+                    if got.is_none() {
+                        tracing::warn!("catalog watcher stopped; relying on the periodic re-scan");
+                        return;
+                    }
+                    self.reload_catalog().await;
+                }
+                _ = self.shutdown.cancelled() => return,
+            }
         }
     }
 
@@ -1055,6 +1085,7 @@ impl Daemon {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut cursor = "0-0".to_string();
         let mut last_reclaim = Instant::now();
+        let mut last_rescan = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1076,7 +1107,10 @@ impl Daemon {
                 self.metrics.queue_length.set(len as i64);
                 self.metrics.queue_pending.set(pending as i64);
             }
-            self.reload_catalog().await;
+            if last_rescan.elapsed() >= self.settings.rescan_interval {
+                last_rescan = Instant::now();
+                self.reload_catalog().await;
+            }
             self.check_ready().await;
             if last_reclaim.elapsed() >= self.settings.reclaim_min_idle.min(Duration::from_secs(30))
             {

@@ -23,4 +23,5 @@ pub mod session;
 pub mod settings;
 pub mod sink;
 pub mod spec;
+pub mod watcher;
 pub mod worker;

@@ -476,7 +476,7 @@ impl Daemon {
             container_id: container.id.clone(),
             container_name: container.name.clone(),
             redactor: redactor.clone(),
-            deadline_unix: (unix_now() + spec.config.limits.timeout_sec)
+            deadline_unix: worker::deadline_after(spec.config.limits.timeout_sec)
                 .min(container.deadline_unix),
             received_at: Some(received_at),
             queue_ms,
@@ -557,7 +557,7 @@ impl Daemon {
         let red2 = redactor.clone();
         let mut fwd =
             tokio::spawn(async move { worker::forward(&env2, &rid2, &red2, output).await });
-        let remaining = Duration::from_secs(job.deadline_unix.saturating_sub(unix_now()));
+        let remaining = worker::time_left(job.deadline_unix);
         let mut stopped: Option<StopReason> = None;
         let mut tail = (String::new(), false);
         tokio::select! {

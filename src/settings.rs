@@ -75,6 +75,9 @@ pub struct Settings {
     /// A session nobody used for this long ends (`0s` = never).
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
+    /// Full re-scan of the catalog directories, the backup of the file watcher.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -108,6 +111,7 @@ impl Default for Settings {
             upstream_url: String::new(),
             session_idle_timeout: Duration::ZERO,
             manage_firewall: true,
+            rescan_interval: Duration::from_secs(30),
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()
@@ -205,6 +209,9 @@ impl Settings {
         if self.max_concurrent == 0 {
             return Err(SettingsError("max_concurrent must be at least 1".into()));
         }
+        if self.rescan_interval.is_zero() {
+            return Err(SettingsError("rescan_interval must be positive".into()));
+        }
         if !crate::protocol::is_valid_token(&self.instance_id, 64) {
             return Err(SettingsError(
                 "instance_id must be 1-64 chars of [A-Za-z0-9._:-]".into(),
@@ -246,6 +253,28 @@ mod tests {
             assert_eq!(s.block, Duration::from_secs(90));
             assert!(s.policy.allow_inline_configs);
             assert_eq!(s.stream("spawn"), "env:spawn");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn nested_and_duration_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Settings::default().rescan_interval, Duration::from_secs(30));
+            jail.set_env("WORKERS_SPAWNER_RESCAN_INTERVAL", "2m");
+            jail.set_env(
+                "WORKERS_SPAWNER_POLICY__ALLOWED_IMAGES",
+                r#"["universal-worker-base:*", "ghcr.io/acme/worker:*"]"#,
+            );
+            let s = Settings::load(&SettingsArgs::default()).unwrap();
+            assert_eq!(s.rescan_interval, Duration::from_secs(120));
+            assert_eq!(
+                s.policy.allowed_images,
+                vec!["universal-worker-base:*", "ghcr.io/acme/worker:*"]
+            );
+            jail.set_env("WORKERS_SPAWNER_RESCAN_INTERVAL", "0s");
+            assert!(Settings::load(&SettingsArgs::default()).is_err());
             Ok(())
         });
     }

@@ -13,8 +13,9 @@
 #   --force              rebuild even when an image with the same inputs hash exists
 #
 # Without --with-registry, the base image ws-debian-base:bookworm is created once
-# with debootstrap + `docker import` (needs root, debootstrap and access to a
-# Debian mirror; DEBIAN_MIRROR overrides http://deb.debian.org/debian).
+# by images/debian-base/build.sh (debootstrap + `docker import`; needs root,
+# debootstrap and access to a Debian mirror; DEBIAN_MIRROR overrides
+# http://deb.debian.org/debian).
 # The final image is skipped when TAG already carries the same inputs hash label.
 set -euo pipefail
 
@@ -28,10 +29,9 @@ with_registry=0
 force=0
 local_base="ws-debian-base:bookworm"
 registry_base="debian:bookworm-slim"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 base_packages="python3,python3-pip,python3-venv,git,curl,jq,ca-certificates,procps,tini"
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -72,32 +72,7 @@ if [ "$with_registry" = 1 ]; then
 else
     base="$local_base"
     if ! docker image inspect "$base" >/dev/null 2>&1; then
-        if ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ]; then
-            log "installing debootstrap"
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-        fi
-        rootfs="$(mktemp -d "${TMPDIR:-/var/tmp}/ws-debian-base.XXXXXX")"
-        cleanup_rootfs() { as_root rm -rf --one-file-system "$rootfs"; }
-        trap cleanup_rootfs EXIT
-        log "debootstrap bookworm ($base_packages) from $mirror into $rootfs"
-        start=$SECONDS
-        as_root env PATH="/usr/sbin:/sbin:$PATH" debootstrap --variant=minbase \
-            --include="$base_packages" bookworm "$rootfs" "$mirror"
-        as_root sh -c "rm -rf '$rootfs'/var/lib/apt/lists/* '$rootfs'/var/cache/apt/*.bin \
-            '$rootfs'/var/cache/apt/archives/*.deb '$rootfs'/var/cache/apt/archives/partial/* \
-            '$rootfs'/var/log/*.log '$rootfs'/var/log/apt/* '$rootfs'/debootstrap; \
-            : > '$rootfs'/etc/hostname; : > '$rootfs'/etc/resolv.conf"
-        log "importing rootfs as $base"
-        as_root tar --numeric-owner -C "$rootfs" -c . | docker import \
-            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'ENV LANG=C.UTF-8' \
-            --change 'CMD ["/bin/bash"]' \
-            --change "LABEL io.workers-spawner.image=debian-base io.workers-spawner.base-packages=$base_packages" \
-            - "$base" >/dev/null
-        cleanup_rootfs
-        trap - EXIT
-        log "base image $base ready in $((SECONDS - start))s"
+        "$repo_root/images/debian-base/build.sh" --tag "$base" --packages "$base_packages"
     fi
 fi
 base_id="$(docker image inspect -f '{{.Id}}' "$base")"
