@@ -374,9 +374,20 @@ async fn a_failed_setup_build_answers_error_with_its_last_lines_and_leaves_no_da
         }))
         .await
         .unwrap();
+    // Only this build's images count: other tests may be building meanwhile.
+    let events = events_for(&d.prefix, &rid).await;
+    let build_id = events
+        .iter()
+        .find_map(|e| {
+            e["data"]["text"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("building ws-derived:"))
+                .map(|t| t.split_whitespace().next().unwrap_or_default().to_string())
+        })
+        .expect("an image_building event names the build");
     let ours: Vec<_> = dangling
         .iter()
-        .filter(|i| i.labels.get("io.workers-spawner.build").is_some())
+        .filter(|i| i.labels.get("io.workers-spawner.build") == Some(&build_id))
         .collect();
     assert!(
         ours.is_empty(),
