@@ -164,6 +164,15 @@ impl Bus {
     /// Connects to `url`; fails fast when Redis is not reachable.
     pub async fn connect(url: &str, names: StreamNames, maxlen: usize) -> Result<Bus, BusError> {
         let client = Client::open(url)?;
+        // Fail fast (one clear error) when Redis is not there at all; the
+        // manager below retries with backoff once it has connected.
+        let probe = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(Duration::from_secs(3));
+        let mut first = client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut first).await?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(5))
             .set_response_timeout(Duration::from_secs(10))

@@ -84,6 +84,7 @@ pub struct Daemon {
     pub(crate) networks: Networks,
     pub(crate) images: crate::images::ImageBuilder,
     pub(crate) sessions: Mutex<HashMap<String, crate::session::SessionState>>,
+    pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -170,6 +171,7 @@ impl Daemon {
             networks,
             images,
             sessions: Mutex::new(HashMap::new()),
+            early_cancels: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -477,6 +479,17 @@ impl Daemon {
         {
             tracing::info!(request_id = %rid, "request already running here; acknowledging the duplicate");
             self.ack(&entry.id).await;
+            return;
+        }
+        if self.take_early_cancel(&rid) {
+            let info = ErrorInfo {
+                code: "cancelled".into(),
+                field: None,
+                message: "cancelled by a control command before it started".into(),
+            };
+            let mut r = ResultRecord::bare(&rid, Status::Cancelled, Some(info));
+            r.session_id = req.task.session_id.clone();
+            self.answer(&entry.id, r).await;
             return;
         }
         if entry.deliveries > self.settings.max_deliveries {
@@ -790,13 +803,7 @@ impl Daemon {
 
     async fn supervise(self: &Arc<Self>, job: Job, fresh: bool, permit: OwnedSemaphorePermit) {
         let rid = job.request_id.clone();
-        self.running.lock().expect("running lock").insert(
-            rid.clone(),
-            Running {
-                stop: job.stop.clone(),
-                reason: job.stop_reason.clone(),
-            },
-        );
+        self.track_running(&rid, &job.stop, &job.stop_reason);
         let _ = worker::supervise(&self.env, job, fresh).await;
         self.running.lock().expect("running lock").remove(&rid);
         drop(permit);
@@ -1032,6 +1039,12 @@ impl Daemon {
                 let found = self.stop_worker(|rid| rid == request_id);
                 if found {
                     tracing::info!(request_id = %request_id, "cancelling on request");
+                } else {
+                    // Not running here (yet): remember it for a while, in case
+                    // its worker is being created or its entry not read yet.
+                    let mut early = self.early_cancels.lock().expect("cancels lock");
+                    early.retain(|_, at| at.elapsed() < Duration::from_secs(600));
+                    early.insert(request_id, Instant::now());
                 }
             }
             Ok(ControlCommand::CancelSession { session_id }) => {
@@ -1066,6 +1079,42 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Registers a running worker; a cancel that arrived before it started
+    /// (while it was being created) takes effect now.
+    pub(crate) fn track_running(
+        &self,
+        rid: &str,
+        stop: &CancellationToken,
+        reason: &Arc<Mutex<Option<StopReason>>>,
+    ) {
+        self.running.lock().expect("running lock").insert(
+            rid.to_string(),
+            Running {
+                stop: stop.clone(),
+                reason: reason.clone(),
+            },
+        );
+        if self
+            .early_cancels
+            .lock()
+            .expect("cancels lock")
+            .remove(rid)
+            .is_some()
+        {
+            *reason.lock().expect("lock") = Some(StopReason::Cancelled);
+            stop.cancel();
+        }
+    }
+
+    /// Whether a cancel for `rid` arrived before its worker existed.
+    pub(crate) fn take_early_cancel(&self, rid: &str) -> bool {
+        self.early_cancels
+            .lock()
+            .expect("cancels lock")
+            .remove(rid)
+            .is_some()
     }
 
     fn stop_worker(&self, matches: impl Fn(&str) -> bool) -> bool {

@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Entry;
-use crate::daemon::{Daemon, Running};
+use crate::daemon::Daemon;
 use crate::docker::{
     container_name, create_body, labels, ContainerFacts, EngineError, LaunchContext,
 };
@@ -533,13 +533,7 @@ impl Daemon {
             sessions.entry(sid.to_string()).or_default().current =
                 Some((rid.clone(), stop.clone(), reason.clone()));
         }
-        self.running.lock().expect("running lock").insert(
-            rid.clone(),
-            Running {
-                stop: stop.clone(),
-                reason: reason.clone(),
-            },
-        );
+        self.track_running(&rid, &stop, &reason);
         let start_ms = started.duration_since(received).as_millis() as u64;
         self.metrics.start_seconds.observe(start_ms as f64 / 1000.0);
         self.metrics.running_workers.inc();

@@ -123,6 +123,8 @@ pub struct DaemonOpts {
     pub env: Vec<(String, String)>,
     /// How long to wait for `/healthz`.
     pub ready_timeout: Duration,
+    /// Redis to use instead of `WS_TEST_REDIS_URL`.
+    pub redis_url: Option<String>,
 }
 
 impl DaemonOpts {
@@ -139,6 +141,7 @@ impl DaemonOpts {
             args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            redis_url: None,
         }
     }
 
@@ -179,6 +182,11 @@ impl DaemonOpts {
     }
 
     /// `--instance-id`.
+    pub fn redis_url(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.to_string());
+        self
+    }
+
     pub fn instance_id(mut self, id: &str) -> Self {
         self.instance_id = Some(id.to_string());
         self
@@ -212,7 +220,7 @@ impl Daemon {
     /// Starts the daemon and waits until `/healthz` answers; panics (with
     /// its stderr) when it exits or does not come up in time.
     pub fn start(opts: DaemonOpts) -> Daemon {
-        let redis = redis_url();
+        let redis = opts.redis_url.clone().unwrap_or_else(redis_url);
         let prefix = opts
             .prefix
             .clone()
@@ -783,4 +791,77 @@ pub fn event_types(events: &[Value]) -> Vec<String> {
         .iter()
         .map(|e| e["type"].as_str().unwrap_or("?").to_string())
         .collect()
+}
+
+/// A redis-server of a test's own (on a free port, data in a temp dir,
+/// append-only), for tests that stop and start Redis.
+pub struct PrivateRedis {
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts it and waits until it answers.
+    pub fn start() -> PrivateRedis {
+        let dir = tempfile::Builder::new()
+            .prefix("ws-redis.")
+            .tempdir()
+            .expect("redis dir");
+        let mut r = PrivateRedis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops it (SIGKILL; the append-only file keeps what was written).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
