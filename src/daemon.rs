@@ -85,6 +85,7 @@ pub struct Daemon {
     pub(crate) images: crate::images::ImageBuilder,
     pub(crate) sessions: Mutex<HashMap<String, crate::session::SessionState>>,
     pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
+    pub(crate) pools: Mutex<HashMap<String, crate::pool::PoolState>>,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -172,6 +173,7 @@ impl Daemon {
             images,
             sessions: Mutex::new(HashMap::new()),
             early_cancels: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -198,6 +200,7 @@ impl Daemon {
     /// catalog reload. Running workers are left alone on the way out.
     pub async fn run(self: &Arc<Self>) {
         self.adopt_all().await;
+        self.refill_pools().await;
         let mut tasks = tokio::task::JoinSet::new();
         let d = self.clone();
         tasks.spawn(async move { d.intake_loop().await });
@@ -222,7 +225,7 @@ impl Daemon {
         tracing::info!("intake stopped; running workers are left to the next start");
     }
 
-    fn catalog(&self) -> Arc<Catalog> {
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").clone()
     }
 
@@ -269,6 +272,7 @@ impl Daemon {
                         return;
                     }
                     self.reload_catalog().await;
+            self.refill_pools().await;
                 }
                 _ = self.shutdown.cancelled() => return,
             }
@@ -536,6 +540,26 @@ impl Daemon {
         };
         if req.dry_run {
             self.answer_dry_run(&entry.id, &req, &spec).await;
+            return;
+        }
+        if let Some(container) = self.claim_pooled(&spec) {
+            match self.bus.claim_run(&rid, &self.settings.instance_id).await {
+                Ok(crate::bus::RunClaim::Taken) => {
+                    self.run_pooled(entry, spec, container, received, received_at, queue_ms)
+                        .await;
+                    drop(permit);
+                }
+                _ => {
+                    // Running elsewhere already: give the container back.
+                    self.pools
+                        .lock()
+                        .expect("pools lock")
+                        .entry(container.preset.clone())
+                        .or_default()
+                        .ready
+                        .push(container);
+                }
+            }
             return;
         }
         self.spawn_worker(
@@ -817,6 +841,44 @@ impl Daemon {
             || l.get(labels::PREFIX) != Some(&self.settings.stream_prefix)
         {
             return;
+        }
+        match l.get(labels::KIND).map(String::as_str) {
+            Some("pool") => {
+                // An idle pool container of an earlier run: cheaper to make anew.
+                // (One that was serving a request is answered through its run mark.)
+                let _ = self.env.engine.remove(&facts.id).await;
+                return;
+            }
+            Some("session") => {
+                let Some(sid) = l.get(labels::SESSION_ID).cloned() else {
+                    return;
+                };
+                let known = self
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .get(&sid)
+                    .is_some_and(|s| s.container.is_some());
+                if known {
+                    return;
+                }
+                let running = match self.env.engine.inspect(&facts.id).await {
+                    Ok(f) => f.running,
+                    Err(_) => return,
+                };
+                if running {
+                    tracing::info!(session_id = %sid, container = %facts.name, "adopting session container");
+                    self.metrics.adopted.inc();
+                    self.register_session_container(
+                        &sid,
+                        crate::session::session_from_facts(&facts),
+                    );
+                } else {
+                    let _ = self.env.engine.remove(&facts.id).await;
+                }
+                return;
+            }
+            _ => {}
         }
         let Some(rid) = l.get(labels::REQUEST_ID).cloned() else {
             return;
@@ -1161,6 +1223,7 @@ impl Daemon {
                 self.reload_catalog().await;
             }
             self.check_ready().await;
+            self.refill_pools().await;
             if last_reclaim.elapsed() >= self.settings.reclaim_min_idle.min(Duration::from_secs(30))
             {
                 last_reclaim = Instant::now();

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod metrics;
 pub mod orchestrator_cli;
 pub mod policy;
+pub mod pool;
 pub mod protocol;
 pub mod redact;
 pub mod render;

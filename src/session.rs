@@ -29,7 +29,7 @@ use crate::spec::WorkerSpec;
 use crate::worker::{self, unix_now, StopReason};
 
 /// The keeper: records its pid, then idles until stopped.
-const KEEPER: &str = "mkdir -p \"$HOME/.orchestrator\" && echo $$ > \"$HOME/.orchestrator/keeper.pid\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+pub(crate) const KEEPER: &str = "mkdir -p \"$HOME/.orchestrator\" && echo $$ > \"$HOME/.orchestrator/keeper.pid\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
 /// Sends signal `$1` (`TERM`, `KILL`, or `0` to count) to every process
 /// but init, the keeper, the keeper's children and itself; prints how many.
@@ -210,7 +210,7 @@ impl Daemon {
             Err(None) => return,
         };
         self.run_task(
-            sid,
+            Some(sid),
             &entry,
             &spec,
             &container,
@@ -423,9 +423,9 @@ impl Daemon {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_task(
+    pub(crate) async fn run_task(
         self: &Arc<Self>,
-        sid: &str,
+        session: Option<&str>,
         entry: &Entry,
         spec: &WorkerSpec,
         container: &SessionContainer,
@@ -449,7 +449,7 @@ impl Daemon {
                 .iter()
                 .find(|v| v.name == "ORCHESTRATOR_USER_ID")
                 .map(|v| v.value.clone()),
-            session_id: Some(sid.to_string()),
+            session_id: session.map(str::to_string),
             preset: spec.preset_id.clone(),
         };
         if crate::gateway::register_key(
@@ -469,7 +469,7 @@ impl Daemon {
         let reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
         let job = worker::Job {
             request_id: rid.clone(),
-            session_id: Some(sid.to_string()),
+            session_id: session.map(str::to_string),
             preset: spec.preset_id.clone(),
             config_hash: spec.config_hash.clone(),
             image: spec.config.image.clone(),
@@ -487,7 +487,7 @@ impl Daemon {
         };
         self.env
             .sink
-            .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id, "session_id": sid, "container": container.name}))
+            .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id, "session_id": session, "container": container.name}))
             .await;
         let mut env: Vec<String> = spec
             .env
@@ -529,9 +529,11 @@ impl Daemon {
             }
         };
         {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
-            sessions.entry(sid.to_string()).or_default().current =
-                Some((rid.clone(), stop.clone(), reason.clone()));
+            if let Some(sid) = session {
+                let mut sessions = self.sessions.lock().expect("sessions lock");
+                sessions.entry(sid.to_string()).or_default().current =
+                    Some((rid.clone(), stop.clone(), reason.clone()));
+            }
         }
         self.track_running(&rid, &stop, &reason);
         let start_ms = started.duration_since(received).as_millis() as u64;
@@ -542,7 +544,7 @@ impl Daemon {
             .event(
                 &rid,
                 EventType::Started,
-                json!({"container": container.name, "session_id": sid}),
+                json!({"container": container.name, "session_id": session}),
             )
             .await;
 
@@ -620,7 +622,7 @@ impl Daemon {
         let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
-            if let Some(st) = sessions.get_mut(sid) {
+            if let Some(st) = session.and_then(|sid| sessions.get_mut(sid)) {
                 st.current = None;
                 st.last_used = Some(Instant::now());
             }
