@@ -144,6 +144,9 @@ impl Daemon {
             let Some(spec) = spec else { continue };
             loop {
                 let budget = self.settings.max_concurrent / 2;
+                // The intake holds free permits while it waits for entries,
+                // so count running workers rather than free permits.
+                let running = self.running.lock().expect("running lock").len();
                 let start = {
                     let mut pools = self.pools.lock().expect("pools lock");
                     let total: usize = pools.values().map(|p| p.ready.len() + p.creating).sum();
@@ -151,7 +154,7 @@ impl Daemon {
                     let have = pool.ready.len() + pool.creating;
                     if have >= size as usize
                         || total >= budget
-                        || self.slots.available_permits() <= total
+                        || running + total >= self.settings.max_concurrent
                     {
                         false
                     } else {
