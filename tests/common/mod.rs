@@ -123,6 +123,8 @@ pub struct DaemonOpts {
     pub env: Vec<(String, String)>,
     /// How long to wait for `/healthz`.
     pub ready_timeout: Duration,
+    /// Redis URL (default: `WS_TEST_REDIS_URL`), for tests with a Redis of their own.
+    pub redis_url: Option<String>,
 }
 
 impl DaemonOpts {
@@ -139,6 +141,7 @@ impl DaemonOpts {
             args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            redis_url: None,
         }
     }
 
@@ -212,7 +215,7 @@ impl Daemon {
     /// Starts the daemon and waits until `/healthz` answers; panics (with
     /// its stderr) when it exits or does not come up in time.
     pub fn start(opts: DaemonOpts) -> Daemon {
-        let redis = redis_url();
+        let redis = opts.redis_url.clone().unwrap_or_else(redis_url);
         let prefix = opts
             .prefix
             .clone()
