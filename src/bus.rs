@@ -526,6 +526,18 @@ impl Bus {
         Ok(1)
     }
 
+    /// The spawn entry with id `id`, if the stream still holds it.
+    pub async fn entry_by_id(&self, id: &str) -> Result<Option<Entry>, BusError> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(&self.names.spawn)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+        Ok(parse_entries(v)?.into_iter().find(|e| e.id == id))
+    }
+
     /// `XACK` of one spawn entry.
     pub async fn ack(&self, id: &str) -> Result<(), BusError> {
         let mut c = self.conn.clone();

@@ -78,6 +78,11 @@ pub struct Daemon {
     pub(crate) schema: ConfigSchema,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: Mutex<HashMap<String, Running>>,
+    /// Request ids whose entry is being handled here (parsed, not yet
+    /// supervised or answered): a second delivery of the same request in
+    /// this process (e.g. this instance's own XAUTOCLAIM of an entry it is
+    /// still working on) must not race the first.
+    pub(crate) inflight: Mutex<HashMap<String, String>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ready: std::sync::atomic::AtomicBool,
@@ -166,6 +171,7 @@ impl Daemon {
             catalog: RwLock::new(Arc::new(catalog)),
             schema,
             running: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             metrics,
             ready: std::sync::atomic::AtomicBool::new(true),
@@ -199,6 +205,17 @@ impl Daemon {
     /// Runs until `shutdown` fires: adoption, intake, control, reclaim,
     /// catalog reload. Running workers are left alone on the way out.
     pub async fn run(self: &Arc<Self>) {
+        // Announce this instance before adopting: other instances must see
+        // it alive before it takes over containers (and must not adopt the
+        // containers it owns from an earlier life).
+        if let Err(e) = self
+            .bus
+            .heartbeat(&self.settings.instance_id, HEARTBEAT_TTL_SECS)
+            .await
+        {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
         self.adopt_all().await;
         self.refill_pools().await;
         let mut tasks = tokio::task::JoinSet::new();
@@ -285,6 +302,12 @@ impl Daemon {
         let mut backoff = Duration::from_millis(100);
         // Entries this consumer read before a crash come first.
         let mut own_backlog = true;
+        // Reclaim runs here, not in a loop of its own: this loop holds every
+        // free slot while it blocks on XREADGROUP, so another task would
+        // (almost) never find a free slot to reclaim with.
+        let reclaim_every = self.reclaim_interval();
+        let mut last_reclaim = Instant::now();
+        let mut cursor = "0-0".to_string();
         loop {
             // Backpressure: read only as many entries as there are free slots.
             let first = tokio::select! {
@@ -309,6 +332,13 @@ impl Daemon {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
+                }
+            }
+            if !own_backlog && last_reclaim.elapsed() >= reclaim_every {
+                last_reclaim = Instant::now();
+                self.reclaim(&mut cursor, &mut permits).await;
+                if permits.is_empty() {
+                    continue;
                 }
             }
             let c = conn.as_mut().expect("connected");
@@ -461,6 +491,21 @@ impl Daemon {
         };
         let rid = req.request_id.clone();
 
+        // One handling per request id at a time in this process.
+        let _inflight = match InflightGuard::enter(&self, &rid, &entry.id) {
+            Ok(g) => g,
+            Err(first) => {
+                tracing::info!(request_id = %rid, entry_id = %entry.id, "request already being handled here; this delivery follows that handling");
+                // Another entry of the same request (re-published): the first
+                // one's handling covers it. The same entry (our own reclaim of
+                // it): that handling acknowledges it.
+                if first != entry.id {
+                    self.ack(&entry.id).await;
+                }
+                return;
+            }
+        };
+
         // Idempotency: a request that already has a result gets no second one.
         match self.bus.has_result(&rid).await {
             Ok(true) => {
@@ -516,9 +561,41 @@ impl Daemon {
         // A redelivered request whose container exists follows that container.
         match self.env.engine.inspect(&name).await {
             Ok(facts) => {
-                self.ack(&entry.id).await;
-                self.adopt(facts, Some(permit)).await;
-                return;
+                if !self.is_ours(&facts) {
+                    // Someone else's container holds the name: never touch it.
+                    let info = ErrorInfo {
+                        code: "name_conflict".into(),
+                        field: Some("request_id".into()),
+                        message: format!(
+                            "a container named {name} exists that this daemon does not manage"
+                        ),
+                    };
+                    self.answer(
+                        &entry.id,
+                        ResultRecord::bare(&rid, Status::Error, Some(info)),
+                    )
+                    .await;
+                    return;
+                }
+                if !facts.started && !facts.running && self.may_adopt(&facts).await {
+                    // Created but never started (its daemon died in between):
+                    // nothing ran, and the entry is at hand: start afresh.
+                    tracing::info!(request_id = %rid, container = %facts.name, "removing a container that never started; spawning again");
+                    if let Err(e) = self.env.engine.remove(&facts.id).await {
+                        self.metrics.docker_errors.inc();
+                        tracing::warn!(request_id = %rid, error = %e, "docker unavailable; leaving the entry pending");
+                        return;
+                    }
+                } else {
+                    // The labelled container is the record of the work: its
+                    // supervisor (here, a live owner, or an adopter once the
+                    // owner is gone) publishes the result.
+                    self.ack(&entry.id).await;
+                    if self.may_adopt(&facts).await {
+                        self.adopt(facts, Some(permit)).await;
+                    }
+                    return;
+                }
             }
             Err(EngineError::NotFound(_)) => {}
             Err(e) => {
@@ -762,10 +839,32 @@ impl Daemon {
         let id = match self.env.engine.create(&name, body).await {
             Ok(id) => id,
             Err(EngineError::Conflict(_)) => {
-                // Another delivery of this request won the race: follow it.
-                self.ack(&entry.id).await;
-                if let Ok(facts) = self.env.engine.inspect(&name).await {
-                    self.adopt(facts, Some(permit)).await;
+                // Another delivery of this request won the race: its handler
+                // (or, if that instance dies, an adopter) owns the container.
+                let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+                match self.env.engine.inspect(&name).await {
+                    Ok(facts) if !self.is_ours(&facts) => {
+                        let info = ErrorInfo {
+                            code: "name_conflict".into(),
+                            field: Some("request_id".into()),
+                            message: format!(
+                                "a container named {name} exists that this daemon does not manage"
+                            ),
+                        };
+                        self.answer(
+                            &entry.id,
+                            ResultRecord::bare(&rid, Status::Error, Some(info)),
+                        )
+                        .await;
+                    }
+                    Ok(facts) => {
+                        self.ack(&entry.id).await;
+                        if facts.started && self.may_adopt(&facts).await {
+                            self.adopt(facts, Some(permit)).await;
+                        }
+                    }
+                    // Gone again or Docker trouble: the entry stays pending.
+                    Err(_) => {}
                 }
                 return;
             }
@@ -883,14 +982,6 @@ impl Daemon {
         let Some(rid) = l.get(labels::REQUEST_ID).cloned() else {
             return;
         };
-        if self
-            .running
-            .lock()
-            .expect("running lock")
-            .contains_key(&rid)
-        {
-            return;
-        }
         let facts = match self.env.engine.inspect(&facts.id).await {
             Ok(f) => f,
             Err(_) => return,
@@ -922,6 +1013,21 @@ impl Daemon {
             stop_reason: Arc::new(Mutex::new(None)),
             api_key: facts.api_key.clone(),
         };
+        {
+            // Check and mark in one step: two paths (start-up or orphan
+            // adoption, a redelivered entry) may find the same container.
+            let mut running = self.running.lock().expect("running lock");
+            if running.contains_key(&rid) {
+                return;
+            }
+            running.insert(
+                rid.clone(),
+                Running {
+                    stop: job.stop.clone(),
+                    reason: job.stop_reason.clone(),
+                },
+            );
+        }
         self.metrics.adopted.inc();
         tracing::info!(request_id = %rid, container = %facts.name, running = facts.running, "adopting container");
         let permit = match permit {
@@ -937,8 +1043,20 @@ impl Daemon {
         if facts.running || !facts.started {
             if !facts.started {
                 // Created but never started (crash between create and start):
-                // it has no files yet only if the crash came before upload; start it anyway
-                // would run without instructions, so answer with an error instead.
+                // nothing ran. With its request entry still in the stream, the
+                // entry is handled again (the container is replaced); without
+                // it, answer with an error.
+                let entry = match l.get(labels::ENTRY_ID) {
+                    Some(id) => self.bus.entry_by_id(id).await.ok().flatten(),
+                    None => None,
+                };
+                if let Some(mut entry) = entry {
+                    self.running.lock().expect("running lock").remove(&rid);
+                    entry.deliveries = self.bus.deliveries(&entry.id).await.unwrap_or(1);
+                    tracing::info!(request_id = %rid, entry_id = %entry.id, "the container never started; handling its entry again");
+                    self.dispatch(entry, permit);
+                    return;
+                }
                 let info = ErrorInfo {
                     code: "interrupted".into(),
                     field: None,
@@ -948,6 +1066,7 @@ impl Daemon {
                 };
                 let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
                 worker::finish(&self.env, &job, &r).await;
+                self.running.lock().expect("running lock").remove(&rid);
                 return;
             }
             let d = self.clone();
@@ -1029,16 +1148,7 @@ impl Daemon {
         {
             Ok(list) => {
                 for c in list {
-                    let owner = c.labels.get(labels::INSTANCE).cloned().unwrap_or_default();
-                    let mine = owner == self.settings.instance_id;
-                    if mine
-                        || (!self.instance_alive(&owner).await
-                            && self
-                                .bus
-                                .claim_adoption(&c.name, &self.settings.instance_id)
-                                .await
-                                .unwrap_or(false))
-                    {
+                    if self.may_adopt(&c).await {
                         self.adopt(c, None).await;
                     }
                 }
@@ -1194,9 +1304,8 @@ impl Daemon {
 
     async fn maintenance_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let mut cursor = "0-0".to_string();
-        let mut last_reclaim = Instant::now();
         let mut last_rescan = Instant::now();
+        let mut last_adopt = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1210,7 +1319,11 @@ impl Daemon {
                 .cloned()
                 .collect();
             let _ = self.bus.refresh_runs(&running).await;
-            if let Err(e) = self.bus.heartbeat(&self.settings.instance_id, 30).await {
+            if let Err(e) = self
+                .bus
+                .heartbeat(&self.settings.instance_id, HEARTBEAT_TTL_SECS)
+                .await
+            {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(error = %e, "heartbeat failed");
             }
@@ -1224,20 +1337,31 @@ impl Daemon {
             }
             self.check_ready().await;
             self.refill_pools().await;
-            if last_reclaim.elapsed() >= self.settings.reclaim_min_idle.min(Duration::from_secs(30))
-            {
-                last_reclaim = Instant::now();
-                cursor = self.reclaim(cursor).await;
+            if last_adopt.elapsed() >= self.reclaim_interval() {
+                last_adopt = Instant::now();
                 self.adopt_orphans().await;
             }
         }
     }
 
-    /// Claims entries left pending by dead consumers (following the cursor).
-    async fn reclaim(self: &Arc<Self>, mut cursor: String) -> String {
+    /// How often pending entries are reclaimed and orphans looked for.
+    fn reclaim_interval(&self) -> Duration {
+        self.settings
+            .reclaim_min_idle
+            .min(Duration::from_secs(30))
+            .max(Duration::from_millis(500))
+    }
+
+    /// Claims entries idle for `reclaim_min_idle` (left pending by dead or
+    /// stuck consumers), following the XAUTOCLAIM cursor across calls, and
+    /// dispatches them with the slots in `permits`.
+    async fn reclaim(
+        self: &Arc<Self>,
+        cursor: &mut String,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+    ) {
         for _ in 0..10 {
-            let free = self.slots.available_permits();
-            if free == 0 {
+            if permits.is_empty() {
                 break;
             }
             match self
@@ -1245,21 +1369,21 @@ impl Daemon {
                 .autoclaim(
                     &self.settings.instance_id,
                     self.settings.reclaim_min_idle,
-                    &cursor,
-                    free.min(32),
+                    cursor,
+                    permits.len().min(32),
                 )
                 .await
             {
                 Ok((entries, next)) => {
                     for e in entries {
-                        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                        let Some(permit) = permits.pop() else {
                             break;
                         };
                         self.metrics.reclaims.inc();
                         tracing::info!(entry_id = %e.id, deliveries = e.deliveries, "reclaimed a pending entry");
                         self.dispatch(e, permit);
                     }
-                    cursor = next;
+                    *cursor = next;
                     if cursor == "0-0" {
                         break;
                     }
@@ -1271,7 +1395,6 @@ impl Daemon {
                 }
             }
         }
-        cursor
     }
 
     /// Adopts containers whose owning instance is gone.
@@ -1295,16 +1418,71 @@ impl Daemon {
             if self.running.lock().expect("running lock").contains_key(rid) {
                 continue;
             }
-            if !self.instance_alive(&owner).await
-                && self
-                    .bus
-                    .claim_adoption(&c.name, &self.settings.instance_id)
-                    .await
-                    .unwrap_or(false)
-            {
+            if self.may_adopt(&c).await {
                 self.adopt(c, None).await;
             }
         }
+    }
+
+    /// Whether `c` carries this setup's managed-by labels.
+    fn is_ours(&self, c: &ContainerFacts) -> bool {
+        c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
+            && c.labels.get(labels::PREFIX) == Some(&self.settings.stream_prefix)
+    }
+
+    /// Whether this instance may supervise `c`: it is managed by this setup,
+    /// its owner is this instance or a dead one, and no other live instance
+    /// adopted it already (the adoption claim is taken here).
+    async fn may_adopt(&self, c: &ContainerFacts) -> bool {
+        if !self.is_ours(c) {
+            return false;
+        }
+        let owner = c.labels.get(labels::INSTANCE).cloned().unwrap_or_default();
+        if owner != self.settings.instance_id && self.instance_alive(&owner).await {
+            return false;
+        }
+        self.bus
+            .claim_adoption(&c.name, &self.settings.instance_id)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// How long an instance's heartbeat key lives (refreshed every 5 s).
+const HEARTBEAT_TTL_SECS: u64 = 30;
+
+/// Marks a request id as being handled by this process until dropped.
+struct InflightGuard<'a> {
+    daemon: &'a Daemon,
+    request_id: String,
+}
+
+impl<'a> InflightGuard<'a> {
+    /// Enters `request_id`, or returns the entry id already handling it.
+    fn enter(
+        daemon: &'a Daemon,
+        request_id: &str,
+        entry_id: &str,
+    ) -> Result<InflightGuard<'a>, String> {
+        let mut m = daemon.inflight.lock().expect("inflight lock");
+        if let Some(first) = m.get(request_id) {
+            return Err(first.clone());
+        }
+        m.insert(request_id.to_string(), entry_id.to_string());
+        Ok(InflightGuard {
+            daemon,
+            request_id: request_id.to_string(),
+        })
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.daemon
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .remove(&self.request_id);
     }
 }
 

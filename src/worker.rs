@@ -393,6 +393,18 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         _ = tokio::time::sleep(remaining) => End::TimedOut,
         _ = job.stop.cancelled() => End::Stopped(job.stop_reason.lock().expect("lock").unwrap_or(StopReason::Cancelled)),
     };
+    // An adopted container may have ended by itself while no daemon watched
+    // it: when the deadline "fires" at once, it ended within its time unless
+    // it finished after the deadline.
+    let end = match end {
+        End::TimedOut => match env.engine.inspect(&job.container_id).await {
+            Ok(f) if !f.running && f.started && !finished_after(&f, job.deadline_unix) => {
+                End::Exited
+            }
+            _ => End::TimedOut,
+        },
+        other => other,
+    };
     if matches!(end, End::TimedOut | End::Stopped(_)) {
         // SIGTERM, grace, SIGKILL; then make sure it is really dead.
         if let Err(e) = env.engine.stop(&job.container_id, env.stop_grace).await {
@@ -516,6 +528,14 @@ pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
             tracing::warn!(request_id = %job.request_id, error = %e, "removing the container failed; adoption will retry");
         }
     }
+}
+
+/// Whether the container's recorded finish time lies past `deadline_unix`.
+fn finished_after(f: &ContainerFacts, deadline_unix: u64) -> bool {
+    f.finished_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.timestamp_millis() > (deadline_unix * 1000) as i64)
 }
 
 /// Waits until the container stops; survives transient Docker errors.
