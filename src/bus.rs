@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 
 /// A Redis failure.
@@ -150,7 +152,10 @@ pub enum RunClaim {
 #[derive(Clone)]
 pub struct Bus {
     client: Client,
-    conn: ConnectionManager,
+    // One shared multiplexed connection, replaced after a connection-level
+    // error: every call has a response timeout, so none hangs on a dead
+    // socket, and the next call reconnects.
+    shared: Arc<Mutex<Option<MultiplexedConnection>>>,
     /// Stream names.
     pub names: StreamNames,
     maxlen: usize,
@@ -173,14 +178,9 @@ impl Bus {
             .get_multiplexed_async_connection_with_config(&probe)
             .await?;
         let _: String = redis::cmd("PING").query_async(&mut first).await?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_secs(10))
-            .set_number_of_retries(2);
-        let conn = client.get_connection_manager_with_config(config).await?;
         Ok(Bus {
             client,
-            conn,
+            shared: Arc::new(Mutex::new(None)),
             names,
             maxlen,
             publish_result: Script::new(PUBLISH_RESULT),
@@ -188,6 +188,35 @@ impl Bus {
             claim_adoption: Script::new(CLAIM_ADOPTION),
             claim_run: Script::new(CLAIM_RUN),
         })
+    }
+
+    /// The shared connection, connecting first if there is none.
+    async fn conn(&self) -> Result<MultiplexedConnection, BusError> {
+        if let Some(c) = self.shared.lock().expect("bus lock").clone() {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(10));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *self.shared.lock().expect("bus lock") = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Turns a client error into a [`BusError`], dropping the shared
+    /// connection when the error says it is broken.
+    fn broken(&self, e: redis::RedisError) -> BusError {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+        {
+            *self.shared.lock().expect("bus lock") = None;
+        }
+        BusError::Redis(e)
     }
 
     /// A connection of its own for blocking reads of up to `block`.
@@ -206,14 +235,17 @@ impl Bus {
 
     /// `PING`.
     pub async fn ping(&self) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(())
     }
 
     /// Creates the consumer group (and the stream) if missing.
     pub async fn ensure_group(&self) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let r: Result<Value, _> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.names.spawn)
@@ -293,31 +325,33 @@ impl Bus {
 
     /// Marks `instance` alive for `ttl_secs`.
     pub async fn heartbeat(&self, instance: &str, ttl_secs: u64) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: Value = redis::cmd("SET")
             .arg(self.instance_key(instance))
             .arg(crate::protocol::now_rfc3339())
             .arg("EX")
             .arg(ttl_secs)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(())
     }
 
     /// Whether `instance` sent a heartbeat recently.
     pub async fn instance_alive(&self, instance: &str) -> Result<bool, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let n: i64 = redis::cmd("EXISTS")
             .arg(self.instance_key(instance))
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(n > 0)
     }
 
     /// Records `instance` as the adopter of `container` unless another live
     /// instance already adopted it; returns whether `instance` may adopt.
     pub async fn claim_adoption(&self, container: &str, instance: &str) -> Result<bool, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: i64 = self
             .claim_adoption
             .key(format!("{}:adopter:{container}", self.names.prefix))
@@ -325,7 +359,8 @@ impl Bus {
             .arg(format!("{}:instance:", self.names.prefix))
             .arg(MARK_TTL_SECS)
             .invoke_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(v == 1)
     }
 
@@ -340,33 +375,36 @@ impl Bus {
         record: &str,
         ttl_secs: u64,
     ) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: Value = redis::cmd("SET")
             .arg(self.key_key(key_hash))
             .arg(record)
             .arg("EX")
             .arg(ttl_secs.max(1))
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(())
     }
 
     /// The record of a worker key, if it is still valid.
     pub async fn get_worker_key(&self, key_hash: &str) -> Result<Option<String>, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         Ok(redis::cmd("GET")
             .arg(self.key_key(key_hash))
             .query_async(&mut c)
-            .await?)
+            .await
+            .map_err(|e| self.broken(e))?)
     }
 
     /// Revokes a worker key.
     pub async fn delete_worker_key(&self, key_hash: &str) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: Value = redis::cmd("DEL")
             .arg(self.key_key(key_hash))
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(())
     }
 
@@ -376,7 +414,7 @@ impl Bus {
 
     /// Marks `request_id` as run by `instance` (see [`RunClaim`]).
     pub async fn claim_run(&self, request_id: &str, instance: &str) -> Result<RunClaim, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: i64 = self
             .claim_run
             .key(self.run_key(request_id))
@@ -384,7 +422,8 @@ impl Bus {
             .arg(format!("{}:instance:", self.names.prefix))
             .arg(RUN_MARK_TTL_SECS)
             .invoke_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(match v {
             1 => RunClaim::Taken,
             2 => RunClaim::Mine,
@@ -398,7 +437,7 @@ impl Bus {
         if request_ids.is_empty() {
             return Ok(());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let mut pipe = redis::pipe();
         for rid in request_ids {
             pipe.cmd("EXPIRE")
@@ -406,13 +445,13 @@ impl Bus {
                 .arg(RUN_MARK_TTL_SECS)
                 .ignore();
         }
-        let _: Value = pipe.query_async(&mut c).await?;
+        let _: Value = pipe.query_async(&mut c).await.map_err(|e| self.broken(e))?;
         Ok(())
     }
 
     /// True for the first caller only (per `what`, for a week).
     pub async fn claim_once(&self, what: &str) -> Result<bool, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = redis::cmd("SET")
             .arg(format!("{}:once:{what}", self.names.prefix))
             .arg(1)
@@ -420,7 +459,8 @@ impl Bus {
             .arg("EX")
             .arg(MARK_TTL_SECS)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(!matches!(v, Value::Nil))
     }
 
@@ -450,7 +490,7 @@ impl Bus {
 
     /// Id of the newest control entry (`0-0` when the stream is empty).
     pub async fn control_tail(&self) -> Result<String, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = redis::cmd("XREVRANGE")
             .arg(&self.names.control)
             .arg("+")
@@ -458,7 +498,8 @@ impl Bus {
             .arg("COUNT")
             .arg(1)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(parse_entries(v)?
             .into_iter()
             .next()
@@ -475,7 +516,7 @@ impl Bus {
         start: &str,
         count: usize,
     ) -> Result<(Vec<Entry>, String), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.names.spawn)
             .arg(&self.names.group)
@@ -485,7 +526,8 @@ impl Bus {
             .arg("COUNT")
             .arg(count)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         let Value::Array(mut parts) = v else {
             return Err(BusError::Reply("XAUTOCLAIM".into()));
         };
@@ -507,7 +549,7 @@ impl Bus {
 
     /// Delivery count of a pending entry.
     pub async fn deliveries(&self, id: &str) -> Result<u64, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = redis::cmd("XPENDING")
             .arg(&self.names.spawn)
             .arg(&self.names.group)
@@ -515,7 +557,8 @@ impl Bus {
             .arg(id)
             .arg(1)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         if let Value::Array(rows) = v {
             if let Some(Value::Array(row)) = rows.into_iter().next() {
                 if let Some(Value::Int(n)) = row.get(3) {
@@ -528,32 +571,34 @@ impl Bus {
 
     /// The spawn entry with id `id`, if the stream still holds it.
     pub async fn entry_by_id(&self, id: &str) -> Result<Option<Entry>, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = redis::cmd("XRANGE")
             .arg(&self.names.spawn)
             .arg(id)
             .arg(id)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(parse_entries(v)?.into_iter().find(|e| e.id == id))
     }
 
     /// `XACK` of one spawn entry.
     pub async fn ack(&self, id: &str) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: Value = redis::cmd("XACK")
             .arg(&self.names.spawn)
             .arg(&self.names.group)
             .arg(id)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(())
     }
 
     /// Publishes a result unless one was already published for `request_id`;
     /// returns whether this call published it.
     pub async fn publish_result(&self, request_id: &str, json: &str) -> Result<bool, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = self
             .publish_result
             .key(self.names.result_sent_key(request_id))
@@ -562,17 +607,19 @@ impl Bus {
             .arg(self.maxlen)
             .arg(MARK_TTL_SECS)
             .invoke_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(!matches!(v, Value::Nil))
     }
 
     /// Whether a result was already published for `request_id`.
     pub async fn has_result(&self, request_id: &str) -> Result<bool, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let n: i64 = redis::cmd("EXISTS")
             .arg(self.names.result_sent_key(request_id))
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(n > 0)
     }
 
@@ -582,7 +629,7 @@ impl Bus {
         if tails.is_empty() {
             return Ok(());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let mut inv = self.publish_events.key(self.names.seq_key(request_id));
         inv.key(&self.names.events)
             .arg(self.maxlen)
@@ -590,7 +637,7 @@ impl Bus {
         for t in tails {
             inv.arg(format!(",{t}"));
         }
-        let _: Value = inv.invoke_async(&mut c).await?;
+        let _: Value = inv.invoke_async(&mut c).await.map_err(|e| self.broken(e))?;
         Ok(())
     }
 
@@ -606,18 +653,19 @@ impl Bus {
 
     /// Appends a spawn request.
     pub async fn publish_spawn(&self, json: &str) -> Result<String, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         Ok(redis::cmd("XADD")
             .arg(&self.names.spawn)
             .arg("*")
             .arg("data")
             .arg(json)
             .query_async(&mut c)
-            .await?)
+            .await
+            .map_err(|e| self.broken(e))?)
     }
 
     async fn xadd(&self, stream: &str, json: &str) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: Value = redis::cmd("XADD")
             .arg(stream)
             .arg("MAXLEN")
@@ -627,17 +675,19 @@ impl Bus {
             .arg("data")
             .arg(json)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(())
     }
 
     /// Stream length and pending count of the spawn stream.
     pub async fn queue_depth(&self) -> Result<(u64, u64), BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let len: u64 = redis::cmd("XLEN")
             .arg(&self.names.spawn)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         let v: Value = redis::cmd("XPENDING")
             .arg(&self.names.spawn)
             .arg(&self.names.group)
@@ -680,7 +730,7 @@ impl Bus {
 
     /// Id of the newest entry of `stream` (`0-0` when empty).
     pub async fn tail_id(&self, stream: &str) -> Result<String, BusError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let v: Value = redis::cmd("XREVRANGE")
             .arg(stream)
             .arg("+")
@@ -688,7 +738,8 @@ impl Bus {
             .arg("COUNT")
             .arg(1)
             .query_async(&mut c)
-            .await?;
+            .await
+            .map_err(|e| self.broken(e))?;
         Ok(parse_entries(v)?
             .into_iter()
             .next()
