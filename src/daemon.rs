@@ -357,10 +357,15 @@ impl Daemon {
     }
 
     pub(crate) async fn dead_letter(&self, entry: &Entry, reason: &str) {
+        // A poison entry may carry a secret (a producer pasted one into a
+        // prompt): mask every secret the catalog's presets read.
+        let redactor = self.all_secrets();
         let data = entry
             .data
             .as_ref()
-            .map(|d| String::from_utf8_lossy(&d[..d.len().min(64 * 1024)]).into_owned());
+            .map(|d| redactor.redact(&String::from_utf8_lossy(&d[..d.len().min(64 * 1024)])));
+        let reason = redactor.redact(reason);
+        let reason = reason.as_str();
         let json = json!({
             "entry_id": entry.id,
             "reason": reason,
@@ -784,6 +789,13 @@ impl Daemon {
         let Some(rid) = l.get(labels::REQUEST_ID).cloned() else {
             return;
         };
+        // A session container runs an idle keeper, not a task: it goes back
+        // to its session (TTL reaper, cancel, next request), never to the
+        // one-shot supervisor, which would stop it as a timed-out worker.
+        if l.get(labels::KIND).map(String::as_str) == Some("session") {
+            self.adopt_session(facts).await;
+            return;
+        }
         if self
             .running
             .lock()
@@ -904,6 +916,16 @@ impl Daemon {
             upstream: Some(self.settings.upstream_url.clone()).filter(|u| !u.is_empty()),
             redactor_for: Box::new(move |preset| d.redactor_for(preset)),
         })
+    }
+
+    /// A redactor with the secrets of every preset (for entries that
+    /// belong to no known worker: dead letters).
+    pub(crate) fn all_secrets(&self) -> crate::redact::Redactor {
+        let mut r = crate::redact::Redactor::default();
+        for id in self.catalog().presets.keys() {
+            r.extend(&self.redactor_for(Some(id)));
+        }
+        r
     }
 
     /// A redactor with the secrets a preset's env would carry.
@@ -1028,7 +1050,7 @@ impl Daemon {
                         "entry_id": entry.id,
                         "stream": self.bus.names.control,
                         "reason": reason,
-                        "data": String::from_utf8_lossy(data),
+                        "data": self.all_secrets().redact(&String::from_utf8_lossy(data)),
                         "ts": now_rfc3339(),
                     });
                     let _ = self.bus.dead_letter(&json.to_string()).await;
