@@ -423,10 +423,15 @@ impl Daemon {
     }
 
     pub(crate) async fn dead_letter(&self, entry: &Entry, reason: &str) {
+        // A poison entry may carry a secret (a producer pasted one into a
+        // prompt): mask every secret the catalog's presets read.
+        let redactor = self.all_secrets();
         let data = entry
             .data
             .as_ref()
-            .map(|d| String::from_utf8_lossy(&d[..d.len().min(64 * 1024)]).into_owned());
+            .map(|d| redactor.redact(&String::from_utf8_lossy(&d[..d.len().min(64 * 1024)])));
+        let reason = redactor.redact(reason);
+        let reason = reason.as_str();
         let json = json!({
             "entry_id": entry.id,
             "reason": reason,
@@ -949,32 +954,10 @@ impl Daemon {
                 return;
             }
             Some("session") => {
-                let Some(sid) = l.get(labels::SESSION_ID).cloned() else {
-                    return;
-                };
-                let known = self
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .get(&sid)
-                    .is_some_and(|s| s.container.is_some());
-                if known {
-                    return;
-                }
-                let running = match self.env.engine.inspect(&facts.id).await {
-                    Ok(f) => f.running,
-                    Err(_) => return,
-                };
-                if running {
-                    tracing::info!(session_id = %sid, container = %facts.name, "adopting session container");
-                    self.metrics.adopted.inc();
-                    self.register_session_container(
-                        &sid,
-                        crate::session::session_from_facts(&facts),
-                    );
-                } else {
-                    let _ = self.env.engine.remove(&facts.id).await;
-                }
+                // A session container runs an idle keeper, not a task: it goes
+                // back to its session (TTL reaper, cancel, next request), never
+                // to the one-shot supervisor.
+                self.adopt_session(facts).await;
                 return;
             }
             _ => {}
@@ -1124,6 +1107,16 @@ impl Daemon {
         })
     }
 
+    /// A redactor with the secrets of every preset (for entries that
+    /// belong to no known worker: dead letters).
+    pub(crate) fn all_secrets(&self) -> crate::redact::Redactor {
+        let mut r = crate::redact::Redactor::default();
+        for id in self.catalog().presets.keys() {
+            r.extend(&self.redactor_for(Some(id)));
+        }
+        r
+    }
+
     /// A redactor with the secrets a preset's env would carry.
     fn redactor_for(&self, preset: Option<&str>) -> crate::redact::Redactor {
         let mut r = crate::redact::Redactor::default();
@@ -1243,7 +1236,7 @@ impl Daemon {
                         "entry_id": entry.id,
                         "stream": self.bus.names.control,
                         "reason": reason,
-                        "data": String::from_utf8_lossy(data),
+                        "data": self.all_secrets().redact(&String::from_utf8_lossy(data)),
                         "ts": now_rfc3339(),
                     });
                     let _ = self.bus.dead_letter(&json.to_string()).await;

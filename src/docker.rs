@@ -141,6 +141,10 @@ pub struct LaunchContext {
     pub cmd: Option<Vec<String>>,
 }
 
+/// Directories the agent writes to (volumes under a read-only root); the
+/// rendered files go under them.
+pub const WRITABLE_ROOTS: [&str; 2] = [crate::render::WORKSPACE, crate::render::HOME];
+
 /// The create body for `spec` under `ctx`, with the hardened defaults.
 pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBody {
     let limits = &spec.config.limits;
@@ -154,8 +158,17 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
     env.push(format!("HOME={}", crate::render::HOME));
     let read_only = spec.config.security.read_only_root;
     let mut tmpfs = HashMap::new();
+    // A read-only root keeps the workspace and home writable as anonymous
+    // volumes: Docker fills a new one with the image's content, the archive
+    // API may extract into it before start (unlike into a read-only root,
+    // and unlike a tmpfs, which would hide what was extracted), and the
+    // container's removal (`v=true`) deletes it.
+    let mut volumes = HashMap::new();
     if read_only {
         tmpfs.insert("/tmp".to_string(), "rw,noexec,nosuid,size=256m".to_string());
+        for dir in WRITABLE_ROOTS {
+            volumes.insert(dir.to_string(), HashMap::new());
+        }
     }
     ContainerCreateBody {
         image: Some(ctx.image.clone()),
@@ -167,6 +180,11 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
         attach_stdin: Some(false),
         open_stdin: Some(false),
         tty: Some(false),
+        volumes: if volumes.is_empty() {
+            None
+        } else {
+            Some(volumes)
+        },
         network_disabled: Some(ctx.network_mode == "none"),
         host_config: Some(HostConfig {
             init: Some(true),
@@ -192,10 +210,41 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
 /// A tar archive holding `files` (with their parent directories), owned by
 /// the worker user, to be extracted at `/`.
 pub fn files_tar(files: &[RenderedFile]) -> Vec<u8> {
+    files_tar_at("/", files)
+}
+
+/// Splits `files` by the directory to extract them at: the writable root
+/// (see [`WRITABLE_ROOTS`]) holding each, else `/`.
+pub fn upload_groups(files: &[RenderedFile]) -> Vec<(String, Vec<RenderedFile>)> {
+    let mut groups: Vec<(String, Vec<RenderedFile>)> = Vec::new();
+    for f in files {
+        let root = WRITABLE_ROOTS
+            .iter()
+            .find(|r| f.path.starts_with(&format!("{r}/")))
+            .copied()
+            .unwrap_or("/");
+        match groups.iter_mut().find(|(r, _)| r == root) {
+            Some((_, g)) => g.push(f.clone()),
+            None => groups.push((root.to_string(), vec![f.clone()])),
+        }
+    }
+    groups
+}
+
+/// A tar archive of `files` (all under `root`) with paths relative to
+/// `root`, to be extracted at `root`.
+pub fn files_tar_at(root: &str, files: &[RenderedFile]) -> Vec<u8> {
+    let root = root.trim_end_matches('/');
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
+    let rel_of = |p: &str| -> String {
+        p.strip_prefix(root)
+            .unwrap_or(p)
+            .trim_start_matches('/')
+            .to_string()
+    };
     for f in files {
-        let rel = f.path.trim_start_matches('/');
+        let rel = rel_of(&f.path);
         let mut acc = String::new();
         let parts: Vec<&str> = rel.split('/').collect();
         for p in &parts[..parts.len() - 1] {
@@ -228,7 +277,7 @@ pub fn files_tar(files: &[RenderedFile]) -> Vec<u8> {
         h.set_gid(1000);
         h.set_size(f.content.len() as u64);
         h.set_mtime(now);
-        let _ = builder.append_data(&mut h, f.path.trim_start_matches('/'), f.content.as_bytes());
+        let _ = builder.append_data(&mut h, rel_of(&f.path), f.content.as_bytes());
     }
     builder.into_inner().unwrap_or_default()
 }
@@ -340,16 +389,27 @@ impl Engine {
         }
     }
 
-    /// Extracts `files` into the container at `/`.
+    /// Extracts `files` into the container, each group at its writable
+    /// root: Docker refuses an extraction at `/` of a read-only root even
+    /// when every file lands in a volume.
     pub async fn upload(&self, id: &str, files: &[RenderedFile]) -> Result<(), EngineError> {
-        let tar = files_tar(files);
-        let opts = UploadToContainerOptions {
-            path: "/".to_string(),
-            ..Default::default()
-        };
-        self.docker
-            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
-            .await?;
+        for (root, group) in upload_groups(files) {
+            let put = |at: &str| {
+                let tar = files_tar_at(at, &group);
+                let opts = UploadToContainerOptions {
+                    path: at.to_string(),
+                    ..Default::default()
+                };
+                self.docker
+                    .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
+            };
+            match put(&root).await {
+                Ok(()) => {}
+                // An image without that directory: extract at `/`, which creates it.
+                Err(e) if status_of(&e) == Some(404) && root != "/" => put("/").await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
@@ -698,6 +758,33 @@ mod tests {
         assert!(a.starts_with("ws-a_b.c-"), "{a}");
         assert_ne!(a, b);
         assert_ne!(a, request_container_name("workers", "req_1"));
+    }
+
+    #[test]
+    fn files_are_grouped_by_their_writable_root_with_relative_paths() {
+        let f = |p: &str| RenderedFile {
+            path: p.into(),
+            content: "x".into(),
+            mode: 0o644,
+        };
+        let files = vec![
+            f("/home/worker/.claude/CLAUDE.md"),
+            f("/workspace/a/b.txt"),
+            f("/home/worker/.orchestrator/prompt.md"),
+            f("/workspacex/c"),
+        ];
+        let groups = upload_groups(&files);
+        let roots: Vec<&str> = groups.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(roots, ["/home/worker", "/workspace", "/"]);
+        assert_eq!(groups[0].1.len(), 2);
+        let tar = files_tar_at("/workspace", &groups[1].1);
+        let mut a = tar::Archive::new(&tar[..]);
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a/", "a/b.txt"]);
     }
 
     #[test]

@@ -14,6 +14,31 @@ pub const MASK: &str = "[REDACTED]";
 /// Shortest fragment worth redacting: shorter ones would mask innocent text.
 const MIN_NEEDLE: usize = 6;
 
+/// What `encodeURIComponent` and RFC 3986 leave alone: alphanumerics and `-._~`.
+const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `s` with the hex digits of its `%XX` escapes in lower case.
+fn lowercase_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut left = 0;
+    for c in s.chars() {
+        if c == '%' {
+            left = 2;
+            out.push(c);
+        } else if left > 0 {
+            left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Replaces known secrets (and their encodings) with [`MASK`].
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -32,9 +57,17 @@ impl Redactor {
             }
         };
         push(secret.to_string());
-        let enc = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
-        push(enc);
+        // Percent encodings as encoders write them: every non-alphanumeric
+        // byte, or RFC 3986 style (`-._~` kept); `%2F` or `%2f`; a space as
+        // `%20` or, in form encoding, `+`.
+        for set in [percent_encoding::NON_ALPHANUMERIC, URI_COMPONENT] {
+            let upper = percent_encoding::utf8_percent_encode(secret, set).to_string();
+            let lower = lowercase_escapes(&upper);
+            for enc in [upper, lower] {
+                push(enc.replace("%20", "+"));
+                push(enc);
+            }
+        }
         push(hex::encode(secret));
         push(hex::encode_upper(secret));
         // Base64 of a secret embedded in a longer text depends on its offset
@@ -138,6 +171,25 @@ mod tests {
                 let out = r().redact(&enc);
                 prop_assert!(out.contains(MASK), "{} -> {}", enc, out);
             }
+        }
+    }
+
+    #[test]
+    fn url_encodings_as_common_encoders_write_them_are_masked() {
+        let secret = "s3cr3t-Val.ue/with space&more=42_x~y";
+        let mut r = Redactor::default();
+        r.add(secret);
+        for enc in [
+            // encodeURIComponent / RFC 3986 (`-._~` kept).
+            "s3cr3t-Val.ue%2Fwith%20space%26more%3D42_x~y",
+            "s3cr3t-Val.ue%2fwith%20space%26more%3d42_x~y",
+            // application/x-www-form-urlencoded (space as `+`).
+            "s3cr3t-Val.ue%2Fwith+space%26more%3D42_x~y",
+            // Every non-alphanumeric byte escaped.
+            "s3cr3t%2DVal%2Eue%2Fwith%20space%26more%3D42%5Fx%7Ey",
+        ] {
+            let out = r.redact(&format!("https://h/?k={enc}&z=1"));
+            assert_eq!(out, format!("https://h/?k={MASK}&z=1"), "{enc}");
         }
     }
 

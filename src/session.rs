@@ -363,6 +363,47 @@ impl Daemon {
         Ok(c)
     }
 
+    /// Takes over a session container found on the engine (after a restart
+    /// or from a dead instance): a running one is registered with its
+    /// session, so its TTL, a cancel and the next request find it; a stopped
+    /// one is over and is removed.
+    pub(crate) async fn adopt_session(self: &Arc<Self>, facts: ContainerFacts) {
+        let Some(sid) = facts.labels.get(labels::SESSION_ID).cloned() else {
+            return;
+        };
+        let facts = match self.env.engine.inspect(&facts.id).await {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        if !facts.running {
+            let _ = self.env.engine.remove(&facts.id).await;
+            return;
+        }
+        let known = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get(&sid)
+            .is_some_and(|s| s.container.is_some());
+        if known {
+            return;
+        }
+        self.metrics.adopted.inc();
+        tracing::info!(session_id = %sid, container = %facts.name, "adopting session container");
+        {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let st = sessions.entry(sid.clone()).or_default();
+            if st.last_request.is_empty() {
+                st.last_request = facts
+                    .labels
+                    .get(labels::REQUEST_ID)
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        }
+        self.register_session_container(&sid, session_from_facts(&facts));
+    }
+
     /// Records the container and makes sure a reaper watches its TTL.
     pub(crate) fn register_session_container(self: &Arc<Self>, sid: &str, c: SessionContainer) {
         let start = {
@@ -717,7 +758,7 @@ impl Daemon {
         let name = container
             .as_ref()
             .map(|c| c.name.clone())
-            .unwrap_or_else(|| container_name("wss", sid));
+            .unwrap_or_else(|| self.session_container_name(sid));
         // Wait for the running task to publish its result first.
         let _guard = if wait_for_task {
             tokio::time::timeout(

