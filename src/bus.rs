@@ -390,11 +390,11 @@ impl Bus {
     /// The record of a worker key, if it is still valid.
     pub async fn get_worker_key(&self, key_hash: &str) -> Result<Option<String>, BusError> {
         let mut c = self.conn().await?;
-        Ok(redis::cmd("GET")
+        redis::cmd("GET")
             .arg(self.key_key(key_hash))
             .query_async(&mut c)
             .await
-            .map_err(|e| self.broken(e))?)
+            .map_err(|e| self.broken(e))
     }
 
     /// Revokes a worker key.
@@ -654,14 +654,14 @@ impl Bus {
     /// Appends a spawn request.
     pub async fn publish_spawn(&self, json: &str) -> Result<String, BusError> {
         let mut c = self.conn().await?;
-        Ok(redis::cmd("XADD")
+        redis::cmd("XADD")
             .arg(&self.names.spawn)
             .arg("*")
             .arg("data")
             .arg(json)
             .query_async(&mut c)
             .await
-            .map_err(|e| self.broken(e))?)
+            .map_err(|e| self.broken(e))
     }
 
     async fn xadd(&self, stream: &str, json: &str) -> Result<(), BusError> {

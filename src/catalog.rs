@@ -20,6 +20,9 @@ const BUILTIN_TEMPLATE_SOURCE: &str = include_str!("default_instructions.md.tera
 /// Roots inside the container under which rendered files may be placed.
 pub const FILE_ROOTS: [&str; 2] = ["/workspace/", "/home/worker/"];
 
+/// Validates one file's bytes: `Err((field, message))` when it is bad.
+type FileCheck<'a> = &'a dyn Fn(&[u8]) -> Result<(), (Option<String>, String)>;
+
 /// A validated preset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preset {
@@ -165,10 +168,7 @@ impl Catalog {
             });
         };
         // Choose, per file, the new bytes if valid, else the previous valid bytes.
-        let mut pick = |key: String,
-                        bytes: &[u8],
-                        check: &dyn Fn(&[u8]) -> Result<(), (Option<String>, String)>|
-         -> Option<Vec<u8>> {
+        let mut pick = |key: String, bytes: &[u8], check: FileCheck<'_>| -> Option<Vec<u8>> {
             match check(bytes) {
                 Ok(()) => Some(bytes.to_vec()),
                 Err((field, message)) => {

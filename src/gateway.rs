@@ -71,6 +71,9 @@ pub async fn revoke_key(bus: &Bus, key: &str) -> Result<(), crate::bus::BusError
     bus.delete_worker_key(&key_hash(key)).await
 }
 
+/// Builds the redactor for a preset's secrets.
+pub type RedactorFor = Box<dyn Fn(Option<&str>) -> Redactor + Send + Sync>;
+
 /// Shared state of the gateway.
 pub struct Gateway {
     /// Redis, for key records.
@@ -80,7 +83,7 @@ pub struct Gateway {
     /// Upstream backend base URL, if configured.
     pub upstream: Option<String>,
     /// Secrets of a preset, to mask in `respond` messages.
-    pub redactor_for: Box<dyn Fn(Option<&str>) -> Redactor + Send + Sync>,
+    pub redactor_for: RedactorFor,
 }
 
 /// The gateway's router.

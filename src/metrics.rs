@@ -65,8 +65,8 @@ impl Metrics {
         let m = Metrics {
             results: Family::default(),
             entries_read: Counter::default(),
-            start_seconds: Histogram::new(buckets.into_iter()),
-            run_seconds: Histogram::new(buckets.into_iter()),
+            start_seconds: Histogram::new(buckets),
+            run_seconds: Histogram::new(buckets),
             running_workers: Gauge::default(),
             queue_length: Gauge::default(),
             queue_pending: Gauge::default(),

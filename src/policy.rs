@@ -163,7 +163,7 @@ impl Policy {
                 );
             }
         }
-        if merged.security.read_only_root < preset.security.read_only_root {
+        if preset.security.read_only_root && !merged.security.read_only_root {
             return refuse(
                 "security.read_only_root",
                 "an override may not turn read_only_root off",

@@ -53,6 +53,9 @@ pub(crate) struct SessionContainer {
     pub deadline_unix: u64,
 }
 
+/// The task a session runs now: request id, stop token, stop reason.
+pub(crate) type CurrentTask = (String, CancellationToken, Arc<Mutex<Option<StopReason>>>);
+
 /// What this instance knows of one session.
 #[derive(Default)]
 pub(crate) struct SessionState {
@@ -63,7 +66,7 @@ pub(crate) struct SessionState {
     /// The session's container, once created or adopted.
     pub container: Option<SessionContainer>,
     /// The request running now and how to stop it.
-    pub current: Option<(String, CancellationToken, Arc<Mutex<Option<StopReason>>>)>,
+    pub current: Option<CurrentTask>,
     /// Last time a task ended.
     pub last_used: Option<Instant>,
     /// Last request id seen (for session-wide events).

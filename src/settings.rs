@@ -232,6 +232,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment's Jail returns its own large error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

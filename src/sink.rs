@@ -13,6 +13,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{now_rfc3339, Event, EventType, ResultRecord};
 
 /// Destination of events and results.
+// One value per daemon (cloned per worker): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Sink {
     /// `workers:events` and `workers:result`.
