@@ -86,7 +86,7 @@ done
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 section "cargo test --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
-cargo test --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
+cargo test --no-fail-fast --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 
 section "leftover container check"
 leaked="$(managed_containers | awk -F'\t' -v pre="$(echo "$preexisting" | tr '\n' ' ')" '

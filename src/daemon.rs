@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, Entry, StreamNames};
 use crate::catalog::Catalog;
@@ -495,165 +496,176 @@ impl Daemon {
             },
         };
         let rid = req.request_id.clone();
+        // Every log line of this request carries its id, preset and container.
+        let span = tracing::info_span!(
+            "request",
+            request_id = %rid,
+            preset = req.worker_config_id.as_deref().unwrap_or("(inline)"),
+            container = %request_container_name(&self.settings.stream_prefix, &rid),
+        );
+        async move {
 
-        // One handling per request id at a time in this process.
-        let _inflight = match InflightGuard::enter(&self, &rid, &entry.id) {
-            Ok(g) => g,
-            Err(first) => {
-                tracing::info!(request_id = %rid, entry_id = %entry.id, "request already being handled here; this delivery follows that handling");
-                // Another entry of the same request (re-published): the first
-                // one's handling covers it. The same entry (our own reclaim of
-                // it): that handling acknowledges it.
-                if first != entry.id {
-                    self.ack(&entry.id).await;
+            // One handling per request id at a time in this process.
+            let _inflight = match InflightGuard::enter(&self, &rid, &entry.id) {
+                Ok(g) => g,
+                Err(first) => {
+                    tracing::info!(request_id = %rid, entry_id = %entry.id, "request already being handled here; this delivery follows that handling");
+                    // Another entry of the same request (re-published): the first
+                    // one's handling covers it. The same entry (our own reclaim of
+                    // it): that handling acknowledges it.
+                    if first != entry.id {
+                        self.ack(&entry.id).await;
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
 
-        // Idempotency: a request that already has a result gets no second one.
-        match self.bus.has_result(&rid).await {
-            Ok(true) => {
-                tracing::info!(request_id = %rid, "request already answered; acknowledging the duplicate");
+            // Idempotency: a request that already has a result gets no second one.
+            match self.bus.has_result(&rid).await {
+                Ok(true) => {
+                    tracing::info!(request_id = %rid, "request already answered; acknowledging the duplicate");
+                    self.ack(&entry.id).await;
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(request_id = %rid, error = %e, "cannot check for an earlier result; leaving the entry pending");
+                    return;
+                }
+            }
+            if self
+                .running
+                .lock()
+                .expect("running lock")
+                .contains_key(&rid)
+            {
+                tracing::info!(request_id = %rid, "request already running here; acknowledging the duplicate");
                 self.ack(&entry.id).await;
                 return;
             }
-            Ok(false) => {}
-            Err(e) => {
-                self.metrics.redis_errors.inc();
-                tracing::warn!(request_id = %rid, error = %e, "cannot check for an earlier result; leaving the entry pending");
-                return;
-            }
-        }
-        if self
-            .running
-            .lock()
-            .expect("running lock")
-            .contains_key(&rid)
-        {
-            tracing::info!(request_id = %rid, "request already running here; acknowledging the duplicate");
-            self.ack(&entry.id).await;
-            return;
-        }
-        if self.take_early_cancel(&rid) {
-            let info = ErrorInfo {
-                code: "cancelled".into(),
-                field: None,
-                message: "cancelled by a control command before it started".into(),
-            };
-            let mut r = ResultRecord::bare(&rid, Status::Cancelled, Some(info));
-            r.session_id = req.task.session_id.clone();
-            self.answer(&entry.id, r).await;
-            return;
-        }
-        if entry.deliveries > self.settings.max_deliveries {
-            let reason = format!("failed {} deliveries", entry.deliveries - 1);
-            self.dead_letter(&entry, &reason).await;
-            let info = ErrorInfo {
-                code: "too_many_deliveries".into(),
-                field: None,
-                message: reason,
-            };
-            self.answer(
-                &entry.id,
-                ResultRecord::bare(&rid, Status::Error, Some(info)),
-            )
-            .await;
-            return;
-        }
-
-        let name = request_container_name(&self.settings.stream_prefix, &rid);
-        // A redelivered request whose container exists follows that container.
-        match self.env.engine.inspect(&name).await {
-            Ok(facts) => {
-                if !self.is_ours(&facts) {
-                    // Someone else's container holds the name: never touch it.
-                    let info = ErrorInfo {
-                        code: "name_conflict".into(),
-                        field: Some("request_id".into()),
-                        message: format!(
-                            "a container named {name} exists that this daemon does not manage"
-                        ),
-                    };
-                    self.answer(
-                        &entry.id,
-                        ResultRecord::bare(&rid, Status::Error, Some(info)),
-                    )
-                    .await;
-                    return;
-                }
-                if !facts.started && !facts.running && self.may_adopt(&facts).await {
-                    // Created but never started (its daemon died in between):
-                    // nothing ran, and the entry is at hand: start afresh.
-                    tracing::info!(request_id = %rid, container = %facts.name, "removing a container that never started; spawning again");
-                    if let Err(e) = self.env.engine.remove(&facts.id).await {
-                        self.metrics.docker_errors.inc();
-                        tracing::warn!(request_id = %rid, error = %e, "docker unavailable; leaving the entry pending");
-                        return;
-                    }
-                } else {
-                    // The labelled container is the record of the work: its
-                    // supervisor (here, a live owner, or an adopter once the
-                    // owner is gone) publishes the result.
-                    self.ack(&entry.id).await;
-                    if self.may_adopt(&facts).await {
-                        self.adopt(facts, Some(permit)).await;
-                    }
-                    return;
-                }
-            }
-            Err(EngineError::NotFound(_)) => {}
-            Err(e) => {
-                self.metrics.docker_errors.inc();
-                tracing::warn!(request_id = %rid, error = %e, "docker unavailable; leaving the entry pending");
-                return;
-            }
-        }
-
-        let spec = match self.resolve(&req) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::info!(request_id = %rid, "request refused: {e}");
-                let mut r = ResultRecord::bare(&rid, e.status(), Some(e.info()));
+            if self.take_early_cancel(&rid) {
+                let info = ErrorInfo {
+                    code: "cancelled".into(),
+                    field: None,
+                    message: "cancelled by a control command before it started".into(),
+                };
+                let mut r = ResultRecord::bare(&rid, Status::Cancelled, Some(info));
                 r.session_id = req.task.session_id.clone();
                 self.answer(&entry.id, r).await;
                 return;
             }
-        };
-        if req.dry_run {
-            self.answer_dry_run(&entry.id, &req, &spec).await;
-            return;
-        }
-        if let Some(container) = self.claim_pooled(&spec) {
-            match self.bus.claim_run(&rid, &self.settings.instance_id).await {
-                Ok(crate::bus::RunClaim::Taken) => {
-                    self.run_pooled(entry, spec, container, received, received_at, queue_ms)
+            if entry.deliveries > self.settings.max_deliveries {
+                let reason = format!("failed {} deliveries", entry.deliveries - 1);
+                self.dead_letter(&entry, &reason).await;
+                let info = ErrorInfo {
+                    code: "too_many_deliveries".into(),
+                    field: None,
+                    message: reason,
+                };
+                self.answer(
+                    &entry.id,
+                    ResultRecord::bare(&rid, Status::Error, Some(info)),
+                )
+                .await;
+                return;
+            }
+
+            let name = request_container_name(&self.settings.stream_prefix, &rid);
+            // A redelivered request whose container exists follows that container.
+            match self.env.engine.inspect(&name).await {
+                Ok(facts) => {
+                    if !self.is_ours(&facts) {
+                        // Someone else's container holds the name: never touch it.
+                        let info = ErrorInfo {
+                            code: "name_conflict".into(),
+                            field: Some("request_id".into()),
+                            message: format!(
+                                "a container named {name} exists that this daemon does not manage"
+                            ),
+                        };
+                        self.answer(
+                            &entry.id,
+                            ResultRecord::bare(&rid, Status::Error, Some(info)),
+                        )
                         .await;
-                    drop(permit);
+                        return;
+                    }
+                    if !facts.started && !facts.running && self.may_adopt(&facts).await {
+                        // Created but never started (its daemon died in between):
+                        // nothing ran, and the entry is at hand: start afresh.
+                        tracing::info!(request_id = %rid, container = %facts.name, "removing a container that never started; spawning again");
+                        if let Err(e) = self.env.engine.remove(&facts.id).await {
+                            self.metrics.docker_errors.inc();
+                            tracing::warn!(request_id = %rid, error = %e, "docker unavailable; leaving the entry pending");
+                            return;
+                        }
+                    } else {
+                        // The labelled container is the record of the work: its
+                        // supervisor (here, a live owner, or an adopter once the
+                        // owner is gone) publishes the result.
+                        self.ack(&entry.id).await;
+                        if self.may_adopt(&facts).await {
+                            self.adopt(facts, Some(permit)).await;
+                        }
+                        return;
+                    }
                 }
-                _ => {
-                    // Running elsewhere already: give the container back.
-                    self.pools
-                        .lock()
-                        .expect("pools lock")
-                        .entry(container.preset.clone())
-                        .or_default()
-                        .ready
-                        .push(container);
+                Err(EngineError::NotFound(_)) => {}
+                Err(e) => {
+                    self.metrics.docker_errors.inc();
+                    tracing::warn!(request_id = %rid, error = %e, "docker unavailable; leaving the entry pending");
+                    return;
                 }
             }
-            return;
+
+            let spec = match self.resolve(&req) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(request_id = %rid, "request refused: {e}");
+                    let mut r = ResultRecord::bare(&rid, e.status(), Some(e.info()));
+                    r.session_id = req.task.session_id.clone();
+                    self.answer(&entry.id, r).await;
+                    return;
+                }
+            };
+            if req.dry_run {
+                self.answer_dry_run(&entry.id, &req, &spec).await;
+                return;
+            }
+            if let Some(container) = self.claim_pooled(&spec) {
+                match self.bus.claim_run(&rid, &self.settings.instance_id).await {
+                    Ok(crate::bus::RunClaim::Taken) => {
+                        self.run_pooled(entry, spec, container, received, received_at, queue_ms)
+                            .await;
+                        drop(permit);
+                    }
+                    _ => {
+                        // Running elsewhere already: give the container back.
+                        self.pools
+                            .lock()
+                            .expect("pools lock")
+                            .entry(container.preset.clone())
+                            .or_default()
+                            .ready
+                            .push(container);
+                    }
+                }
+                return;
+            }
+            self.spawn_worker(
+                entry,
+                req,
+                spec,
+                name,
+                permit,
+                received,
+                received_at,
+                queue_ms,
+            )
+            .await;
         }
-        self.spawn_worker(
-            entry,
-            req,
-            spec,
-            name,
-            permit,
-            received,
-            received_at,
-            queue_ms,
-        )
+        .instrument(span)
         .await;
     }
 
@@ -896,6 +908,7 @@ impl Daemon {
         };
         // The labelled container is now the record of the work.
         self.ack(&entry.id).await;
+        tracing::info!(image = %ctx.image, "worker created");
         let job = job(id.clone());
         self.env
             .sink
@@ -932,7 +945,15 @@ impl Daemon {
     async fn supervise(self: &Arc<Self>, job: Job, fresh: bool, permit: OwnedSemaphorePermit) {
         let rid = job.request_id.clone();
         self.track_running(&rid, &job.stop, &job.stop_reason);
-        let _ = worker::supervise(&self.env, job, fresh).await;
+        let span = tracing::info_span!(
+            "worker",
+            request_id = %rid,
+            preset = job.preset.as_deref().unwrap_or("(inline)"),
+            container = %job.container_name,
+        );
+        let _ = worker::supervise(&self.env, job, fresh)
+            .instrument(span)
+            .await;
         self.running.lock().expect("running lock").remove(&rid);
         drop(permit);
     }

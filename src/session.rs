@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bus::Entry;
 use crate::daemon::Daemon;
@@ -111,7 +112,14 @@ impl Daemon {
                 _ = self.shutdown.cancelled() => return,
             };
             let _guard = busy.lock().await;
-            self.run_session_entry(&sid, entry, permit).await;
+            let span = tracing::info_span!(
+                "session",
+                session_id = %sid,
+                container = %self.session_container_name(&sid),
+            );
+            self.run_session_entry(&sid, entry, permit)
+                .instrument(span)
+                .await;
         }
     }
 

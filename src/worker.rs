@@ -421,7 +421,20 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     let _ = tokio::time::timeout(Duration::from_secs(3), output).await;
     env.metrics.running_workers.dec();
 
-    let facts = inspect_retrying(&env.engine, &job.container_id).await;
+    let mut facts = inspect_retrying(&env.engine, &job.container_id).await;
+    // The engine may record the OOM kill a moment after the exit (its exit
+    // and OOM events race): a SIGKILL exit is looked at again briefly.
+    for _ in 0..5 {
+        match &facts {
+            Some(f) if f.exit_code == Some(137) && !f.oom_killed && matches!(end, End::Exited) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(again) = inspect_retrying(&env.engine, &job.container_id).await {
+                    facts = Some(again);
+                }
+            }
+            _ => break,
+        }
+    }
     let (output_tail, truncated) = stdout_tail(
         &env.engine,
         &job.container_id,
@@ -476,6 +489,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         ),
     };
     let exit_code = facts.as_ref().and_then(|f| f.exit_code);
+    tracing::info!(status = %status, exit_code = ?exit_code, "worker finished");
     let oom_killed = facts.as_ref().map(|f| f.oom_killed).unwrap_or(false);
     env.sink
         .event(

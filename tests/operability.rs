@@ -247,3 +247,33 @@ fn serve_says_one_clear_line_and_exits_non_zero_when_redis_is_unreachable() {
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_of_a_request_is_json_with_its_request_id_preset_and_container() {
+    let d = Daemon::start(DaemonOpts::new("ops-logs"));
+    let rid = unique_request_id("logs");
+    publish_spawn(&d.prefix, &spawn_request(&rid, "shell_v1", "exit 3")).await;
+    wait_result(&d.prefix, &rid, TIMEOUT).await;
+    let log = d.stderr();
+    let mut of_request = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+        if line.contains(&rid) {
+            of_request += 1;
+            let span = &v["span"];
+            assert_eq!(span["request_id"], rid.as_str(), "{line}");
+            assert_eq!(span["preset"], "shell_v1", "{line}");
+            assert!(
+                span["container"].as_str().is_some_and(|c| c.contains(&rid)),
+                "{line}"
+            );
+        }
+    }
+    assert!(of_request >= 2, "the request's lines were found:\n{log}");
+    cleanup_containers(&d.prefix).await;
+}
