@@ -463,6 +463,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_schema_is_a_valid_draft_2020_12_schema() {
+        let schema: Value = serde_json::from_str(SCHEMA_JSON).unwrap();
+        assert!(jsonschema::draft202012::meta::is_valid(&schema));
+        jsonschema::draft202012::new(&schema).unwrap();
+    }
+
+    #[test]
     fn a_valid_preset_passes_and_is_typed() {
         let c = ConfigSchema::new().validate(&valid()).unwrap();
         assert_eq!(

@@ -799,7 +799,7 @@ impl Daemon {
         };
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let api_key = crate::gateway::new_key();
-        let net = self.worker_net(spec.config.has_internet, &api_key);
+        let net = self.worker_net(&spec.config, &api_key);
         let record = crate::gateway::KeyRecord {
             request_id: rid.clone(),
             tools: spec
@@ -1083,8 +1083,22 @@ impl Daemon {
     }
 
     /// The network and gateway URL of a new worker.
-    pub(crate) fn worker_net(&self, has_internet: bool, api_key: &str) -> WorkerNet {
-        let (network, ip) = if has_internet {
+    pub(crate) fn worker_net(
+        &self,
+        config: &crate::config::WorkerConfig,
+        api_key: &str,
+    ) -> WorkerNet {
+        // A worker with no tools, no internet and no extra network needs no
+        // gateway: it gets no network at all (and skips a bridge attachment,
+        // the costliest part of a container start).
+        if config.allowed_tools.is_empty() && !config.has_internet && config.network.is_none() {
+            return WorkerNet {
+                network: "none".to_string(),
+                api_url: String::new(),
+                api_key: String::new(),
+            };
+        }
+        let (network, ip) = if config.has_internet {
             &self.networks.external
         } else {
             &self.networks.internal
@@ -1532,6 +1546,7 @@ pub fn launch_context(
         l.insert(labels::SESSION_ID.to_string(), s.clone());
     }
     let (network_mode, extra_env) = match net {
+        Some(n) if n.api_url.is_empty() => (n.network.clone(), Vec::new()),
         Some(n) => (
             n.network.clone(),
             vec![

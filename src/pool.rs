@@ -206,12 +206,16 @@ impl Daemon {
         );
         l.insert(labels::DEADLINE.to_string(), deadline.to_string());
         l.insert(labels::KIND.to_string(), "pool".to_string());
-        let net = self.worker_net(spec.config.has_internet, "");
+        let net = self.worker_net(&spec.config, "");
         let ctx = LaunchContext {
             name: name.clone(),
             image,
             labels: l,
-            extra_env: vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())],
+            extra_env: if net.api_url.is_empty() {
+                Vec::new()
+            } else {
+                vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
+            },
             network_mode: net.network.clone(),
             cmd: Some(vec!["sh".into(), "-c".into(), KEEPER.into()]),
         };

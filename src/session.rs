@@ -304,12 +304,16 @@ impl Daemon {
             chrono::Utc::now().timestamp_millis().to_string(),
         );
         l.insert(labels::KIND.to_string(), "session".to_string());
-        let net = self.worker_net(spec.config.has_internet, "");
+        let net = self.worker_net(&spec.config, "");
         let mut ctx = LaunchContext {
             name: name.clone(),
             image: spec.config.image.clone(),
             labels: l,
-            extra_env: vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())],
+            extra_env: if net.api_url.is_empty() {
+                Vec::new()
+            } else {
+                vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
+            },
             network_mode: net.network.clone(),
             cmd: Some(vec!["sh".into(), "-c".into(), KEEPER.into()]),
         };
@@ -487,7 +491,7 @@ impl Daemon {
     ) {
         let rid = spec.request_id.clone();
         let api_key = crate::gateway::new_key();
-        let net = self.worker_net(spec.config.has_internet, &api_key);
+        let net = self.worker_net(&spec.config, &api_key);
         let record = crate::gateway::KeyRecord {
             request_id: rid.clone(),
             tools: spec
@@ -546,8 +550,10 @@ impl Daemon {
             .iter()
             .map(|v| format!("{}={}", v.name, v.value))
             .collect();
-        env.push(format!("ORCHESTRATOR_API_URL={}", net.api_url));
-        env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
+        if !net.api_url.is_empty() {
+            env.push(format!("ORCHESTRATOR_API_URL={}", net.api_url));
+            env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
+        }
         env.push(format!("HOME={HOME}"));
         let started = Instant::now();
         let exec = match self

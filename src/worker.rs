@@ -417,8 +417,24 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         )
         .await;
     }
-    // Let the output follower drain what the container printed last.
-    let _ = tokio::time::timeout(Duration::from_secs(3), output).await;
+    // Let the output follower drain what the container printed last: the
+    // log stream ends on its own once the engine has sent everything, so
+    // this waits for the data, not for a guess. The bound is only for a
+    // wedged engine; then the unread rest is reported as dropped.
+    if tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .is_err()
+    {
+        tracing::warn!("output follower did not finish; the rest of the output is not forwarded");
+        env.metrics.output_dropped.inc();
+        env.sink
+            .event(
+                &job.request_id,
+                EventType::OutputDropped,
+                json!({"lines": null, "reason": "output not read within 60 s of the exit"}),
+            )
+            .await;
+    }
     env.metrics.running_workers.dec();
 
     let mut facts = inspect_retrying(&env.engine, &job.container_id).await;
