@@ -85,6 +85,9 @@ while [ $# -gt 0 ]; do
 done
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+section "benchmark harness smoke run (scripts/bench.sh --smoke)"
+bash scripts/bench.sh --smoke
+
 section "cargo test --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
 cargo test --no-fail-fast --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 

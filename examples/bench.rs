@@ -1,0 +1,1692 @@
+//! Benchmark driver for workers-spawner. Run it through `scripts/bench.sh`,
+//! which starts redis-server, builds the test image, starts the daemon(s)
+//! and passes the flags below; the results go to `docs/benchmarks.md`.
+//!
+//! Scenarios:
+//!
+//! - `latency`: per concurrency level, rounds of interleaved batches of
+//!   (1) the floor: bare Engine API create + start + wait + remove,
+//!   (2) the same on the daemon's internal bridge network (informative),
+//!   (3) the shell baseline `docker run --rm`,
+//!   (4) workers-spawner end to end: XADD to the result entry;
+//!   all running the same image and command.
+//! - `live`: N sleeping workers; the daemon's memory and idle CPU.
+//! - `output`: one worker printing many lines; forwarding rate and loss,
+//!   unbounded (a daemon with a huge `output_lines_per_sec`) and bounded
+//!   (a second daemon with the default bound), every line delivered or
+//!   counted as dropped.
+//!
+//! Exits non-zero when something failed (a request without a result, a
+//! result other than the expected one, output lines neither delivered nor
+//! counted); missing a performance target is reported, not a failure.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use workers_spawner::bus::{Bus, StreamNames};
+
+/// The command every method runs: `sh -c 'echo $0' ok`, like the preset.
+const CMD: [&str; 4] = ["sh", "-c", "echo $0", "ok"];
+const PREFIX_LABEL: &str = "io.workers-spawner.stream-prefix";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Latency,
+    Live,
+    Output,
+    All,
+}
+
+/// Benchmark driver (see scripts/bench.sh).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bench")]
+struct Args {
+    /// Samples per method and concurrency level (default 200; smoke 5).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Concurrency levels (default 1,8,32; smoke 1,4).
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
+    /// Redis of the daemon(s).
+    #[arg(long, env = "WS_TEST_REDIS_URL")]
+    redis_url: String,
+    /// Stream prefix of the main daemon.
+    #[arg(long)]
+    prefix: String,
+    /// Image every method runs.
+    #[arg(long, default_value = "ws-test-busybox:latest")]
+    image: String,
+    /// Pid of the main daemon (CPU and memory from /proc).
+    #[arg(long)]
+    daemon_pid: Option<u32>,
+    /// host:port of the main daemon's /metrics.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Which scenario(s) to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Markdown file to write (overwritten; a hand-written analysis block
+    /// between `<!-- analysis:begin -->` and `<!-- analysis:end -->` is kept).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tiny sample counts (a CI-sized run).
+    #[arg(long)]
+    smoke: bool,
+    /// Live sleeping workers (default 200; smoke 10).
+    #[arg(long)]
+    live_workers: Option<usize>,
+    /// Seconds of idle sampling with the live workers (default 30; smoke 3).
+    #[arg(long)]
+    idle_secs: Option<u64>,
+    /// Lines the output worker prints (default 100000; smoke 10000).
+    #[arg(long)]
+    output_lines: Option<u64>,
+    /// Stream prefix of the second daemon, started with the default output bound.
+    #[arg(long)]
+    bounded_prefix: Option<String>,
+    /// Pid of the second daemon.
+    #[arg(long)]
+    bounded_daemon_pid: Option<u32>,
+    /// The output bound of the second daemon (for the report).
+    #[arg(long, default_value_t = 2000)]
+    bounded_lines_per_sec: u64,
+    /// Preset running `sh -c 'echo $0' {prompt}`.
+    #[arg(long, default_value = "bench_v1")]
+    preset: String,
+    /// Preset running `sh -c {prompt}`.
+    #[arg(long, default_value = "bench_shell_v1")]
+    shell_preset: String,
+    /// The daemon's internal network, for the informative bridge floor.
+    #[arg(long, default_value = "ws-workers-internal")]
+    worker_network: String,
+    /// The command line to record in the report.
+    #[arg(long)]
+    invocation: Option<String>,
+}
+
+struct Config {
+    samples: usize,
+    levels: Vec<usize>,
+    live: usize,
+    idle: Duration,
+    lines: u64,
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        let s = self.smoke;
+        Config {
+            samples: self.samples.unwrap_or(if s { 5 } else { 200 }),
+            levels: self.concurrency.clone().unwrap_or_else(|| {
+                if s {
+                    vec![1, 4]
+                } else {
+                    vec![1, 8, 32]
+                }
+            }),
+            live: self.live_workers.unwrap_or(if s { 10 } else { 200 }),
+            idle: Duration::from_secs(self.idle_secs.unwrap_or(if s { 3 } else { 30 })),
+            lines: self
+                .output_lines
+                .unwrap_or(if s { 10_000 } else { 100_000 }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- /proc
+
+#[derive(Clone, Copy)]
+struct Proc {
+    pid: u32,
+    tck: f64,
+}
+
+impl Proc {
+    fn new(pid: u32) -> Proc {
+        let tck = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .unwrap_or(100.0);
+        Proc { pid, tck }
+    }
+
+    /// utime + stime, seconds.
+    fn cpu_secs(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return 0.0;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: state is field 3, utime 14, stime 15.
+        let t = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (t(14) + t(15)) as f64 / self.tck
+    }
+
+    /// A `/proc/PID/status` field in KiB (or a plain count).
+    fn status(&self, key: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix(key)
+                        .and_then(|r| r.strip_prefix(':'))
+                        .and_then(|r| r.split_whitespace().next())
+                        .and_then(|v| v.parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// Samples VmRSS every 100 ms; keeps the maximum since the last reset.
+struct RssSampler {
+    max_kib: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(p: Proc) -> RssSampler {
+        let max_kib = Arc::new(AtomicU64::new(0));
+        let m = max_kib.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                m.fetch_max(p.status("VmRSS"), Ordering::Relaxed);
+            }
+        });
+        RssSampler { max_kib, task }
+    }
+
+    fn reset(&self, p: Proc) {
+        self.max_kib.store(p.status("VmRSS"), Ordering::Relaxed);
+    }
+
+    fn max_mib(&self) -> f64 {
+        self.max_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- stats
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Default, Clone)]
+struct MethodStats {
+    lat_ms: Vec<f64>,
+    wall_s: f64,
+    failures: usize,
+}
+
+impl MethodStats {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.lat_ms.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v
+    }
+    fn p50(&self) -> f64 {
+        percentile(&self.sorted(), 50.0)
+    }
+    fn p99(&self) -> f64 {
+        percentile(&self.sorted(), 99.0)
+    }
+    fn mean(&self) -> f64 {
+        self.lat_ms.iter().sum::<f64>() / self.lat_ms.len().max(1) as f64
+    }
+    fn throughput(&self) -> f64 {
+        self.lat_ms.len() as f64 / self.wall_s.max(1e-9)
+    }
+}
+
+// ---------------------------------------------------------------- methods
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Method {
+    Floor,
+    FloorBridge,
+    Replay,
+    Shell,
+    Spawner,
+}
+
+const METHODS: [Method; 5] = [
+    Method::Floor,
+    Method::FloorBridge,
+    Method::Replay,
+    Method::Shell,
+    Method::Spawner,
+];
+
+impl Method {
+    fn label(self) -> &'static str {
+        match self {
+            Method::Floor => "floor (Engine API, network none)",
+            Method::FloorBridge => "floor on the internal bridge network",
+            Method::Replay => "the daemon's Docker calls, replayed bare",
+            Method::Shell => "shell `docker run --rm`",
+            Method::Spawner => "workers-spawner end to end",
+        }
+    }
+}
+
+/// Requests waiting for their result: the result and the instant it was read.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<(Instant, Value)>>>>;
+
+/// Results of the daemon read on a connection of their own, matched to
+/// waiting requests by request id (one XREAD BLOCK loop, no polling).
+struct ResultWatcher {
+    bus: Bus,
+    waiters: Waiters,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResultWatcher {
+    async fn start(bus: Bus) -> anyhow::Result<ResultWatcher> {
+        let waiters: Waiters = Arc::default();
+        let stream = bus.names.result.clone();
+        let mut last = bus.tail_id(&stream).await?;
+        let block = Duration::from_secs(1);
+        let mut conn = bus.blocking_connection(block).await?;
+        let (b, w) = (bus.clone(), waiters.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let read = b
+                    .read_after(&mut conn, &[stream.as_str()], &[last.clone()], block)
+                    .await;
+                let batches = match read {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("bench: reading results failed: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if let Ok(c) = b.blocking_connection(block).await {
+                            conn = c;
+                        }
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                for (_, entries) in batches {
+                    for e in entries {
+                        last = e.id.clone();
+                        let Some(v) = e
+                            .data
+                            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                        else {
+                            continue;
+                        };
+                        let rid = v["request_id"].as_str().unwrap_or_default().to_string();
+                        if let Some(tx) = w.lock().expect("waiters").remove(&rid) {
+                            let _ = tx.send((now, v));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(ResultWatcher { bus, waiters, task })
+    }
+
+    /// Registers `rid`, then publishes the request; the receiver gets the
+    /// result and the instant it was read.
+    async fn publish(
+        &self,
+        rid: &str,
+        preset: &str,
+        prompt: &str,
+    ) -> anyhow::Result<(Instant, oneshot::Receiver<(Instant, Value)>)> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .insert(rid.to_string(), tx);
+        let json =
+            json!({"request_id": rid, "worker_config_id": preset, "task": {"prompt": prompt}})
+                .to_string();
+        let t0 = Instant::now();
+        self.bus.publish_spawn(&json).await?;
+        Ok((t0, rx))
+    }
+
+    /// One request to its result: (milliseconds, result). Gives up early
+    /// when `daemon` is gone.
+    async fn request(
+        &self,
+        rid: &str,
+        preset: &str,
+        prompt: &str,
+        timeout: Duration,
+        daemon: Option<Proc>,
+    ) -> anyhow::Result<(f64, Value)> {
+        let (t0, mut rx) = self.publish(rid, preset, prompt).await?;
+        let give_up = t0 + timeout;
+        let outcome = loop {
+            match tokio::time::timeout(Duration::from_secs(1), &mut rx).await {
+                Ok(Ok((t1, v))) => break Ok(((t1 - t0).as_secs_f64() * 1000.0, v)),
+                Ok(Err(_)) => break Err(anyhow::anyhow!("result watcher stopped")),
+                Err(_) if daemon.is_some_and(|p| !p.alive()) => {
+                    break Err(anyhow::anyhow!("no result for {rid}: the daemon is gone"))
+                }
+                Err(_) if Instant::now() > give_up => {
+                    break Err(anyhow::anyhow!("no result for {rid} within {timeout:?}"))
+                }
+                Err(_) => {}
+            }
+        };
+        if outcome.is_err() {
+            self.waiters.lock().expect("waiters").remove(rid);
+        }
+        outcome
+    }
+}
+
+impl Drop for ResultWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Ctx {
+    args: Args,
+    docker: Docker,
+    watcher: ResultWatcher,
+    run_id: String,
+    seq: AtomicU64,
+    /// Timings reported in the spawner's results (queue, start, run, e2e).
+    breakdown: Mutex<Vec<[f64; 4]>>,
+    /// Phases of the floor (create, start, wait, remove), ms.
+    floor_phases: Mutex<Vec<[f64; 4]>>,
+    /// The daemon's own Docker wrapper, for the replay.
+    engine: workers_spawner::docker::Engine,
+    /// The main daemon.
+    daemon: Option<Proc>,
+}
+
+impl Ctx {
+    fn next_id(&self, what: &str) -> String {
+        format!(
+            "{}-{what}-{}",
+            self.run_id,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Bare Engine API: create (the daemon's hardened HostConfig), start,
+    /// wait, remove.
+    async fn floor_one(&self, network: &str) -> anyhow::Result<f64> {
+        let name = self.next_id("floor");
+        let mut labels = HashMap::new();
+        labels.insert(PREFIX_LABEL.to_string(), self.args.prefix.clone());
+        let memory: i64 = 64 << 20;
+        let body = ContainerCreateBody {
+            image: Some(self.args.image.clone()),
+            cmd: Some(CMD.iter().map(|s| s.to_string()).collect()),
+            env: Some(vec!["HOME=/home/worker".to_string()]),
+            user: Some("1000:1000".to_string()),
+            working_dir: Some("/workspace".to_string()),
+            labels: Some(labels),
+            attach_stdin: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            network_disabled: Some(network == "none"),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                nano_cpus: Some(1_000_000_000),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                pids_limit: Some(256),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+                privileged: Some(false),
+                readonly_rootfs: Some(false),
+                network_mode: Some(network.to_string()),
+                ipc_mode: Some("private".to_string()),
+                auto_remove: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let opts = CreateContainerOptions {
+            name: Some(name),
+            ..Default::default()
+        };
+        let id = self.docker.create_container(Some(opts), body).await?.id;
+        let (mut t_start, mut t_wait) = (t0, t0);
+        let t_create = Instant::now();
+        let run = async {
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await?;
+            t_start = Instant::now();
+            let mut w = self
+                .docker
+                .wait_container(&id, None::<WaitContainerOptions>);
+            let code = match w.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => -1,
+            };
+            t_wait = Instant::now();
+            anyhow::ensure!(code == 0, "exit code {code}");
+            Ok(())
+        }
+        .await;
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        self.docker.remove_container(&id, Some(opts)).await?;
+        run?;
+        let end = Instant::now();
+        if network == "none" {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+            self.floor_phases.lock().expect("phases").push([
+                ms(t0, t_create),
+                ms(t_create, t_start),
+                ms(t_start, t_wait),
+                ms(t_wait, end),
+            ]);
+        }
+        Ok((end - t0).as_secs_f64() * 1000.0)
+    }
+
+    /// The Docker calls the daemon makes for one worker, through the
+    /// daemon's own `Engine`, without Redis or rendering: inspect by name
+    /// (404), create on the internal network, upload the instruction
+    /// files, start, follow the logs, wait, inspect, read the log tail,
+    /// remove.
+    async fn replay_one(&self) -> anyhow::Result<f64> {
+        use workers_spawner::render::RenderedFile;
+        let name = self.next_id("replay");
+        let t0 = Instant::now();
+        anyhow::ensure!(self.engine.inspect(&name).await.is_err(), "{name} exists");
+        let mut labels = HashMap::new();
+        labels.insert(PREFIX_LABEL.to_string(), self.args.prefix.clone());
+        let memory: i64 = 64 << 20;
+        let body = ContainerCreateBody {
+            image: Some(self.args.image.clone()),
+            cmd: Some(CMD.iter().map(|s| s.to_string()).collect()),
+            env: Some(vec!["HOME=/home/worker".to_string()]),
+            user: Some("1000:1000".to_string()),
+            working_dir: Some("/workspace".to_string()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                nano_cpus: Some(1_000_000_000),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                pids_limit: Some(256),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+                network_mode: Some(self.args.worker_network.clone()),
+                ipc_mode: Some("private".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self.engine.create(&name, body).await?;
+        let files = vec![
+            RenderedFile {
+                path: "/home/worker/.claude/CLAUDE.md".into(),
+                content: "# Instructions\n".repeat(200),
+                mode: 0o644,
+            },
+            RenderedFile {
+                path: "/workspace/.task/prompt.md".into(),
+                content: "ok".into(),
+                mode: 0o644,
+            },
+        ];
+        let run = async {
+            self.engine.upload(&id, &files).await?;
+            self.engine.start(&id).await?;
+            let logs = self.engine.logs(&id, true, None);
+            let follow = tokio::spawn(async move {
+                let mut logs = Box::pin(logs);
+                while logs.next().await.is_some() {}
+            });
+            let code = self.engine.wait(&id).await?;
+            let _ = follow.await;
+            let facts = self.engine.inspect(&id).await?;
+            let tail = self.engine.logs(&id, false, Some(4096));
+            let mut tail = Box::pin(tail);
+            while tail.next().await.is_some() {}
+            anyhow::ensure!(code == 0 && facts.exit_code == Some(0), "exit code {code}");
+            Ok(())
+        }
+        .await;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        self.engine.remove(&id).await?;
+        run?;
+        // Like the spawner's figure: up to the result, before the removal.
+        Ok(ms)
+    }
+
+    /// `docker run --rm` from the CLI.
+    async fn shell_one(&self) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let out = tokio::process::Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--init",
+                "--network",
+                "none",
+                "--user",
+                "1000:1000",
+            ])
+            .arg("--label")
+            .arg(format!("{PREFIX_LABEL}={}", self.args.prefix))
+            .arg(&self.args.image)
+            .args(CMD)
+            .output()
+            .await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        anyhow::ensure!(
+            out.status.success() && out.stdout == b"ok\n",
+            "docker run: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(ms)
+    }
+
+    /// XADD to the result entry.
+    async fn spawner_one(&self) -> anyhow::Result<f64> {
+        let rid = self.next_id("req");
+        let (ms, v) = self
+            .watcher
+            .request(
+                &rid,
+                &self.args.preset,
+                "ok",
+                Duration::from_secs(120),
+                self.daemon,
+            )
+            .await?;
+        anyhow::ensure!(
+            v["status"] == "succeeded" && v["output"] == "ok\n",
+            "result of {rid}: {}",
+            v
+        );
+        let t = &v["timings"];
+        let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+        self.breakdown.lock().expect("breakdown").push([
+            f("queue_ms"),
+            f("start_ms"),
+            f("run_ms"),
+            ms,
+        ]);
+        Ok(ms)
+    }
+
+    async fn one(&self, m: Method) -> anyhow::Result<f64> {
+        match m {
+            Method::Floor => self.floor_one("none").await,
+            Method::FloorBridge => self.floor_one(&self.args.worker_network).await,
+            Method::Replay => self.replay_one().await,
+            Method::Shell => self.shell_one().await,
+            Method::Spawner => self.spawner_one().await,
+        }
+    }
+
+    /// `n` samples of `m` with `c` in flight; returns latencies, wall time
+    /// and failures.
+    async fn batch(&self, m: Method, c: usize, n: usize) -> (Vec<f64>, f64, usize) {
+        let next = AtomicUsize::new(0);
+        let lat = Mutex::new(Vec::with_capacity(n));
+        let failures = AtomicUsize::new(0);
+        let t0 = Instant::now();
+        let (next_r, lat_r, failures_r) = (&next, &lat, &failures);
+        let lanes = (0..c).map(|_| async move {
+            while next_r.fetch_add(1, Ordering::Relaxed) < n {
+                match self.one(m).await {
+                    Ok(ms) => lat_r.lock().expect("lat").push(ms),
+                    Err(e) => {
+                        eprintln!("bench: {m:?} failed: {e:#}");
+                        failures_r.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(lanes).await;
+        let wall = t0.elapsed().as_secs_f64();
+        (
+            lat.into_inner().expect("lat"),
+            wall,
+            failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+// ---------------------------------------------------------------- latency
+
+struct Level {
+    c: usize,
+    stats: HashMap<Method, MethodStats>,
+    daemon_cpu_s: f64,
+    daemon_rss_max_mib: f64,
+    daemon_hwm_mib: f64,
+    breakdown: Vec<[f64; 4]>,
+    floor_phases: Vec<[f64; 4]>,
+}
+
+fn means(rows: &[[f64; 4]]) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for (i, o) in out.iter_mut().enumerate() {
+        let v: Vec<f64> = rows
+            .iter()
+            .map(|b| b[i])
+            .filter(|x| x.is_finite())
+            .collect();
+        *o = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    }
+    out
+}
+
+async fn latency(ctx: &Ctx, cfg: &Config, daemon: Option<Proc>) -> Vec<Level> {
+    let sampler = daemon.map(RssSampler::start);
+    // Warm-up (not counted): first calls pay for connections and caches.
+    for m in METHODS {
+        let _ = ctx.batch(m, 1, 2).await;
+    }
+    ctx.breakdown.lock().expect("breakdown").clear();
+    ctx.floor_phases.lock().expect("phases").clear();
+    let mut levels = Vec::new();
+    for &c in &cfg.levels {
+        let batch = cfg
+            .samples
+            .div_ceil(10)
+            .max(4 * c)
+            .min(cfg.samples.max(c))
+            .max(1);
+        let rounds = cfg.samples.div_ceil(batch);
+        eprintln!("bench: concurrency {c}: {rounds} round(s) of {batch} per method, interleaved");
+        if let (Some(s), Some(p)) = (&sampler, daemon) {
+            s.reset(p);
+        }
+        let mut stats: HashMap<Method, MethodStats> = HashMap::new();
+        let mut cpu = 0.0;
+        for r in 0..rounds {
+            // Rotate the order each round so drift hits every method alike.
+            if daemon.is_some_and(|p| !p.alive()) {
+                eprintln!("bench: the daemon is gone; stopping the latency run");
+                break;
+            }
+            for k in 0..METHODS.len() {
+                let m = METHODS[(r + k) % METHODS.len()];
+                let cpu0 = daemon.map(|p| p.cpu_secs()).unwrap_or(0.0);
+                let (lat, wall, failures) = ctx.batch(m, c, batch).await;
+                if m == Method::Spawner {
+                    cpu += daemon.map(|p| p.cpu_secs()).unwrap_or(0.0) - cpu0;
+                }
+                let s = stats.entry(m).or_default();
+                s.lat_ms.extend(lat);
+                s.wall_s += wall;
+                s.failures += failures;
+            }
+            eprintln!(
+                "bench:   round {}/{rounds}: p50 floor {:.0} ms, spawner {:.0} ms",
+                r + 1,
+                stats[&Method::Floor].p50(),
+                stats[&Method::Spawner].p50()
+            );
+        }
+        let breakdown = std::mem::take(&mut *ctx.breakdown.lock().expect("breakdown"));
+        let floor_phases = std::mem::take(&mut *ctx.floor_phases.lock().expect("phases"));
+        levels.push(Level {
+            c,
+            stats,
+            daemon_cpu_s: cpu,
+            daemon_rss_max_mib: sampler.as_ref().map(|s| s.max_mib()).unwrap_or(0.0),
+            daemon_hwm_mib: daemon
+                .map(|p| p.status("VmHWM") as f64 / 1024.0)
+                .unwrap_or(0.0),
+            breakdown,
+            floor_phases,
+        });
+    }
+    levels
+}
+
+// ---------------------------------------------------------------- live
+
+struct Live {
+    n: usize,
+    reached: usize,
+    ramp_s: f64,
+    ramp_cpu_s: f64,
+    idle_s: f64,
+    idle_cpu_pct: f64,
+    idle_rss_mib: f64,
+    idle_rss_max_mib: f64,
+    threads: u64,
+    rss_anon_mib: f64,
+    rss_file_mib: f64,
+    containers_running: usize,
+    drain_s: f64,
+    statuses: HashMap<String, usize>,
+    missing: usize,
+}
+
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+async fn running_containers(docker: &Docker, prefix: &str) -> usize {
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![
+            "io.workers-spawner.managed=true".to_string(),
+            format!("{PREFIX_LABEL}={prefix}"),
+        ],
+    );
+    filters.insert("status".to_string(), vec!["running".to_string()]);
+    let opts = ListContainersOptions {
+        all: false,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    docker
+        .list_containers(Some(opts))
+        .await
+        .map(|l| l.len())
+        .unwrap_or(0)
+}
+
+async fn live(ctx: &Ctx, cfg: &Config, daemon: Option<Proc>) -> Live {
+    let n = cfg.live;
+    let running = move || async move {
+        match &ctx.args.metrics_addr {
+            Some(a) => metric(a, "workers_spawner_running_workers")
+                .await
+                .unwrap_or(0.0) as usize,
+            None => running_containers(&ctx.docker, &ctx.args.prefix).await,
+        }
+    };
+    let cpu = || daemon.map(|p| p.cpu_secs()).unwrap_or(0.0);
+    eprintln!("bench: live: starting {n} sleeping workers");
+    let t0 = Instant::now();
+    let cpu0 = cpu();
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let rid = ctx.next_id("live");
+        match ctx
+            .watcher
+            .publish(&rid, &ctx.args.shell_preset, "sleep 900")
+            .await
+        {
+            Ok((_, rx)) => pending.push((rid, rx)),
+            Err(e) => eprintln!("bench: publishing {rid} failed: {e}"),
+        }
+    }
+    let mut reached = 0;
+    let give_up = Instant::now() + Duration::from_secs(if ctx.args.smoke { 60 } else { 600 });
+    while Instant::now() < give_up {
+        reached = running().await;
+        if reached >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ramp_s = t0.elapsed().as_secs_f64();
+    let ramp_cpu_s = cpu() - cpu0;
+    eprintln!("bench: live: {reached}/{n} running after {ramp_s:.1} s; idle sampling");
+    // Let the start-up work settle, then measure the idle daemon.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sampler = daemon.map(RssSampler::start);
+    let (c0, i0) = (cpu(), Instant::now());
+    let mut rss_sum = 0.0;
+    let mut rss_n = 0.0;
+    while i0.elapsed() < cfg.idle {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(p) = daemon {
+            rss_sum += p.status("VmRSS") as f64 / 1024.0;
+            rss_n += 1.0;
+        }
+    }
+    let idle_s = i0.elapsed().as_secs_f64();
+    let idle_cpu_pct = (cpu() - c0) / idle_s * 100.0;
+    let containers_running = running_containers(&ctx.docker, &ctx.args.prefix).await;
+    let idle_rss_max_mib = sampler.as_ref().map(|s| s.max_mib()).unwrap_or(0.0);
+    drop(sampler);
+    eprintln!("bench: live: cancelling");
+    let t1 = Instant::now();
+    for (rid, _) in &pending {
+        let json = json!({"command": "cancel", "request_id": rid}).to_string();
+        if let Err(e) = ctx.watcher.bus.publish_control(&json).await {
+            eprintln!("bench: cancel of {rid} failed: {e}");
+        }
+    }
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    let mut missing = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for (rid, rx) in pending {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx).await {
+            Ok(Ok((_, v))) => {
+                *statuses
+                    .entry(v["status"].as_str().unwrap_or("?").to_string())
+                    .or_default() += 1;
+            }
+            _ => {
+                eprintln!("bench: live: no result for {rid}");
+                missing += 1;
+            }
+        }
+    }
+    Live {
+        n,
+        reached,
+        ramp_s,
+        ramp_cpu_s,
+        idle_s,
+        idle_cpu_pct,
+        idle_rss_mib: rss_sum / f64::max(rss_n, 1.0),
+        idle_rss_max_mib,
+        threads: daemon.map(|p| p.status("Threads")).unwrap_or(0),
+        rss_anon_mib: daemon.map(|p| p.status("RssAnon")).unwrap_or(0) as f64 / 1024.0,
+        rss_file_mib: daemon.map(|p| p.status("RssFile")).unwrap_or(0) as f64 / 1024.0,
+        containers_running,
+        drain_s: t1.elapsed().as_secs_f64(),
+        statuses,
+        missing,
+    }
+}
+
+// ---------------------------------------------------------------- output
+
+struct Output {
+    bound: Option<u64>,
+    lines: u64,
+    delivered: u64,
+    dropped: u64,
+    out_of_order: u64,
+    status: String,
+    forward_s: f64,
+    first_line_ms: f64,
+    total_s: f64,
+    rss_max_mib: f64,
+    cpu_s: f64,
+}
+
+impl Output {
+    fn lost(&self) -> i64 {
+        self.lines as i64 - self.delivered as i64 - self.dropped as i64
+    }
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.forward_s.max(1e-9)
+    }
+}
+
+async fn output(
+    redis_url: &str,
+    prefix: &str,
+    preset: &str,
+    lines: u64,
+    bound: Option<u64>,
+    daemon: Option<Proc>,
+) -> anyhow::Result<Output> {
+    let names = StreamNames::new(prefix, "workers-spawner");
+    let bus = Bus::connect(redis_url, names, 1_000_000).await?;
+    let watcher = ResultWatcher::start(bus.clone()).await?;
+    let events = bus.names.events.clone();
+    let mut last = bus.tail_id(&events).await?;
+    let block = Duration::from_millis(500);
+    let mut conn = bus.blocking_connection(block).await?;
+    let sampler = daemon.map(RssSampler::start);
+    let cpu0 = daemon.map(|p| p.cpu_secs()).unwrap_or(0.0);
+    let rid = format!("{prefix}-output-{}", std::process::id());
+    eprintln!("bench: output: {lines} lines, bound {bound:?} (prefix {prefix})");
+    let (t0, mut rx) = watcher
+        .publish(&rid, preset, &format!("seq 1 {lines}"))
+        .await?;
+    let (mut delivered, mut dropped, mut out_of_order, mut prev) = (0u64, 0u64, 0u64, 0u64);
+    let (mut first, mut lastl): (Option<Instant>, Option<Instant>) = (None, None);
+    let mut result: Option<Value> = None;
+    let mut quiet_since = Instant::now();
+    let give_up = Instant::now() + Duration::from_secs(600);
+    loop {
+        if result.is_none() {
+            if let Ok((_, v)) = rx.try_recv() {
+                result = Some(v);
+            }
+        }
+        let done = delivered + dropped >= lines;
+        if (result.is_some() && (done || quiet_since.elapsed() > Duration::from_secs(10)))
+            || Instant::now() > give_up
+        {
+            break;
+        }
+        let batches = bus
+            .read_after(&mut conn, &[events.as_str()], &[last.clone()], block)
+            .await?;
+        let now = Instant::now();
+        for (_, entries) in batches {
+            for e in entries {
+                last = e.id.clone();
+                let Some(v) = e
+                    .data
+                    .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                else {
+                    continue;
+                };
+                if v["request_id"] != rid.as_str() {
+                    continue;
+                }
+                quiet_since = now;
+                match v["type"].as_str() {
+                    Some("output") => {
+                        delivered += 1;
+                        first.get_or_insert(now);
+                        lastl = Some(now);
+                        let n = v["data"]["text"]
+                            .as_str()
+                            .and_then(|t| t.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        if n <= prev {
+                            out_of_order += 1;
+                        }
+                        prev = n;
+                    }
+                    Some("output_dropped") => {
+                        dropped += v["data"]["lines"].as_u64().unwrap_or(0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = match result {
+        Some(v) => v["status"].as_str().unwrap_or("?").to_string(),
+        None => "no result".to_string(),
+    };
+    Ok(Output {
+        bound,
+        lines,
+        delivered,
+        dropped,
+        out_of_order,
+        status,
+        forward_s: match (first, lastl) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        },
+        first_line_ms: first
+            .map(|f| (f - t0).as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN),
+        total_s: lastl.map(|l| (l - t0).as_secs_f64()).unwrap_or(f64::NAN),
+        rss_max_mib: sampler.as_ref().map(|s| s.max_mib()).unwrap_or(0.0),
+        cpu_s: daemon.map(|p| p.cpu_secs()).unwrap_or(0.0) - cpu0,
+    })
+}
+
+// ---------------------------------------------------------------- report
+
+fn machine() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    vec![
+        ("CPU".into(), format!("{model}, {nproc} CPUs (nproc)")),
+        ("Memory".into(), mem),
+        (
+            "Kernel".into(),
+            read("/proc/sys/kernel/osrelease").trim().to_string(),
+        ),
+    ]
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+struct Report<'a> {
+    args: &'a Args,
+    cfg: &'a Config,
+    started: chrono::DateTime<chrono::Utc>,
+    duration_s: f64,
+    docker_version: String,
+    load_start: String,
+    load_end: String,
+    levels: Vec<Level>,
+    live: Option<Live>,
+    outputs: Vec<Output>,
+    failures: Vec<String>,
+}
+
+impl Report<'_> {
+    fn markdown(&self, analysis: &str) -> String {
+        let mut o = String::new();
+        let w = &mut o;
+        let _ = writeln!(w, "# Benchmarks\n");
+        let _ = writeln!(
+            w,
+            "Generated by `scripts/bench.sh` (driver: `examples/bench.rs`); rerun it to refresh \
+             the figures. Each run regenerates everything except the analysis block.\n"
+        );
+        let _ = writeln!(
+            w,
+            "- Date: {} (run took {:.0} s)",
+            self.started.format("%Y-%m-%d %H:%M UTC"),
+            self.duration_s
+        );
+        let cmd = self
+            .args
+            .invocation
+            .clone()
+            .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+        let _ = writeln!(w, "- Command: `{cmd}`");
+        for (k, v) in machine() {
+            let _ = writeln!(w, "- {k}: {v}");
+        }
+        let _ = writeln!(w, "- Docker Engine: {}", self.docker_version);
+        let _ = writeln!(
+            w,
+            "- Load average (1/5/15 min) at start: {}; at end: {}",
+            self.load_start, self.load_end
+        );
+        let _ = writeln!(
+            w,
+            "- Samples: {} per method and level, concurrency {:?}; {} live workers, {} s idle; \
+             {} output lines{}",
+            self.cfg.samples,
+            self.cfg.levels,
+            self.cfg.live,
+            self.cfg.idle.as_secs(),
+            self.cfg.lines,
+            if self.args.smoke { " (SMOKE run)" } else { "" }
+        );
+        if self.failures.is_empty() {
+            let _ = writeln!(w, "- Failures: none\n");
+        } else {
+            let _ = writeln!(w, "- Failures: {}\n", self.failures.join("; "));
+        }
+
+        let _ = writeln!(w, "{analysis}\n");
+
+        self.targets(w);
+        self.latency_tables(w);
+        self.live_table(w);
+        self.output_table(w);
+        self.method_notes(w);
+        o
+    }
+
+    fn floor_and_spawner(&self, l: &Level) -> Option<(MethodStats, MethodStats, MethodStats)> {
+        Some((
+            l.stats.get(&Method::Floor)?.clone(),
+            l.stats.get(&Method::Spawner)?.clone(),
+            l.stats.get(&Method::Shell)?.clone(),
+        ))
+    }
+
+    fn targets(&self, w: &mut String) {
+        let _ = writeln!(w, "## Targets\n");
+        let _ = writeln!(w, "| target | measured | verdict |");
+        let _ = writeln!(w, "|---|---|---|");
+        for l in &self.levels {
+            let Some((f, s, sh)) = self.floor_and_spawner(l) else {
+                continue;
+            };
+            let c = l.c;
+            let d50 = s.p50() - f.p50();
+            let _ = writeln!(
+                w,
+                "| c={c}: end-to-end p50 ≤ floor + 10 ms | {:.0} ms vs {:.0} ms: +{d50:.0} ms ({:.2}× floor) | {} |",
+                s.p50(),
+                f.p50(),
+                s.p50() / f.p50(),
+                verdict(d50 <= 10.0)
+            );
+            let d99 = s.p99() - f.p99();
+            let _ = writeln!(
+                w,
+                "| c={c}: end-to-end p99 ≤ floor + 25 ms | {:.0} ms vs {:.0} ms: +{d99:.0} ms ({:.2}× floor) | {} |",
+                s.p99(),
+                f.p99(),
+                s.p99() / f.p99(),
+                verdict(d99 <= 25.0)
+            );
+            if c > 1 {
+                let r = s.throughput() / f.throughput();
+                let _ = writeln!(
+                    w,
+                    "| c={c}: throughput ≥ 90% of the floor's | {:.1} vs {:.1} req/s: {:.0}% | {} |",
+                    s.throughput(),
+                    f.throughput(),
+                    r * 100.0,
+                    verdict(r >= 0.9)
+                );
+            }
+            let gain = sh.mean() - s.mean();
+            let _ = writeln!(
+                w,
+                "| c={c}: ≥ 100 ms faster per request than `docker run --rm` (mean) | {:.0} ms vs {:.0} ms: {gain:+.0} ms | {} |",
+                s.mean(),
+                sh.mean(),
+                verdict(gain >= 100.0)
+            );
+        }
+        if let Some(l) = &self.live {
+            let _ = writeln!(
+                w,
+                "| daemon memory < 50 MiB with {} live workers | {:.1} MiB RSS (max {:.1} MiB) | {} |",
+                l.n,
+                l.idle_rss_mib,
+                l.idle_rss_max_mib,
+                verdict(l.idle_rss_max_mib < 50.0 && l.reached >= l.n)
+            );
+            let _ = writeln!(
+                w,
+                "| daemon idle CPU < 1% of a core with {} live workers | {:.2}% over {:.0} s | {} |",
+                l.n,
+                l.idle_cpu_pct,
+                l.idle_s,
+                verdict(l.idle_cpu_pct < 1.0 && l.reached >= l.n)
+            );
+        }
+        if let Some(o) = self.outputs.iter().find(|o| o.bound.is_none()) {
+            let _ = writeln!(
+                w,
+                "| ≥ 10,000 output lines/s forwarded, nothing lost or the loss counted | {:.0} lines/s, {} delivered, {} dropped (counted), {} unaccounted | {} |",
+                o.rate(),
+                o.delivered,
+                o.dropped,
+                o.lost(),
+                verdict(o.rate() >= 10_000.0 && o.lost() == 0)
+            );
+            let _ = writeln!(
+                w,
+                "| bounded memory while forwarding | daemon RSS max {:.1} MiB during the run | see below |",
+                o.rss_max_mib
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    fn latency_tables(&self, w: &mut String) {
+        if self.levels.is_empty() {
+            return;
+        }
+        let _ = writeln!(w, "## Latency and throughput\n");
+        let _ = writeln!(
+            w,
+            "Per request: from the first API call (floor), the process start (shell) or the \
+             XADD (spawner) until the container is removed (floor, shell) or the result entry \
+             is read from `<prefix>:result` (spawner). Throughput: samples over the summed \
+             wall time of the method's batches. Ratios are to the floor at the same \
+             concurrency.\n"
+        );
+        for l in &self.levels {
+            let f = l.stats.get(&Method::Floor).cloned().unwrap_or_default();
+            let _ = writeln!(w, "### Concurrency {}\n", l.c);
+            let _ = writeln!(
+                w,
+                "| method | n | fail | p50 ms | p99 ms | mean ms | req/s | p50 ×floor | p99 ×floor | req/s ×floor |"
+            );
+            let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+            for m in METHODS {
+                let Some(s) = l.stats.get(&m) else { continue };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    m.label(),
+                    s.lat_ms.len(),
+                    s.failures,
+                    s.p50(),
+                    s.p99(),
+                    s.mean(),
+                    s.throughput(),
+                    s.p50() / f.p50(),
+                    s.p99() / f.p99(),
+                    s.throughput() / f.throughput()
+                );
+            }
+            let n = l
+                .stats
+                .get(&Method::Spawner)
+                .map(|s| s.lat_ms.len())
+                .unwrap_or(0);
+            let _ = writeln!(
+                w,
+                "\nDaemon during the spawner batches: {:.2} s CPU ({:.1} ms per request), \
+                 RSS max {:.1} MiB, VmHWM since start {:.1} MiB.\n",
+                l.daemon_cpu_s,
+                l.daemon_cpu_s * 1000.0 / n.max(1) as f64,
+                l.daemon_rss_max_mib,
+                l.daemon_hwm_mib
+            );
+            if !l.floor_phases.is_empty() {
+                let [c, s, wt, r] = means(&l.floor_phases);
+                let _ = writeln!(
+                    w,
+                    "Floor phases (means): create {c:.1} ms, start {s:.1} ms, wait {wt:.1} ms, \
+                     remove {r:.1} ms.\n"
+                );
+            }
+            if !l.breakdown.is_empty() {
+                let [q, st, run, e2e] = means(&l.breakdown);
+                let _ = writeln!(
+                    w,
+                    "Where the spawner's time goes (means of the result's `timings`): \
+                     queue {q:.1} ms (XADD to XREADGROUP), start {st:.1} ms (reception to \
+                     container started: checks, render, create, upload, start), run {run:.1} ms \
+                     (started to result: wait, output drain, inspect, log tail), rest \
+                     {:.1} ms (result publish and read, clock granularity); end to end \
+                     {e2e:.1} ms. The container's removal comes after the result and is not \
+                     in the spawner's figure.\n",
+                    e2e - q - st - run
+                );
+            }
+        }
+    }
+
+    fn live_table(&self, w: &mut String) {
+        let Some(l) = &self.live else { return };
+        let _ = writeln!(w, "## {} live workers\n", l.n);
+        let _ = writeln!(w, "| measure | value |");
+        let _ = writeln!(w, "|---|---|");
+        let _ = writeln!(
+            w,
+            "| workers running (daemon gauge) | {}/{} after {:.1} s |",
+            l.reached, l.n, l.ramp_s
+        );
+        let _ = writeln!(
+            w,
+            "| daemon CPU while starting them | {:.2} s ({:.1} ms per worker) |",
+            l.ramp_cpu_s,
+            l.ramp_cpu_s * 1000.0 / l.n.max(1) as f64
+        );
+        let _ = writeln!(
+            w,
+            "| daemon RSS while idle (mean / max) | {:.1} / {:.1} MiB |",
+            l.idle_rss_mib, l.idle_rss_max_mib
+        );
+        let _ = writeln!(
+            w,
+            "| daemon idle CPU | {:.2}% of a core over {:.0} s |",
+            l.idle_cpu_pct, l.idle_s
+        );
+        let _ = writeln!(
+            w,
+            "| daemon RSS after the idle window: anonymous / file-backed | {:.1} / {:.1} MiB |",
+            l.rss_anon_mib, l.rss_file_mib
+        );
+        let _ = writeln!(w, "| daemon threads | {} |", l.threads);
+        let _ = writeln!(
+            w,
+            "| running containers (docker) at the end of the idle window | {} |",
+            l.containers_running
+        );
+        let mut st: Vec<_> = l.statuses.iter().collect();
+        st.sort();
+        let _ = writeln!(
+            w,
+            "| cancel to the last result | {:.1} s; results {:?}, missing {} |\n",
+            l.drain_s, st, l.missing
+        );
+    }
+
+    fn output_table(&self, w: &mut String) {
+        if self.outputs.is_empty() {
+            return;
+        }
+        let _ = writeln!(w, "## Output forwarding\n");
+        let _ = writeln!(
+            w,
+            "One worker runs `seq 1 N`; the driver counts its `output` events on \
+             `<prefix>:events` and the lines `output_dropped` events report. Rate: delivered \
+             lines over the time between the first and the last `output` event read.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| daemon bound (lines/s per worker) | lines | delivered | dropped (counted) | unaccounted | out of order | rate lines/s | XADD to first line | XADD to last line | daemon CPU | daemon RSS max | result |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for o in &self.outputs {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ms | {:.2} s | {:.2} s | {:.1} MiB | {} |",
+                o.bound
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "1,000,000 (unbounded)".into()),
+                o.lines,
+                o.delivered,
+                o.dropped,
+                o.lost(),
+                o.out_of_order,
+                o.rate(),
+                o.first_line_ms,
+                o.total_s,
+                o.cpu_s,
+                o.rss_max_mib,
+                o.status
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    fn method_notes(&self, w: &mut String) {
+        let _ = writeln!(w, "## How it is measured\n");
+        let _ = writeln!(
+            w,
+            "- Every method runs image `{}` with the command `sh -c 'echo $0' ok`.",
+            self.args.image
+        );
+        let _ = writeln!(
+            w,
+            "- Floor: a minimal bollard client doing create (the daemon's hardened HostConfig: \
+             init, 1 CPU, 64 MiB, pids limit, cap_drop ALL, no-new-privileges, user 1000:1000, \
+             network `none`), start, wait, remove. The bridge variant is the same on the \
+             network the daemon attaches workers to (`{}`); it is informative, the floor is \
+             the `none` one.",
+            self.args.worker_network
+        );
+        let _ = writeln!(
+            w,
+            "- Replay (profiling aid): the Docker calls the daemon makes per worker, through \
+             the crate's own `docker::Engine`, with no Redis and no rendering: inspect by \
+             name, create on the internal network, upload a 3 KiB instruction tar, start, \
+             follow the logs, wait, inspect, read the log tail; timed up to before the \
+             removal, like the spawner's figure. The spawner minus the replay is the daemon's \
+             own overhead (Redis, rendering, scheduling)."
+        );
+        let _ = writeln!(
+            w,
+            "- Shell: `docker run --rm --init --network none --user 1000:1000 IMAGE sh -c 'echo $0' ok` \
+             (plus a label for clean-up)."
+        );
+        let _ = writeln!(
+            w,
+            "- workers-spawner: XADD of `{{\"request_id\", \"worker_config_id\": \"{}\", \
+             \"task\": {{\"prompt\": \"ok\"}}}}` to `<prefix>:spawn`, until the result entry is \
+             read by one XREAD BLOCK loop on its own connection that matches request ids. \
+             The result must be `succeeded` with output `ok`.",
+            self.args.preset
+        );
+        let _ = writeln!(
+            w,
+            "- Interleaving: at each concurrency c, rounds of one batch per method, the order \
+             rotated each round; c requests in flight within a batch. A warm-up of two \
+             requests per method is not counted."
+        );
+        let _ = writeln!(
+            w,
+            "- Daemon CPU is utime+stime from `/proc/PID/stat`; memory VmRSS (sampled every \
+             100 ms) and VmHWM from `/proc/PID/status`."
+        );
+        let _ = writeln!(
+            w,
+            "- Output: the main daemon runs with `output_lines_per_sec = 1000000` (forwarding \
+             capacity); a second daemon with the default bound ({}) shows the drops are \
+             counted. Both run with `stream_maxlen = 1000000` so trimming does not hide lines.",
+            self.args.bounded_lines_per_sec
+        );
+        let _ = writeln!(
+            w,
+            "- The machine is shared: other people's builds and tests may run at the same \
+             time; the load averages above give an idea. Interleaving spreads that noise over \
+             all methods alike."
+        );
+    }
+}
+
+const ANALYSIS_BEGIN: &str = "<!-- analysis:begin -->";
+const ANALYSIS_END: &str = "<!-- analysis:end -->";
+
+fn kept_analysis(path: &std::path::Path) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    if let (Some(a), Some(b)) = (old.find(ANALYSIS_BEGIN), old.find(ANALYSIS_END)) {
+        if a < b {
+            return old[a..b + ANALYSIS_END.len()].to_string();
+        }
+    }
+    format!("{ANALYSIS_BEGIN}\n## Analysis\n\n(Not written yet for this run.)\n{ANALYSIS_END}")
+}
+
+// ---------------------------------------------------------------- main
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<bool> {
+    let cfg = args.config();
+    let started = chrono::Utc::now();
+    let t0 = Instant::now();
+    let load_start = loadavg();
+    let docker = Docker::connect_with_local_defaults()?
+        .with_timeout(Duration::from_secs(300))
+        .negotiate_version()
+        .await?;
+    let docker_version = docker
+        .version()
+        .await
+        .ok()
+        .and_then(|v| v.version)
+        .unwrap_or_else(|| "?".into());
+    let names = StreamNames::new(&args.prefix, "workers-spawner");
+    let bus = Bus::connect(&args.redis_url, names, 1_000_000).await?;
+    let watcher = ResultWatcher::start(bus).await?;
+    let daemon = args.daemon_pid.map(Proc::new);
+    let ctx = Ctx {
+        args: args.clone(),
+        docker,
+        watcher,
+        run_id: format!("{}-{}", args.prefix, std::process::id()),
+        seq: AtomicU64::new(0),
+        breakdown: Mutex::new(Vec::new()),
+        floor_phases: Mutex::new(Vec::new()),
+        engine: workers_spawner::docker::Engine::connect().await?,
+        daemon,
+    };
+    let mut failures = Vec::new();
+    let want = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
+
+    let levels = if want(Scenario::Latency) {
+        latency(&ctx, &cfg, daemon).await
+    } else {
+        Vec::new()
+    };
+    for l in &levels {
+        for (m, s) in &l.stats {
+            if s.failures > 0 {
+                failures.push(format!("c={}: {} {m:?} request(s) failed", l.c, s.failures));
+            }
+        }
+    }
+
+    let dead = || daemon.is_some_and(|p| !p.alive());
+    let live_r = if want(Scenario::Live) && !dead() {
+        let l = live(&ctx, &cfg, daemon).await;
+        if l.reached < l.n {
+            failures.push(format!("live: only {}/{} workers ran", l.reached, l.n));
+        }
+        if l.missing > 0 || l.statuses.get("cancelled").copied().unwrap_or(0) != l.n {
+            failures.push(format!(
+                "live: results {:?}, {} missing (expected {} cancelled)",
+                l.statuses, l.missing, l.n
+            ));
+        }
+        Some(l)
+    } else {
+        None
+    };
+
+    let mut outputs = Vec::new();
+    if want(Scenario::Output) && !dead() {
+        let mut runs = vec![(args.prefix.clone(), None, daemon)];
+        match &args.bounded_prefix {
+            Some(p) => runs.push((
+                p.clone(),
+                Some(args.bounded_lines_per_sec),
+                args.bounded_daemon_pid.map(Proc::new),
+            )),
+            None => eprintln!("bench: no --bounded-prefix; skipping the bounded output run"),
+        }
+        for (prefix, bound, proc_) in runs {
+            match output(
+                &args.redis_url,
+                &prefix,
+                &args.shell_preset,
+                cfg.lines,
+                bound,
+                proc_,
+            )
+            .await
+            {
+                Ok(o) => {
+                    if o.lost() != 0 {
+                        failures.push(format!(
+                            "output (bound {bound:?}): {} lines neither delivered nor counted",
+                            o.lost()
+                        ));
+                    }
+                    if o.status != "succeeded" {
+                        failures.push(format!("output (bound {bound:?}): result {}", o.status));
+                    }
+                    if bound.is_some() && o.lines > 2 * args.bounded_lines_per_sec && o.dropped == 0
+                    {
+                        failures.push("output: the bounded daemon dropped nothing".into());
+                    }
+                    outputs.push(o);
+                }
+                Err(e) => failures.push(format!("output (bound {bound:?}): {e:#}")),
+            }
+        }
+    }
+    for p in [daemon, args.bounded_daemon_pid.map(Proc::new)]
+        .into_iter()
+        .flatten()
+    {
+        if !p.alive() {
+            failures.push(format!("daemon {} is not running any more", p.pid));
+        }
+    }
+
+    let report = Report {
+        args,
+        cfg: &cfg,
+        started,
+        duration_s: t0.elapsed().as_secs_f64(),
+        docker_version,
+        load_start,
+        load_end: loadavg(),
+        levels,
+        live: live_r,
+        outputs,
+        failures: failures.clone(),
+    };
+    let analysis = args
+        .out
+        .as_deref()
+        .map(kept_analysis)
+        .unwrap_or_else(|| kept_analysis(std::path::Path::new("/nonexistent")));
+    let md = report.markdown(&analysis);
+    match &args.out {
+        Some(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(p, &md)?;
+            eprintln!("bench: wrote {}", p.display());
+        }
+        None => println!("{md}"),
+    }
+    if failures.is_empty() {
+        eprintln!("bench: OK");
+        Ok(true)
+    } else {
+        for f in &failures {
+            eprintln!("bench: FAILED: {f}");
+        }
+        Ok(false)
+    }
+}
