@@ -555,7 +555,6 @@ impl Daemon {
             env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
         }
         env.push(format!("HOME={HOME}"));
-        let started = Instant::now();
         let exec = match self
             .env
             .engine
@@ -594,6 +593,8 @@ impl Daemon {
             }
         }
         self.track_running(&rid, &stop, &reason);
+        // The agent process runs from here on: that is the start.
+        let started = Instant::now();
         let start_ms = started.duration_since(received).as_millis() as u64;
         self.metrics.start_seconds.observe(start_ms as f64 / 1000.0);
         self.metrics.running_workers.inc();
