@@ -135,6 +135,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 3
 "#;
 
+// The owner of a session: kept by the caller if free, its own, or held by
+// a dead instance; otherwise the live owner is returned.
+const CLAIM_SESSION: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. cur) == 1 then
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return ARGV[1]
+"#;
+
 /// Outcome of [`Bus::claim_run`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunClaim {
@@ -163,6 +174,7 @@ pub struct Bus {
     publish_events: Script,
     claim_adoption: Script,
     claim_run: Script,
+    claim_session: Script,
 }
 
 impl Bus {
@@ -187,6 +199,7 @@ impl Bus {
             publish_events: Script::new(PUBLISH_EVENTS),
             claim_adoption: Script::new(CLAIM_ADOPTION),
             claim_run: Script::new(CLAIM_RUN),
+            claim_session: Script::new(CLAIM_SESSION),
         })
     }
 
@@ -289,13 +302,15 @@ impl Bus {
             .unwrap_or_default())
     }
 
-    /// Re-reads entries delivered to `consumer` but never acknowledged
-    /// (left by a crash of this same instance).
+    /// Re-reads entries delivered to `consumer` but not yet acknowledged,
+    /// with ids after `after`: left by a crash of this same instance, or
+    /// handed to it by another instance (session entries).
     pub async fn read_own_pending(
         &self,
         conn: &mut MultiplexedConnection,
         consumer: &str,
         count: usize,
+        after: &str,
     ) -> Result<Vec<Entry>, BusError> {
         let v: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -305,7 +320,7 @@ impl Bus {
             .arg(count)
             .arg("STREAMS")
             .arg(&self.names.spawn)
-            .arg("0")
+            .arg(after)
             .query_async(conn)
             .await?;
         let mut entries: Vec<Entry> = parse_read_reply(v)?
@@ -430,6 +445,92 @@ impl Bus {
             0 => RunClaim::Elsewhere,
             _ => RunClaim::Interrupted,
         })
+    }
+
+    /// The instance that runs session `sid`: the caller, unless another live
+    /// instance already does (then that one's name).
+    pub async fn claim_session(&self, sid: &str, instance: &str) -> Result<String, BusError> {
+        let mut c = self.conn().await?;
+        self.claim_session
+            .key(format!("{}:session-owner:{sid}", self.names.prefix))
+            .arg(instance)
+            .arg(format!("{}:instance:", self.names.prefix))
+            .arg(120)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))
+    }
+
+    /// Forgets the owner of session `sid` if it is `instance`.
+    pub async fn release_session(&self, sid: &str, instance: &str) -> Result<(), BusError> {
+        let mut c = self.conn().await?;
+        let key = format!("{}:session-owner:{sid}", self.names.prefix);
+        let cur: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        if cur.as_deref() == Some(instance) {
+            let _: Value = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.broken(e))?;
+        }
+        Ok(())
+    }
+
+    /// Pending entries of the group with ids below `id` (oldest first).
+    pub async fn pending_before(&self, id: &str, count: usize) -> Result<Vec<String>, BusError> {
+        let mut c = self.conn().await?;
+        let v: Value = redis::cmd("XPENDING")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .arg("-")
+            .arg(format!("({id}"))
+            .arg(count)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let Value::Array(rows) = v else {
+            return Ok(Vec::new());
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| match r {
+                Value::Array(mut f) if !f.is_empty() => bulk_to_string(&f.swap_remove(0)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The `data` of one spawn entry, if it still exists.
+    pub async fn entry_data(&self, id: &str) -> Result<Option<Vec<u8>>, BusError> {
+        let mut c = self.conn().await?;
+        let v: Value = redis::cmd("XRANGE")
+            .arg(&self.names.spawn)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(parse_entries(v)?.into_iter().next().and_then(|e| e.data))
+    }
+
+    /// Hands a pending spawn entry to another consumer of the group.
+    pub async fn transfer(&self, entry_id: &str, consumer: &str) -> Result<(), BusError> {
+        let mut c = self.conn().await?;
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(&self.names.spawn)
+            .arg(&self.names.group)
+            .arg(consumer)
+            .arg(0)
+            .arg(entry_id)
+            .arg("JUSTID")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(())
     }
 
     /// Keeps the run marks of `request_ids` alive.

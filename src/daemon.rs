@@ -301,8 +301,11 @@ impl Daemon {
         let block = self.settings.block;
         let mut conn = None;
         let mut backoff = Duration::from_millis(100);
-        // Entries this consumer read before a crash come first.
+        // Entries this consumer read before a crash come first; later sweeps
+        // of its own pending list pick up entries other instances hand over.
         let mut own_backlog = true;
+        let mut own_cursor = "0".to_string();
+        let mut last_sweep = Instant::now();
         // Reclaim runs here, not in a loop of its own: this loop holds every
         // free slot while it blocks on XREADGROUP, so another task would
         // (almost) never find a free slot to reclaim with.
@@ -342,10 +345,14 @@ impl Daemon {
                     continue;
                 }
             }
+            if !own_backlog && last_sweep.elapsed() >= Duration::from_secs(2) {
+                last_sweep = Instant::now();
+                own_backlog = true;
+            }
             let c = conn.as_mut().expect("connected");
             let read = if own_backlog {
                 self.bus
-                    .read_own_pending(c, &self.settings.instance_id, permits.len())
+                    .read_own_pending(c, &self.settings.instance_id, permits.len(), &own_cursor)
                     .await
             } else {
                 tokio::select! {
@@ -356,8 +363,14 @@ impl Daemon {
             match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(100);
-                    if own_backlog && entries.is_empty() {
-                        own_backlog = false;
+                    if own_backlog {
+                        match entries.last() {
+                            Some(e) => own_cursor = e.id.clone(),
+                            None => {
+                                own_backlog = false;
+                                own_cursor = "0".to_string();
+                            }
+                        }
                     }
                     for entry in entries {
                         let Some(permit) = permits.pop() else { break };
@@ -1347,6 +1360,20 @@ impl Daemon {
                 .cloned()
                 .collect();
             let _ = self.bus.refresh_runs(&running).await;
+            let owned: Vec<String> = self
+                .sessions
+                .lock()
+                .expect("sessions lock")
+                .iter()
+                .filter(|(_, st)| st.container.is_some())
+                .map(|(sid, _)| sid.clone())
+                .collect();
+            for sid in owned {
+                let _ = self
+                    .bus
+                    .claim_session(&sid, &self.settings.instance_id)
+                    .await;
+            }
             if let Err(e) = self
                 .bus
                 .heartbeat(&self.settings.instance_id, HEARTBEAT_TTL_SECS)

@@ -106,6 +106,37 @@ impl Daemon {
                     }
                 }
             };
+            // One instance runs a session's requests, in order: an entry
+            // read by another instance is handed to the session's owner.
+            match self
+                .bus
+                .claim_session(&sid, &self.settings.instance_id)
+                .await
+            {
+                Ok(owner) if owner == self.settings.instance_id => {}
+                Ok(owner) => {
+                    tracing::info!(session_id = %sid, owner = %owner, entry_id = %entry.id, "handing a session request to its owner");
+                    if let Err(e) = self.bus.transfer(&entry.id, &owner).await {
+                        tracing::warn!(session_id = %sid, error = %e, "handing over failed; the entry stays pending");
+                    }
+                    continue;
+                }
+                // Unacknowledged: read again by the next sweep or reclaim.
+                Err(_) => continue,
+            }
+            // Stream order across instances: an earlier request of this
+            // session still pending elsewhere (or on its way here) runs first.
+            if self.earlier_request_pending(&sid, &entry).await {
+                self.sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .entry(sid.clone())
+                    .or_default()
+                    .queue
+                    .insert(entry_key(&entry.id), entry);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             let permit = tokio::select! {
                 p = self.slots.clone().acquire_owned() => p.expect("semaphore open"),
                 // Unacknowledged: the next start reads it again.
@@ -417,6 +448,52 @@ impl Daemon {
             }
         }
         self.register_session_container(&sid, session_from_facts(&facts));
+    }
+
+    /// Whether an entry of session `sid` older than `entry` is still pending
+    /// in the group and not queued here (it will be handed over, or is being
+    /// read by this instance's sweep). Gives up after a while, so an entry
+    /// that never gets acknowledged cannot stall the session for good.
+    async fn earlier_request_pending(&self, sid: &str, entry: &Entry) -> bool {
+        let Ok(ids) = self.bus.pending_before(&entry.id, 200).await else {
+            return false;
+        };
+        if entry.timestamp_ms().is_some_and(|t| {
+            (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(t) > 30_000
+        }) {
+            return false;
+        }
+        for id in ids {
+            let queued = self
+                .sessions
+                .lock()
+                .expect("sessions lock")
+                .get(sid)
+                .is_some_and(|st| st.queue.contains_key(&entry_key(&id)));
+            if queued {
+                return true;
+            }
+            let Ok(Some(data)) = self.bus.entry_data(&id).await else {
+                continue;
+            };
+            let same = parse_spawn_request(&data, &self.settings.limits)
+                .ok()
+                .and_then(|r| r.task.session_id)
+                .is_some_and(|s| s == sid);
+            if same {
+                let rid_done = parse_spawn_request(&data, &self.settings.limits)
+                    .ok()
+                    .map(|r| r.request_id);
+                // Already answered (only its acknowledgement is missing): not a blocker.
+                if let Some(rid) = rid_done {
+                    if self.bus.has_result(&rid).await.unwrap_or(false) {
+                        continue;
+                    }
+                }
+                return true;
+            }
+        }
+        false
     }
 
     /// Records the container and makes sure a reaper watches its TTL.
@@ -791,6 +868,10 @@ impl Daemon {
         if let Err(e) = self.env.engine.remove(&name).await {
             tracing::warn!(session_id = sid, error = %e, "removing the session container failed");
         }
+        let _ = self
+            .bus
+            .release_session(sid, &self.settings.instance_id)
+            .await;
         self.env
             .sink
             .event(

@@ -509,3 +509,58 @@ async fn a_session_whose_ttl_passed_while_the_daemon_was_down_ends_at_start() {
     assert_eq!(output(&r2).trim(), "absent");
     assert_ne!(container_id(&name).await, Some(old_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_one_session_run_in_order_even_when_two_instances_consume_the_stream() {
+    let a = Daemon::start(DaemonOpts::new("sess-two").max_concurrent(8));
+    let b = Daemon::start(
+        DaemonOpts::new("sess-two")
+            .max_concurrent(8)
+            .prefix(&a.prefix),
+    );
+    let sid = unique_request_id("s2");
+    // The first request makes one instance the session's owner.
+    let first = unique_request_id("t0");
+    let r = run(
+        &a.prefix,
+        &first,
+        &sid,
+        "echo start0 >> /workspace/log; echo end0 >> /workspace/log",
+        None,
+    )
+    .await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let rids: Vec<String> = (1..=6)
+        .map(|i| unique_request_id(&format!("t{i}")))
+        .collect();
+    for (i, rid) in rids.iter().enumerate() {
+        let n = i + 1;
+        let script = format!("echo start{n} >> /workspace/log; sleep 0.3; echo end{n} >> /workspace/log; cat /workspace/log");
+        publish_spawn(&a.prefix, &session_request(rid, &sid, &script, None)).await;
+    }
+    let mut last = Value::Null;
+    for rid in &rids {
+        last = wait_result(&a.prefix, rid, RESULT_TIMEOUT).await;
+        assert_eq!(
+            last["status"],
+            "succeeded",
+            "{last:#}\n{}\n{}",
+            a.stderr_tail(20),
+            b.stderr_tail(20)
+        );
+    }
+    let want: Vec<String> = (0..=6)
+        .flat_map(|n| [format!("start{n}"), format!("end{n}")])
+        .collect();
+    assert_eq!(
+        output(&last).trim(),
+        want.join("\n"),
+        "one at a time, in stream order, in one container"
+    );
+    assert_eq!(container_count(&a.prefix).await, 1);
+    let handed = format!("{}{}", a.stderr(), b.stderr())
+        .matches("handing a session request to its owner")
+        .count();
+    println!("entries handed to the session's owner: {handed}");
+    cleanup_containers(&a.prefix).await;
+}
