@@ -568,19 +568,7 @@ impl Daemon {
                 self.answer(&entry.id, r).await;
                 return;
             }
-            if entry.deliveries > self.settings.max_deliveries {
-                let reason = format!("failed {} deliveries", entry.deliveries - 1);
-                self.dead_letter(&entry, &reason).await;
-                let info = ErrorInfo {
-                    code: "too_many_deliveries".into(),
-                    field: None,
-                    message: reason,
-                };
-                self.answer(
-                    &entry.id,
-                    ResultRecord::bare(&rid, Status::Error, Some(info)),
-                )
-                .await;
+            if self.gave_up_after_deliveries(&entry, &rid).await {
                 return;
             }
 
@@ -680,6 +668,27 @@ impl Daemon {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Dead-letters an entry delivered more than `max_deliveries` times and
+    /// answers its request with `error`; returns whether it did.
+    pub(crate) async fn gave_up_after_deliveries(&self, entry: &Entry, rid: &str) -> bool {
+        if entry.deliveries <= self.settings.max_deliveries {
+            return false;
+        }
+        let reason = format!("failed {} deliveries", entry.deliveries - 1);
+        self.dead_letter(entry, &reason).await;
+        let info = ErrorInfo {
+            code: "too_many_deliveries".into(),
+            field: None,
+            message: reason,
+        };
+        self.answer(
+            &entry.id,
+            ResultRecord::bare(rid, Status::Error, Some(info)),
+        )
+        .await;
+        true
     }
 
     /// Resolves a request against the current catalog.

@@ -201,19 +201,7 @@ impl Daemon {
             }
             Err(_) => return,
         }
-        if entry.deliveries > self.settings.max_deliveries {
-            let reason = format!("failed {} deliveries", entry.deliveries - 1);
-            self.dead_letter(&entry, &reason).await;
-            let info = ErrorInfo {
-                code: "too_many_deliveries".into(),
-                field: None,
-                message: reason,
-            };
-            self.answer(
-                &entry.id,
-                ResultRecord::bare(&rid, Status::Error, Some(info)),
-            )
-            .await;
+        if self.gave_up_after_deliveries(&entry, &rid).await {
             return;
         }
         let spec = match self.resolve(&req) {
