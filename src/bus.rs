@@ -591,21 +591,7 @@ impl Bus {
 
     /// Id of the newest control entry (`0-0` when the stream is empty).
     pub async fn control_tail(&self) -> Result<String, BusError> {
-        let mut c = self.conn().await?;
-        let v: Value = redis::cmd("XREVRANGE")
-            .arg(&self.names.control)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.broken(e))?;
-        Ok(parse_entries(v)?
-            .into_iter()
-            .next()
-            .map(|e| e.id)
-            .unwrap_or_else(|| "0-0".into()))
+        self.tail_id(&self.names.control).await
     }
 
     /// Claims entries idle for at least `min_idle` from any consumer,

@@ -822,18 +822,7 @@ impl Daemon {
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let api_key = crate::gateway::new_key();
         let net = self.worker_net(&spec.config, &api_key);
-        let record = crate::gateway::KeyRecord {
-            request_id: rid.clone(),
-            tools: spec
-                .config
-                .allowed_tools
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
-            user_id: req.task.user_id.clone(),
-            session_id: spec.session_id.clone(),
-            preset: spec.preset_id.clone(),
-        };
+        let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone());
         if let Err(e) = crate::gateway::register_key(
             &self.bus,
             &api_key,

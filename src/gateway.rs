@@ -41,6 +41,24 @@ pub struct KeyRecord {
     pub preset: Option<String>,
 }
 
+impl KeyRecord {
+    /// The record of a worker running `spec` for `user_id`.
+    pub fn for_spec(spec: &crate::spec::WorkerSpec, user_id: Option<String>) -> KeyRecord {
+        KeyRecord {
+            request_id: spec.request_id.clone(),
+            tools: spec
+                .config
+                .allowed_tools
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            user_id,
+            session_id: spec.session_id.clone(),
+            preset: spec.preset_id.clone(),
+        }
+    }
+}
+
 /// A fresh random worker key.
 pub fn new_key() -> String {
     use rand::RngCore;

@@ -557,22 +557,13 @@ impl Daemon {
         let rid = spec.request_id.clone();
         let api_key = crate::gateway::new_key();
         let net = self.worker_net(&spec.config, &api_key);
-        let record = crate::gateway::KeyRecord {
-            request_id: rid.clone(),
-            tools: spec
-                .config
-                .allowed_tools
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
-            user_id: spec
-                .env
+        let record = crate::gateway::KeyRecord::for_spec(
+            spec,
+            spec.env
                 .iter()
                 .find(|v| v.name == "ORCHESTRATOR_USER_ID")
                 .map(|v| v.value.clone()),
-            session_id: session.map(str::to_string),
-            preset: spec.preset_id.clone(),
-        };
+        );
         if crate::gateway::register_key(
             &self.bus,
             &api_key,
