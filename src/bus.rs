@@ -504,19 +504,6 @@ impl Bus {
             .collect())
     }
 
-    /// The `data` of one spawn entry, if it still exists.
-    pub async fn entry_data(&self, id: &str) -> Result<Option<Vec<u8>>, BusError> {
-        let mut c = self.conn().await?;
-        let v: Value = redis::cmd("XRANGE")
-            .arg(&self.names.spawn)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.broken(e))?;
-        Ok(parse_entries(v)?.into_iter().next().and_then(|e| e.data))
-    }
-
     /// Hands a pending spawn entry to another consumer of the group.
     pub async fn transfer(&self, entry_id: &str, consumer: &str) -> Result<(), BusError> {
         let mut c = self.conn().await?;

@@ -578,18 +578,7 @@ impl Daemon {
                 Ok(facts) => {
                     if !self.is_ours(&facts) {
                         // Someone else's container holds the name: never touch it.
-                        let info = ErrorInfo {
-                            code: "name_conflict".into(),
-                            field: Some("request_id".into()),
-                            message: format!(
-                                "a container named {name} exists that this daemon does not manage"
-                            ),
-                        };
-                        self.answer(
-                            &entry.id,
-                            ResultRecord::bare(&rid, Status::Error, Some(info)),
-                        )
-                        .await;
+                        self.answer_name_conflict(&entry.id, &rid, &name).await;
                         return;
                     }
                     if !facts.started && !facts.running && self.may_adopt(&facts).await {
@@ -668,6 +657,18 @@ impl Daemon {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Answers a request whose container name is held by a container this
+    /// daemon does not manage (which it never touches).
+    async fn answer_name_conflict(&self, entry_id: &str, rid: &str, name: &str) {
+        let info = ErrorInfo {
+            code: "name_conflict".into(),
+            field: Some("request_id".into()),
+            message: format!("a container named {name} exists that this daemon does not manage"),
+        };
+        self.answer(entry_id, ResultRecord::bare(rid, Status::Error, Some(info)))
+            .await;
     }
 
     /// Dead-letters an entry delivered more than `max_deliveries` times and
@@ -872,18 +873,7 @@ impl Daemon {
                 let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
                 match self.env.engine.inspect(&name).await {
                     Ok(facts) if !self.is_ours(&facts) => {
-                        let info = ErrorInfo {
-                            code: "name_conflict".into(),
-                            field: Some("request_id".into()),
-                            message: format!(
-                                "a container named {name} exists that this daemon does not manage"
-                            ),
-                        };
-                        self.answer(
-                            &entry.id,
-                            ResultRecord::bare(&rid, Status::Error, Some(info)),
-                        )
-                        .await;
+                        self.answer_name_conflict(&entry.id, &rid, &name).await;
                     }
                     Ok(facts) => {
                         self.ack(&entry.id).await;

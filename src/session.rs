@@ -461,7 +461,10 @@ impl Daemon {
             if queued {
                 return true;
             }
-            let Ok(Some(data)) = self.bus.entry_data(&id).await else {
+            let Ok(Some(Entry {
+                data: Some(data), ..
+            })) = self.bus.entry_by_id(&id).await
+            else {
                 continue;
             };
             let same = parse_spawn_request(&data, &self.settings.limits)

@@ -246,11 +246,11 @@ async fn forward_output(
     container: String,
     redactor: Redactor,
     from_now: bool,
-) {
+) -> (String, bool) {
     let logs = env
         .engine
         .logs(&container, true, if from_now { Some(0) } else { None });
-    forward(&env, &job_request_id, &redactor, Box::pin(logs)).await;
+    forward(&env, &job_request_id, &redactor, Box::pin(logs)).await
 }
 
 /// Forwards a process's output as events until the stream ends; returns
@@ -421,10 +421,8 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     // log stream ends on its own once the engine has sent everything, so
     // this waits for the data, not for a guess. The bound is only for a
     // wedged engine; then the unread rest is reported as dropped.
-    if tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .is_err()
-    {
+    let followed = tokio::time::timeout(Duration::from_secs(60), output).await;
+    if followed.is_err() {
         tracing::warn!("output follower did not finish; the rest of the output is not forwarded");
         env.metrics.output_dropped.inc();
         env.sink
@@ -451,13 +449,20 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
             _ => break,
         }
     }
-    let (output_tail, truncated) = stdout_tail(
-        &env.engine,
-        &job.container_id,
-        env.output.tail_bytes,
-        &job.redactor,
-    )
-    .await;
+    // A follower that saw the output from the start already holds the tail;
+    // an adopted container's follower did not, so its logs are read again.
+    let (output_tail, truncated) = match followed {
+        Ok(Ok(tail)) if fresh => tail,
+        _ => {
+            stdout_tail(
+                &env.engine,
+                &job.container_id,
+                env.output.tail_bytes,
+                &job.redactor,
+            )
+            .await
+        }
+    };
     let finished_at = now_rfc3339();
     let run_ms = started.elapsed().as_millis() as u64;
     env.metrics.run_seconds.observe(run_ms as f64 / 1000.0);
