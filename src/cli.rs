@@ -586,7 +586,7 @@ pub async fn run(
     };
     let mut files = spec.files.clone();
     files.extend(spec.request_files.iter().cloned());
-    if let Err(e) = worker::start_container(&engine, &id, &files).await {
+    if let Err(e) = worker::start_container(&engine, &id, &files, ctx.delivery).await {
         eprintln!("workers-spawner: {e}");
         let _ = engine.remove(&id).await;
         return 1;

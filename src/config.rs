@@ -127,6 +127,27 @@ pub struct AgentSpec {
     pub kind: String,
     /// argv of the agent; exactly one element is `{prompt}`.
     pub command: Vec<String>,
+    /// How a one-shot worker's files reach its container.
+    #[serde(default, skip_serializing_if = "Delivery::is_default")]
+    pub delivery: Delivery,
+}
+
+/// `agent.delivery`: how a one-shot worker receives its files.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// A tar on the container's stdin, unpacked by a `sh` shim before the
+    /// agent starts (fast; the image needs `sh` and `tar`).
+    #[default]
+    Stdin,
+    /// Docker's archive API before the start (any image, slower).
+    Archive,
+}
+
+impl Delivery {
+    fn is_default(&self) -> bool {
+        *self == Delivery::Stdin
+    }
 }
 
 /// An env value: plain text, or a variable of the daemon's own environment.

@@ -623,25 +623,46 @@ impl Daemon {
                 self.answer_dry_run(&entry.id, &req, &spec).await;
                 return;
             }
-            if let Some(container) = self.claim_pooled(&spec) {
+            let mut permit = permit;
+            if spec.config.pool.size > 0 && spec.preset_id.is_some() {
+                // A pooled preset's request may run in a pool container, which
+                // carries no request label: the run mark is what tells a
+                // redelivery that it ran, whether a pool container is ready
+                // now or not.
                 match self.bus.claim_run(&rid, &self.settings.instance_id).await {
                     Ok(crate::bus::RunClaim::Taken) => {
-                        self.run_pooled(entry, spec, container, received, received_at, queue_ms)
-                            .await;
-                        drop(permit);
+                        if let Some(container) = self.claim_pooled(&spec) {
+                            match self
+                                .run_pooled(&entry, &spec, container, permit, received, received_at.clone(), queue_ms)
+                                .await
+                            {
+                                Ok(()) => return,
+                                // Nothing ran in the pool container: start cold.
+                                Err(p) => permit = p,
+                            }
+                        }
                     }
-                    _ => {
-                        // Running elsewhere already: give the container back.
-                        self.pools
-                            .lock()
-                            .expect("pools lock")
-                            .entry(container.preset.clone())
-                            .or_default()
-                            .ready
-                            .push(container);
+                    Ok(crate::bus::RunClaim::Interrupted) => {
+                        // Its run died with its instance: never run it twice.
+                        self.answer_interrupted(&entry, &rid).await;
+                        return;
+                    }
+                    Ok(crate::bus::RunClaim::Mine)
+                        if !self.running.lock().expect("running lock").contains_key(&rid) =>
+                    {
+                        // Marked by this instance id in an earlier life (a
+                        // restart under the same id): that run died with it.
+                        self.answer_interrupted(&entry, &rid).await;
+                        return;
+                    }
+                    // Running here or on a live instance: that run acknowledges it.
+                    Ok(_) => return,
+                    Err(e) => {
+                        self.metrics.redis_errors.inc();
+                        tracing::warn!(request_id = %rid, error = %e, "cannot take the run mark; leaving the entry pending");
+                        return;
                     }
                 }
-                return;
             }
             self.spawn_worker(
                 entry,
@@ -926,7 +947,7 @@ impl Daemon {
             None => Ok(()),
         };
         let started = match attached {
-            Ok(()) => worker::start_container(&self.env.engine, &id, &files).await,
+            Ok(()) => worker::start_container(&self.env.engine, &id, &files, ctx.delivery).await,
             Err(e) => Err(e),
         };
         if let Err(e) = started {
@@ -943,7 +964,13 @@ impl Daemon {
         self.supervise(job, true, permit).await;
     }
 
-    async fn supervise(self: &Arc<Self>, job: Job, fresh: bool, permit: OwnedSemaphorePermit) {
+    /// Supervises a started worker container to its result and removal.
+    pub(crate) async fn supervise(
+        self: &Arc<Self>,
+        job: Job,
+        fresh: bool,
+        permit: OwnedSemaphorePermit,
+    ) {
         let rid = job.request_id.clone();
         self.track_running(&rid, &job.stop, &job.stop_reason);
         let span = tracing::info_span!(
@@ -1585,6 +1612,7 @@ pub fn launch_context(
         extra_env,
         network_mode,
         cmd: None,
+        delivery: crate::worker::oneshot_delivery(spec),
     }
 }
 

@@ -62,10 +62,16 @@ pub enum EngineError {
     /// The container does not exist.
     #[error("container {0} does not exist")]
     NotFound(String),
+    /// Writing to the container's attached stdin failed.
+    #[error("writing the worker's files to its stdin: {0}")]
+    Stdin(#[from] std::io::Error),
     /// Anything else from the engine or the transport.
     #[error("docker: {0}")]
     Api(#[from] bollard::errors::Error),
 }
+
+/// The write side of a container's attached stdin.
+pub type Stdin = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 impl EngineError {
     /// Whether retrying later may help (transport or server trouble).
@@ -75,7 +81,7 @@ impl EngineError {
                 status_code,
                 ..
             }) => *status_code >= 500,
-            EngineError::Api(_) => true,
+            EngineError::Api(_) | EngineError::Stdin(_) => true,
             _ => false,
         }
     }
@@ -139,6 +145,19 @@ pub struct LaunchContext {
     pub network_mode: String,
     /// Main process; `None` runs the spec's command.
     pub cmd: Option<Vec<String>>,
+    /// How the files reach the container (see [`crate::delivery`]).
+    pub delivery: FileDelivery,
+}
+
+/// How a container receives its files before the agent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileDelivery {
+    /// Docker's archive API before the start (any image; one more mount of
+    /// the root filesystem per container).
+    Archive,
+    /// A tar on the attached stdin, unpacked by the shim, which then runs
+    /// the command (the image needs `sh` and `tar`).
+    Stdin(crate::delivery::ShimMode),
 }
 
 /// Directories the agent writes to (volumes under a read-only root); the
@@ -170,15 +189,23 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
             volumes.insert(dir.to_string(), HashMap::new());
         }
     }
+    let cmd = ctx.cmd.clone().unwrap_or_else(|| spec.command.clone());
+    let (cmd, stdin) = match ctx.delivery {
+        FileDelivery::Archive => (cmd, false),
+        FileDelivery::Stdin(mode) => (crate::delivery::shim_command(&cmd, mode), true),
+    };
     ContainerCreateBody {
         image: Some(ctx.image.clone()),
-        cmd: Some(ctx.cmd.clone().unwrap_or_else(|| spec.command.clone())),
+        cmd: Some(cmd),
         env: Some(env),
         user: Some(WORKER_USER.to_string()),
         working_dir: Some(crate::render::WORKSPACE.to_string()),
         labels: Some(ctx.labels.clone()),
-        attach_stdin: Some(false),
-        open_stdin: Some(false),
+        attach_stdin: Some(stdin),
+        open_stdin: Some(stdin),
+        // Docker closes the process's stdin when the daemon's attachment
+        // ends: the shim's tar sees the end of the archive.
+        stdin_once: Some(stdin),
         tty: Some(false),
         volumes: if volumes.is_empty() {
             None
@@ -413,6 +440,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Attaches to the container's stdin (created with `open_stdin`); the
+    /// first attachment's end closes the process's stdin.
+    pub async fn attach_stdin(&self, id: &str) -> Result<Stdin, EngineError> {
+        let opts = bollard::query_parameters::AttachContainerOptions {
+            stdin: true,
+            stdout: false,
+            stderr: false,
+            stream: true,
+            logs: false,
+            ..Default::default()
+        };
+        let r = self
+            .docker
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(|e| self.not_found(e, id))?;
+        Ok(r.input)
+    }
+
+    /// Writes `payload` to an attached stdin and closes it.
+    pub async fn deliver(mut stdin: Stdin, payload: &[u8]) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(payload).await?;
+        stdin.flush().await?;
+        stdin.shutdown().await?;
+        Ok(())
+    }
+
     /// Starts the container.
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {
         self.docker
@@ -623,31 +678,44 @@ impl Engine {
         internal: bool,
     ) -> Result<(String, String), EngineError> {
         use bollard::models::NetworkCreateRequest;
-        let inspect = |d: Docker, n: String| async move {
-            d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
-                .await
-        };
-        let net = match inspect(self.docker.clone(), name.to_string()).await {
-            Ok(n) => n,
-            Err(e) if status_of(&e) == Some(404) => {
-                let mut labels = HashMap::new();
-                labels.insert(labels::MANAGED.to_string(), "true".to_string());
-                let req = NetworkCreateRequest {
-                    name: name.to_string(),
-                    driver: Some("bridge".to_string()),
-                    internal: Some(internal),
-                    labels: Some(labels),
-                    ..Default::default()
-                };
-                match self.docker.create_network(req).await {
-                    Ok(_) => {}
-                    Err(e) if status_of(&e) == Some(409) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                inspect(self.docker.clone(), name.to_string()).await?
+        let mut found = self.networks_named(name).await?;
+        if found.is_empty() {
+            let mut labels = HashMap::new();
+            labels.insert(labels::MANAGED.to_string(), "true".to_string());
+            let req = NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".to_string()),
+                internal: Some(internal),
+                labels: Some(labels),
+                ..Default::default()
+            };
+            match self.docker.create_network(req).await {
+                Ok(_) => {}
+                Err(e) if status_of(&e) == Some(409) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+            found = self.networks_named(name).await?;
+        }
+        // Docker does not refuse a second network of the same name: daemons
+        // starting at the same moment may each create one, after which the
+        // name is ambiguous. Every daemon keeps the same one (the lowest id)
+        // and removes the others while they are unused.
+        found.sort();
+        let Some(keep) = found.first().cloned() else {
+            return Err(EngineError::NotFound(name.to_string()));
         };
+        for extra in &found[1..] {
+            if self.docker.remove_network(extra).await.is_ok() {
+                tracing::info!(network = name, id = %extra, "removed a duplicate worker network");
+            }
+        }
+        let net = self
+            .docker
+            .inspect_network(
+                &keep,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await?;
         if net.internal.unwrap_or(false) != internal {
             tracing::warn!(
                 network = name,
@@ -676,6 +744,22 @@ impl Engine {
             .and_then(|c| c.into_iter().find_map(|c| c.gateway))
             .unwrap_or_default();
         Ok((gateway, bridge))
+    }
+
+    /// Ids of the networks named exactly `name`.
+    async fn networks_named(&self, name: &str) -> Result<Vec<String>, EngineError> {
+        let mut filters = HashMap::new();
+        filters.insert("name".to_string(), vec![name.to_string()]);
+        let opts = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters),
+        };
+        let list = self.docker.list_networks(Some(opts)).await?;
+        // The name filter matches substrings.
+        Ok(list
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| n.id)
+            .collect())
     }
 
     /// Connects a (created) container to another network.

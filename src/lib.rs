@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod docker;
 pub mod firewall;
 pub mod gateway;

@@ -1,36 +1,71 @@
 //! Warm pools: a preset with `pool.size: N` keeps N containers created,
-//! started (idle keeper under init, the preset's limits) and holding the
-//! request-independent files. A request for that preset, with no override
-//! that changes its config, claims one, receives its prompt, key and request
-//! id, and runs the agent as an exec in it; the container then goes away
-//! (one request per container, so isolation is unchanged) and the pool
-//! refills in the background.
+//! started with the preset's limits and the request-independent files in
+//! place, their main process the delivery shim ([`crate::delivery`]) waiting
+//! on an attached stdin. A request for that preset, with no override that
+//! changes its config, claims one: the daemon writes the request's parts
+//! (prompt, key, request id) to that stdin, the shim `exec`s the agent, and
+//! the container is supervised like a one-shot worker to its result and
+//! removal (one request per container, so isolation is unchanged). The pool
+//! refills in the background. Claiming costs no engine call.
 //!
 //! Pooled containers count against `--max-concurrent`; idle ones of a
-//! previous run are removed at start-up, and a pool shrinks when its preset
-//! changes or goes away.
+//! previous run are removed at start-up (their stdin went with the old
+//! daemon), and a pool shrinks when its preset changes or goes away.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::Entry;
 use crate::daemon::Daemon;
-use crate::docker::{container_name, create_body, labels, LaunchContext};
-use crate::protocol::{EventType, SpawnRequest, Task};
-use crate::session::{SessionContainer, KEEPER};
+use crate::delivery::{self, ShimMode};
+use crate::docker::{
+    container_name, create_body, labels, Engine, FileDelivery, LaunchContext, Stdin,
+};
+use crate::protocol::{ErrorInfo, EventType, SpawnRequest, Status, Task};
 use crate::spec::WorkerSpec;
-use crate::worker::{self, unix_now};
+use crate::worker::{self, unix_now, Job};
+
+/// A ready container of a pool.
+pub(crate) struct PooledContainer {
+    pub id: String,
+    pub name: String,
+    pub config_hash: String,
+    pub preset: String,
+    /// Unix time the container's TTL ends.
+    pub deadline_unix: u64,
+    /// The shim's stdin, attached before the start.
+    pub stdin: Stdin,
+}
 
 /// Containers of one preset's pool.
 #[derive(Default)]
 pub(crate) struct PoolState {
     /// Ready containers.
-    pub ready: Vec<SessionContainer>,
+    pub ready: Vec<PooledContainer>,
     /// Creations under way.
     pub creating: usize,
+}
+
+/// The env a pooled worker receives on its stdin: the request-dependent
+/// `ORCHESTRATOR_*` variables (the pool container was created without
+/// them), plus the gateway URL and key when it has one.
+fn request_env(spec: &WorkerSpec, api_url: &str, api_key: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter(|v| v.name.starts_with("ORCHESTRATOR_"))
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect();
+    if !api_url.is_empty() {
+        env.push(("ORCHESTRATOR_API_URL".into(), api_url.into()));
+        env.push(("ORCHESTRATOR_API_KEY".into(), api_key.into()));
+    }
+    env
 }
 
 impl Daemon {
@@ -51,10 +86,11 @@ impl Daemon {
     }
 
     /// Takes a ready container for `spec`, if its preset has a pool whose
-    /// containers match the request's config exactly.
-    pub(crate) fn claim_pooled(self: &Arc<Self>, spec: &WorkerSpec) -> Option<SessionContainer> {
+    /// containers match the request's config exactly and the request's env
+    /// can travel on stdin.
+    pub(crate) fn claim_pooled(self: &Arc<Self>, spec: &WorkerSpec) -> Option<PooledContainer> {
         let preset = spec.preset_id.clone()?;
-        if spec.config.pool.size == 0 {
+        if spec.config.pool.size == 0 || !delivery::env_fits(&request_env(spec, "", "")) {
             return None;
         }
         let claimed = {
@@ -71,38 +107,121 @@ impl Daemon {
         claimed
     }
 
-    /// Runs a request in a claimed pool container, then discards it.
+    /// Puts an unused claimed container back into its pool.
+    pub(crate) fn return_pooled(&self, container: PooledContainer) {
+        self.pools
+            .lock()
+            .expect("pools lock")
+            .entry(container.preset.clone())
+            .or_default()
+            .ready
+            .push(container);
+    }
+
+    /// Runs a request in a claimed pool container: delivers the request's
+    /// parts to the waiting shim, then supervises the container like a
+    /// one-shot worker (result, removal). The entry is acknowledged once the
+    /// result is out; the run mark (taken by the caller) tells other
+    /// instances it runs. Returns `Err(permit)` when the container turned
+    /// out dead before the agent could start (nothing ran): the caller
+    /// starts the request cold.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_pooled(
         self: &Arc<Self>,
-        entry: Entry,
-        spec: WorkerSpec,
-        container: SessionContainer,
+        entry: &Entry,
+        spec: &WorkerSpec,
+        container: PooledContainer,
+        permit: OwnedSemaphorePermit,
         received: Instant,
         received_at: String,
         queue_ms: Option<u64>,
-    ) {
-        self.run_task(
-            None,
-            &entry,
-            &spec,
-            &container,
-            received,
-            received_at,
+    ) -> Result<(), OwnedSemaphorePermit> {
+        let rid = spec.request_id.clone();
+        let api_key = crate::gateway::new_key();
+        let net = self.worker_net(&spec.config, &api_key);
+        let env = request_env(spec, &net.api_url, &api_key);
+        let payload = match delivery::payload(&spec.request_files, &env) {
+            Ok(p) => p,
+            Err(e) => {
+                // claim_pooled checked the env; this is only belt and braces.
+                tracing::warn!(request_id = %rid, error = %e, "request cannot run pooled");
+                self.return_pooled(container);
+                return Err(permit);
+            }
+        };
+        let user = spec
+            .env
+            .iter()
+            .find(|v| v.name == "ORCHESTRATOR_USER_ID")
+            .map(|v| v.value.clone());
+        let record = crate::gateway::KeyRecord::for_spec(spec, user);
+        if let Err(e) = crate::gateway::register_key(
+            &self.bus,
+            &api_key,
+            &record,
+            std::time::Duration::from_secs(spec.config.limits.timeout_sec),
+        )
+        .await
+        {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; starting cold");
+            self.return_pooled(container);
+            return Err(permit);
+        }
+        let mut redactor = spec.redactor();
+        redactor.add(&api_key);
+        let job = Job {
+            request_id: rid.clone(),
+            session_id: None,
+            preset: spec.preset_id.clone(),
+            config_hash: spec.config_hash.clone(),
+            image: spec.config.image.clone(),
+            container_id: container.id.clone(),
+            container_name: container.name.clone(),
+            redactor,
+            deadline_unix: worker::deadline_after(spec.config.limits.timeout_sec)
+                .min(container.deadline_unix),
+            received_at: Some(received_at),
             queue_ms,
+            received: Some(received),
+            stop: CancellationToken::new(),
+            stop_reason: Arc::new(Mutex::new(None)),
+            api_key: Some(api_key.clone()),
+        };
+        if let Err(e) = Engine::deliver(container.stdin, &payload).await {
+            // The shim never received a whole archive, so the agent did not
+            // start: this container is dead weight, the request starts cold.
+            tracing::warn!(request_id = %rid, container = %container.name, error = %e, "pooled container did not take the request; starting cold");
+            let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+            let _ = self.env.engine.remove(&container.id).await;
+            return Err(permit);
+        }
+        self.env
+            .sink
+            .event(
+                &rid,
+                EventType::Accepted,
+                json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id, "container": container.name, "pooled": true}),
+            )
+            .await;
+        self.supervise(job, true, permit).await;
+        self.ack(&entry.id).await;
+        Ok(())
+    }
+
+    /// Answers a pooled request whose earlier run was cut off by the death
+    /// of its instance (its container went with it): never run twice.
+    pub(crate) async fn answer_interrupted(&self, entry: &Entry, rid: &str) {
+        let info = ErrorInfo {
+            code: "interrupted".into(),
+            field: None,
+            message: "the daemon running this request stopped before it finished; publish the request again".into(),
+        };
+        self.answer(
+            &entry.id,
+            crate::protocol::ResultRecord::bare(rid, Status::Error, Some(info)),
         )
         .await;
-        if let Err(e) = self.env.engine.remove(&container.id).await {
-            tracing::warn!(container = %container.name, error = %e, "removing a used pool container failed");
-        } else {
-            self.env
-                .sink
-                .event(
-                    &spec.request_id,
-                    EventType::Removed,
-                    json!({"container": container.name}),
-                )
-                .await;
-        }
     }
 
     /// Brings every pool to its preset's size (within `--max-concurrent`)
@@ -177,7 +296,7 @@ impl Daemon {
         }
     }
 
-    async fn create_pooled(&self, preset: &str, spec: &WorkerSpec) -> Option<SessionContainer> {
+    async fn create_pooled(&self, preset: &str, spec: &WorkerSpec) -> Option<PooledContainer> {
         let image = match self.images.image_for(&spec.config, |_| {}).await {
             Ok(i) => i,
             Err(e) => {
@@ -211,45 +330,50 @@ impl Daemon {
             name: name.clone(),
             image,
             labels: l,
-            extra_env: if net.api_url.is_empty() {
-                Vec::new()
-            } else {
-                vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
-            },
+            // The gateway URL comes with the request's key, on stdin.
+            extra_env: Vec::new(),
             network_mode: net.network.clone(),
-            cmd: Some(vec!["sh".into(), "-c".into(), KEEPER.into()]),
+            // The preset's argv with its `{prompt}` element: the shim puts
+            // the request's prompt there.
+            cmd: Some(spec.config.agent.command.clone()),
+            delivery: FileDelivery::Stdin(ShimMode::Pool),
         };
         let mut base = spec.clone();
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
-        let id = match self
-            .env
-            .engine
-            .create(&name, create_body(&base, &ctx))
-            .await
-        {
+        let engine = &self.env.engine;
+        let id = match engine.create(&name, create_body(&base, &ctx)).await {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(preset, error = %e, "creating a pool container failed");
                 return None;
             }
         };
-        if let Some(extra) = &spec.config.network {
-            if self.env.engine.connect_network(extra, &id).await.is_err() {
-                let _ = self.env.engine.remove(&id).await;
-                return None;
+        let ready = async {
+            if let Some(extra) = &spec.config.network {
+                engine.connect_network(extra, &id).await?;
+            }
+            // The request-independent files go in now, through the archive
+            // API: its cost is paid here, not by a request.
+            engine.upload(&id, &spec.files).await?;
+            let stdin = engine.attach_stdin(&id).await?;
+            engine.start(&id).await?;
+            Ok::<_, crate::docker::EngineError>(stdin)
+        }
+        .await;
+        match ready {
+            Ok(stdin) => Some(PooledContainer {
+                id,
+                name,
+                config_hash: spec.config_hash.clone(),
+                preset: preset.to_string(),
+                deadline_unix: deadline,
+                stdin,
+            }),
+            Err(e) => {
+                tracing::warn!(preset, error = %e, "starting a pool container failed");
+                let _ = engine.remove(&id).await;
+                None
             }
         }
-        if let Err(e) = worker::start_container(&self.env.engine, &id, &spec.files).await {
-            tracing::warn!(preset, error = %e, "starting a pool container failed");
-            let _ = self.env.engine.remove(&id).await;
-            return None;
-        }
-        Some(SessionContainer {
-            id,
-            name,
-            config_hash: spec.config_hash.clone(),
-            preset: preset.to_string(),
-            deadline_unix: deadline,
-        })
     }
 }

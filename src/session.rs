@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::bus::Entry;
 use crate::daemon::Daemon;
 use crate::docker::{
-    container_name, create_body, labels, ContainerFacts, EngineError, LaunchContext,
+    container_name, create_body, labels, ContainerFacts, EngineError, FileDelivery, LaunchContext,
 };
 use crate::protocol::{
     now_rfc3339, parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status,
@@ -335,6 +335,7 @@ impl Daemon {
             },
             network_mode: net.network.clone(),
             cmd: Some(vec!["sh".into(), "-c".into(), KEEPER.into()]),
+            delivery: FileDelivery::Archive,
         };
         match self.images.image_for(&spec.config, |_| {}).await {
             Ok(image) => ctx.image = image,
@@ -374,7 +375,9 @@ impl Daemon {
                 }));
             }
         }
-        if let Err(e) = worker::start_container(&self.env.engine, &id, &spec.files).await {
+        if let Err(e) =
+            worker::start_container(&self.env.engine, &id, &spec.files, ctx.delivery).await
+        {
             let _ = self.env.engine.remove(&id).await;
             return Err(Some(ErrorInfo {
                 code: "start_failed".into(),

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{ContainerFacts, Engine, EngineError, OutputStream};
+use crate::docker::{ContainerFacts, Engine, EngineError, FileDelivery, OutputStream};
 use crate::metrics::Metrics;
 use crate::protocol::{
     now_rfc3339, ErrorInfo, EventType, ResultRecord, Status, Timings, WorkerInfo,
@@ -142,14 +142,36 @@ impl Job {
     }
 }
 
-/// Uploads `files` and starts the container.
+/// Delivers `files` the way the container was created for and starts it.
 pub async fn start_container(
     engine: &Engine,
     id: &str,
     files: &[RenderedFile],
+    delivery: FileDelivery,
 ) -> Result<(), EngineError> {
-    engine.upload(id, files).await?;
-    engine.start(id).await
+    match delivery {
+        FileDelivery::Archive => {
+            engine.upload(id, files).await?;
+            engine.start(id).await
+        }
+        FileDelivery::Stdin(_) => {
+            // Attached before the start, as `docker run -i` does, so that the
+            // shim's stdin is ours from its first read.
+            let payload =
+                crate::delivery::payload(files, &[]).expect("a payload without env always builds");
+            let stdin = engine.attach_stdin(id).await?;
+            engine.start(id).await?;
+            Engine::deliver(stdin, &payload).await
+        }
+    }
+}
+
+/// The delivery a one-shot worker of `spec` uses.
+pub fn oneshot_delivery(spec: &crate::spec::WorkerSpec) -> FileDelivery {
+    match spec.config.agent.delivery {
+        crate::config::Delivery::Stdin => FileDelivery::Stdin(crate::delivery::ShimMode::Run),
+        crate::config::Delivery::Archive => FileDelivery::Archive,
+    }
 }
 
 /// Splits output chunks into lines, masks secrets, bounds the rate and
