@@ -48,6 +48,7 @@ enum Scenario {
     Latency,
     Live,
     Output,
+    Pool,
     All,
 }
 
@@ -107,6 +108,15 @@ struct Args {
     /// Preset running `sh -c 'echo $0' {prompt}`.
     #[arg(long, default_value = "bench_v1")]
     preset: String,
+    /// Preset like `--preset` with a warm pool.
+    #[arg(long, default_value = "bench_pool_v1")]
+    pool_preset: String,
+    /// The pool size of `--pool-preset`.
+    #[arg(long, default_value_t = 4)]
+    pool_size: u32,
+    /// Sequential samples of the warm-pool scenario, each method (default 100; smoke 5).
+    #[arg(long)]
+    pool_samples: Option<usize>,
     /// Preset running `sh -c {prompt}`.
     #[arg(long, default_value = "bench_shell_v1")]
     shell_preset: String,
@@ -120,6 +130,7 @@ struct Args {
 
 struct Config {
     samples: usize,
+    pool_samples: usize,
     levels: Vec<usize>,
     live: usize,
     idle: Duration,
@@ -131,6 +142,7 @@ impl Args {
         let s = self.smoke;
         Config {
             samples: self.samples.unwrap_or(if s { 5 } else { 200 }),
+            pool_samples: self.pool_samples.unwrap_or(if s { 5 } else { 100 }),
             levels: self.concurrency.clone().unwrap_or_else(|| {
                 if s {
                     vec![1, 4]
@@ -532,8 +544,8 @@ impl Ctx {
 
     /// The Docker calls the daemon makes for one worker, through the
     /// daemon's own `Engine`, without Redis or rendering: inspect by name
-    /// (404), create on the internal network, upload the instruction
-    /// files, start, follow the logs, wait, inspect, read the log tail,
+    /// (404), create (network none, behind the delivery shim), attach
+    /// stdin, start, write the files, follow the logs, wait, inspect,
     /// remove.
     async fn replay_one(&self) -> anyhow::Result<f64> {
         use workers_spawner::render::RenderedFile;
@@ -545,7 +557,14 @@ impl Ctx {
         let memory: i64 = 64 << 20;
         let body = ContainerCreateBody {
             image: Some(self.args.image.clone()),
-            cmd: Some(CMD.iter().map(|s| s.to_string()).collect()),
+            cmd: Some(workers_spawner::delivery::shim_command(
+                &CMD.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                workers_spawner::delivery::ShimMode::Run,
+            )),
+            attach_stdin: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            network_disabled: Some(true),
             env: Some(vec!["HOME=/home/worker".to_string()]),
             user: Some("1000:1000".to_string()),
             working_dir: Some("/workspace".to_string()),
@@ -558,7 +577,7 @@ impl Ctx {
                 pids_limit: Some(256),
                 cap_drop: Some(vec!["ALL".to_string()]),
                 security_opt: Some(vec!["no-new-privileges:true".to_string()]),
-                network_mode: Some(self.args.worker_network.clone()),
+                network_mode: Some("none".to_string()),
                 ipc_mode: Some("private".to_string()),
                 ..Default::default()
             }),
@@ -578,8 +597,10 @@ impl Ctx {
             },
         ];
         let run = async {
-            self.engine.upload(&id, &files).await?;
+            let payload = workers_spawner::delivery::payload(&files, &[])?;
+            let stdin = self.engine.attach_stdin(&id).await?;
             self.engine.start(&id).await?;
+            workers_spawner::docker::Engine::deliver(stdin, &payload).await?;
             let logs = self.engine.logs(&id, true, None);
             let follow = tokio::spawn(async move {
                 let mut logs = Box::pin(logs);
@@ -588,9 +609,6 @@ impl Ctx {
             let code = self.engine.wait(&id).await?;
             let _ = follow.await;
             let facts = self.engine.inspect(&id).await?;
-            let tail = self.engine.logs(&id, false, Some(4096));
-            let mut tail = Box::pin(tail);
-            while tail.next().await.is_some() {}
             anyhow::ensure!(code == 0 && facts.exit_code == Some(0), "exit code {code}");
             Ok(())
         }
@@ -1072,6 +1090,133 @@ async fn output(
     })
 }
 
+// ---------------------------------------------------------------- warm pool
+
+/// Warm-pool requests against cold ones on the same daemon, one at a time:
+/// per sample, ms from the XADD to reading the `started` event, the first
+/// `output` event (the agent's own first line) and the result.
+struct PoolRun {
+    size: u32,
+    pooled: Vec<[f64; 3]>,
+    cold: Vec<[f64; 3]>,
+    failures: Vec<String>,
+}
+
+/// When the first `started` and `output` events of watched requests were read.
+type EventTimes = Arc<Mutex<HashMap<String, [Option<Instant>; 2]>>>;
+
+async fn pool(ctx: &Ctx, cfg: &Config) -> anyhow::Result<PoolRun> {
+    let bus = ctx.watcher.bus.clone();
+    let events = bus.names.events.clone();
+    let times: EventTimes = Arc::default();
+    let mut last = bus.tail_id(&events).await?;
+    let block = Duration::from_millis(500);
+    let mut conn = bus.blocking_connection(block).await?;
+    let (b, t) = (bus.clone(), times.clone());
+    let reader = tokio::spawn(async move {
+        loop {
+            let read = b
+                .read_after(&mut conn, &[events.as_str()], &[last.clone()], block)
+                .await;
+            let Ok(batches) = read else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(c) = b.blocking_connection(block).await {
+                    conn = c;
+                }
+                continue;
+            };
+            let now = Instant::now();
+            for (_, entries) in batches {
+                for e in entries {
+                    last = e.id.clone();
+                    let Some(v) = e
+                        .data
+                        .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                    else {
+                        continue;
+                    };
+                    let k = match v["type"].as_str() {
+                        Some("started") => 0,
+                        Some("output") => 1,
+                        _ => continue,
+                    };
+                    let rid = v["request_id"].as_str().unwrap_or_default();
+                    if let Some(slot) = t.lock().expect("times").get_mut(rid) {
+                        slot[k].get_or_insert(now);
+                    }
+                }
+            }
+        }
+    });
+    let size = ctx.args.pool_size;
+    let mut run = PoolRun {
+        size,
+        pooled: Vec::new(),
+        cold: Vec::new(),
+        failures: Vec::new(),
+    };
+    eprintln!(
+        "bench: warm pool: {} samples each of {} (pool {size}) and {}",
+        cfg.pool_samples, ctx.args.pool_preset, ctx.args.preset
+    );
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    for i in 0..cfg.pool_samples * 2 {
+        // Every request, pooled or cold, starts with a full pool and no
+        // refill under way, so neither pays for the other's clean-up.
+        let full_by = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match &ctx.args.metrics_addr {
+                Some(a) => metric(a, "workers_spawner_pool_ready").await.unwrap_or(0.0),
+                None => f64::from(size),
+            };
+            if ready >= f64::from(size) || Instant::now() > full_by {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let pooled = (i % 2 == 0) == (i / 2 % 2 == 0);
+        let preset = if pooled {
+            &ctx.args.pool_preset
+        } else {
+            &ctx.args.preset
+        };
+        let rid = ctx.next_id(if pooled { "pooled" } else { "cold" });
+        times
+            .lock()
+            .expect("times")
+            .insert(rid.clone(), [None, None]);
+        let (t0, rx) = ctx.watcher.publish(&rid, preset, "ok").await?;
+        let got = tokio::time::timeout(Duration::from_secs(60), rx).await;
+        let outcome = match got {
+            Ok(Ok((t1, v))) if v["status"] == "succeeded" && v["output"] == "ok\n" => {
+                let mut seen = [None, None];
+                for _ in 0..100 {
+                    seen = times.lock().expect("times")[&rid];
+                    if seen.iter().all(Option::is_some) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                match seen {
+                    [Some(s), Some(o)] => Ok([ms(t0, s), ms(t0, o), ms(t0, t1)]),
+                    _ => Err(format!("{rid}: events missing ({seen:?})")),
+                }
+            }
+            Ok(Ok((_, v))) => Err(format!("{rid}: result {v}")),
+            _ => Err(format!("{rid}: no result within 60 s")),
+        };
+        times.lock().expect("times").remove(&rid);
+        match outcome {
+            Ok(x) if pooled => run.pooled.push(x),
+            Ok(x) => run.cold.push(x),
+            Err(e) => run.failures.push(e),
+        }
+    }
+    reader.abort();
+    Ok(run)
+}
+
 // ---------------------------------------------------------------- report
 
 fn machine() -> Vec<(String, String)> {
@@ -1129,6 +1274,7 @@ struct Report<'a> {
     levels: Vec<Level>,
     live: Option<Live>,
     outputs: Vec<Output>,
+    pool: Option<PoolRun>,
     failures: Vec<String>,
 }
 
@@ -1186,6 +1332,7 @@ impl Report<'_> {
         self.latency_tables(w);
         self.live_table(w);
         self.output_table(w);
+        self.pool_table(w);
         self.method_notes(w);
         o
     }
@@ -1278,6 +1425,63 @@ impl Report<'_> {
                 "| bounded memory while forwarding | daemon RSS max {:.1} MiB during the run | see below |",
                 o.rss_max_mib
             );
+        }
+        if let Some(p) = &self.pool {
+            let col = |v: &[[f64; 3]], k: usize| {
+                let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
+                x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+                percentile(&x, 50.0)
+            };
+            let _ = writeln!(
+                w,
+                "| warm pool: XADD → agent running p50 < 50 ms | {:.1} ms to the agent's first output line read from `<prefix>:events` ({:.1} ms to the `started` event; cold {:.1} ms, {:.1}× faster) | {} |",
+                col(&p.pooled, 1),
+                col(&p.pooled, 0),
+                col(&p.cold, 1),
+                col(&p.cold, 1) / col(&p.pooled, 1),
+                verdict(!p.pooled.is_empty() && col(&p.pooled, 1) < 50.0)
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    fn pool_table(&self, w: &mut String) {
+        let Some(p) = &self.pool else { return };
+        let _ = writeln!(w, "## Warm pool\n");
+        let _ = writeln!(
+            w,
+            "Preset `{}` (pool size {}) against `{}` (no pool) on the same daemon and image, \
+             one request at a time, alternating, each starting with a full pool. Per request, \
+             ms from the XADD to reading the `started` event (published once the request's \
+             parts are written to the waiting container), the first `output` event (the \
+             agent's own first line, the stricter measure) and the result.\n",
+            self.args.pool_preset, p.size, self.args.preset
+        );
+        let _ = writeln!(
+            w,
+            "| method | n | measure | p50 ms | p90 ms | p99 ms | max ms |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        for (label, v) in [("pooled", &p.pooled), ("cold", &p.cold)] {
+            for (k, what) in ["XADD → `started`", "XADD → first output", "XADD → result"]
+                .into_iter()
+                .enumerate()
+            {
+                let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
+                x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+                let _ = writeln!(
+                    w,
+                    "| {label} | {} | {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    x.len(),
+                    percentile(&x, 50.0),
+                    percentile(&x, 90.0),
+                    percentile(&x, 99.0),
+                    x.last().copied().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        if !p.failures.is_empty() {
+            let _ = writeln!(w, "\nFailures: {}", p.failures.join("; "));
         }
         let _ = writeln!(w);
     }
@@ -1464,8 +1668,9 @@ impl Report<'_> {
             w,
             "- Replay (profiling aid): the Docker calls the daemon makes per worker, through \
              the crate's own `docker::Engine`, with no Redis and no rendering: inspect by \
-             name, create on the internal network, upload a 3 KiB instruction tar, start, \
-             follow the logs, wait, inspect, read the log tail; timed up to before the \
+             name, create (network none, behind the delivery shim), attach its stdin, start, \
+             write a 3 KiB instruction tar to the stdin, follow the logs, wait, inspect; \
+             timed up to before the \
              removal, like the spawner's figure. The spawner minus the replay is the daemon's \
              own overhead (Redis, rendering, scheduling)."
         );
@@ -1642,6 +1847,23 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             }
         }
     }
+    let pool_r = if want(Scenario::Pool) && !dead() {
+        match pool(&ctx, &cfg).await {
+            Ok(r) => {
+                failures.extend(r.failures.iter().map(|f| format!("pool: {f}")));
+                if r.pooled.is_empty() {
+                    failures.push("pool: no pooled sample".into());
+                }
+                Some(r)
+            }
+            Err(e) => {
+                failures.push(format!("pool: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     for p in [daemon, args.bounded_daemon_pid.map(Proc::new)]
         .into_iter()
         .flatten()
@@ -1662,6 +1884,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         levels,
         live: live_r,
         outputs,
+        pool: pool_r,
         failures: failures.clone(),
     };
     let analysis = args

@@ -88,6 +88,18 @@ cat > "$work/presets/bench_v1.json" <<EOF
   "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
 }
 EOF
+cat > "$work/presets/bench_pool_v1.json" <<EOF
+{
+  "id": "bench_pool_v1",
+  "name": "Benchmark: echo the prompt, from a warm pool",
+  "image": "$WS_TEST_IMAGE",
+  "agent": { "type": "claude-code", "command": ["sh", "-c", "echo \$0", "{prompt}"] },
+  "allowed_tools": [],
+  "has_internet": false,
+  "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 },
+  "pool": { "size": 4 }
+}
+EOF
 cat > "$work/presets/bench_shell_v1.json" <<EOF
 {
   "id": "bench_shell_v1",
@@ -157,6 +169,7 @@ rc=0
 "$bindir/examples/bench" \
     --redis-url "$WS_TEST_REDIS_URL" --image "$WS_TEST_IMAGE" \
     --prefix "bench-a-$run_id" --daemon-pid "$pid_a" --metrics-addr "$http_a" \
+    --pool-preset bench_pool_v1 --pool-size 4 \
     --bounded-prefix "bench-b-$run_id" --bounded-daemon-pid "$pid_b" --bounded-lines-per-sec 2000 \
     --invocation "$invocation" --out "$out" \
     ${smoke_flag[@]+"${smoke_flag[@]}"} ${driver_args[@]+"${driver_args[@]}"} || rc=$?

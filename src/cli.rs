@@ -583,13 +583,18 @@ pub async fn run(
         stop: tokio_util::sync::CancellationToken::new(),
         stop_reason: Default::default(),
         api_key: None,
+        output: Default::default(),
     };
     let mut files = spec.files.clone();
     files.extend(spec.request_files.iter().cloned());
-    if let Err(e) = worker::start_container(&engine, &id, &files, ctx.delivery).await {
-        eprintln!("workers-spawner: {e}");
-        let _ = engine.remove(&id).await;
-        return 1;
+    let mut job = job;
+    match worker::start_container(&engine, &id, &files, ctx.delivery).await {
+        Ok(output) => *job.output.get_mut().expect("output lock") = output,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            let _ = engine.remove(&id).await;
+            return 1;
+        }
     }
     // Ctrl-C stops the worker like a cancel.
     let stop = job.stop.clone();

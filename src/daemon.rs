@@ -885,6 +885,7 @@ impl Daemon {
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
             api_key: Some(api_key.clone()),
+            output: Default::default(),
         };
         let id = match self.env.engine.create(&name, body).await {
             Ok(id) => id,
@@ -950,6 +951,8 @@ impl Daemon {
             Ok(()) => worker::start_container(&self.env.engine, &id, &files, ctx.delivery).await,
             Err(e) => Err(e),
         };
+        let mut job = job;
+        let started = started.map(|output| *job.output.get_mut().expect("output lock") = output);
         if let Err(e) = started {
             self.metrics.docker_errors.inc();
             let info = ErrorInfo {
@@ -1044,6 +1047,7 @@ impl Daemon {
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
             api_key: facts.api_key.clone(),
+            output: Default::default(),
         };
         {
             // Check and mark in one step: two paths (start-up or orphan

@@ -359,6 +359,23 @@ impl OutputStream {
 pub type ExecOutput =
     std::pin::Pin<Box<dyn Stream<Item = Result<(OutputStream, bytes::Bytes), EngineError>> + Send>>;
 
+/// Chunks of a multiplexed Docker output stream, tagged with their stream.
+fn output_chunks(
+    s: impl Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send,
+) -> impl Stream<Item = Result<(OutputStream, bytes::Bytes), EngineError>> + Send {
+    s.filter_map(|r| async move {
+        use bollard::container::LogOutput;
+        match r {
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                Some(Ok((OutputStream::Stdout, message)))
+            }
+            Ok(LogOutput::StdErr { message }) => Some(Ok((OutputStream::Stderr, message))),
+            Ok(LogOutput::StdIn { .. }) => None,
+            Err(e) => Some(Err(e.into())),
+        }
+    })
+}
+
 /// The Docker engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -440,13 +457,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Attaches to the container's stdin (created with `open_stdin`); the
-    /// first attachment's end closes the process's stdin.
-    pub async fn attach_stdin(&self, id: &str) -> Result<Stdin, EngineError> {
+    /// Attaches to the container's stdin (created with `open_stdin`),
+    /// stdout and stderr; the end of the stdin attachment closes the
+    /// process's stdin, the output ends with the process.
+    pub async fn attach(&self, id: &str) -> Result<(Stdin, ExecOutput), EngineError> {
         let opts = bollard::query_parameters::AttachContainerOptions {
             stdin: true,
-            stdout: false,
-            stderr: false,
+            stdout: true,
+            stderr: true,
             stream: true,
             logs: false,
             ..Default::default()
@@ -456,7 +474,7 @@ impl Engine {
             .attach_container(id, Some(opts))
             .await
             .map_err(|e| self.not_found(e, id))?;
-        Ok(r.input)
+        Ok((r.input, Box::pin(output_chunks(r.output))))
     }
 
     /// Writes `payload` to an attached stdin and closes it.
@@ -500,17 +518,7 @@ impl Engine {
             tail: tail.map(|n| n.to_string()).unwrap_or_else(|| "all".into()),
             ..Default::default()
         };
-        self.docker.logs(id, Some(opts)).filter_map(|r| async move {
-            use bollard::container::LogOutput;
-            match r {
-                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                    Some(Ok((OutputStream::Stdout, message)))
-                }
-                Ok(LogOutput::StdErr { message }) => Some(Ok((OutputStream::Stderr, message))),
-                Ok(LogOutput::StdIn { .. }) => None,
-                Err(e) => Some(Err(e.into())),
-            }
-        })
+        output_chunks(self.docker.logs(id, Some(opts)))
     }
 
     /// Waits until the container is not running; returns its exit code.
@@ -626,20 +634,7 @@ impl Engine {
             .map_err(|e| self.not_found(e, id))?;
         match self.docker.start_exec(&created.id, None).await? {
             StartExecResults::Attached { output, .. } => {
-                let stream = output.filter_map(|r| async move {
-                    use bollard::container::LogOutput;
-                    match r {
-                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                            Some(Ok((OutputStream::Stdout, message)))
-                        }
-                        Ok(LogOutput::StdErr { message }) => {
-                            Some(Ok((OutputStream::Stderr, message)))
-                        }
-                        Ok(LogOutput::StdIn { .. }) => None,
-                        Err(e) => Some(Err(EngineError::from(e))),
-                    }
-                });
-                Ok((created.id, Box::pin(stream)))
+                Ok((created.id, Box::pin(output_chunks(output))))
             }
             StartExecResults::Detached => Ok((created.id, Box::pin(futures_util::stream::empty()))),
         }

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub output_dropped: Counter,
     /// Containers adopted at start-up.
     pub adopted: Counter,
+    /// Warm-pool containers ready to take a request.
+    pub pool_ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -78,6 +80,7 @@ impl Metrics {
             events_lost: Counter::default(),
             output_dropped: Counter::default(),
             adopted: Counter::default(),
+            pool_ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +102,11 @@ impl Metrics {
             "run_seconds",
             "Seconds from agent start to finish",
             m.run_seconds.clone(),
+        );
+        registry.register(
+            "pool_ready",
+            "Warm-pool containers ready to take a request",
+            m.pool_ready.clone(),
         );
         registry.register(
             "running_workers",

@@ -24,7 +24,7 @@ use crate::bus::Entry;
 use crate::daemon::Daemon;
 use crate::delivery::{self, ShimMode};
 use crate::docker::{
-    container_name, create_body, labels, Engine, FileDelivery, LaunchContext, Stdin,
+    container_name, create_body, labels, Engine, ExecOutput, FileDelivery, LaunchContext, Stdin,
 };
 use crate::protocol::{ErrorInfo, EventType, SpawnRequest, Status, Task};
 use crate::spec::WorkerSpec;
@@ -40,6 +40,8 @@ pub(crate) struct PooledContainer {
     pub deadline_unix: u64,
     /// The shim's stdin, attached before the start.
     pub stdin: Stdin,
+    /// Its output, attached at the same time.
+    pub output: ExecOutput,
 }
 
 /// Containers of one preset's pool.
@@ -100,7 +102,9 @@ impl Daemon {
                 .ready
                 .iter()
                 .position(|c| c.config_hash == spec.config_hash)?;
-            Some(pool.ready.swap_remove(i))
+            let c = pool.ready.swap_remove(i);
+            self.metrics.pool_ready.dec();
+            Some(c)
         };
         let d = self.clone();
         tokio::spawn(async move { d.refill_pools().await });
@@ -109,6 +113,7 @@ impl Daemon {
 
     /// Puts an unused claimed container back into its pool.
     pub(crate) fn return_pooled(&self, container: PooledContainer) {
+        self.metrics.pool_ready.inc();
         self.pools
             .lock()
             .expect("pools lock")
@@ -187,6 +192,7 @@ impl Daemon {
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
             api_key: Some(api_key.clone()),
+            output: std::sync::Mutex::new(Some(container.output)),
         };
         if let Err(e) = Engine::deliver(container.stdin, &payload).await {
             // The shim never received a whole archive, so the agent did not
@@ -255,6 +261,7 @@ impl Daemon {
                 pool.ready = keep;
             }
         }
+        self.metrics.pool_ready.dec_by(stale.len() as i64);
         for c in stale {
             let _ = self.env.engine.remove(&c.id).await;
         }
@@ -289,7 +296,10 @@ impl Daemon {
                 let pool = pools.entry(preset.clone()).or_default();
                 pool.creating -= 1;
                 match made {
-                    Some(c) => pool.ready.push(c),
+                    Some(c) => {
+                        pool.ready.push(c);
+                        self.metrics.pool_ready.inc();
+                    }
                     None => break,
                 }
             }
@@ -355,19 +365,20 @@ impl Daemon {
             // The request-independent files go in now, through the archive
             // API: its cost is paid here, not by a request.
             engine.upload(&id, &spec.files).await?;
-            let stdin = engine.attach_stdin(&id).await?;
+            let attached = engine.attach(&id).await?;
             engine.start(&id).await?;
-            Ok::<_, crate::docker::EngineError>(stdin)
+            Ok::<_, crate::docker::EngineError>(attached)
         }
         .await;
         match ready {
-            Ok(stdin) => Some(PooledContainer {
+            Ok((stdin, output)) => Some(PooledContainer {
                 id,
                 name,
                 config_hash: spec.config_hash.clone(),
                 preset: preset.to_string(),
                 deadline_unix: deadline,
                 stdin,
+                output,
             }),
             Err(e) => {
                 tracing::warn!(preset, error = %e, "starting a pool container failed");

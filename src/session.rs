@@ -602,6 +602,7 @@ impl Daemon {
             stop: stop.clone(),
             stop_reason: reason.clone(),
             api_key: Some(api_key.clone()),
+            output: Default::default(),
         };
         self.env
             .sink

@@ -87,6 +87,9 @@ pub struct Job {
     pub stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
     /// The worker's gateway key, revoked when it ends.
     pub api_key: Option<String>,
+    /// The container's output, attached before its start; `None` follows
+    /// its logs instead (adopted containers, archive delivery).
+    pub output: std::sync::Mutex<Option<crate::docker::ExecOutput>>,
 }
 
 /// Unix seconds now.
@@ -142,26 +145,30 @@ impl Job {
     }
 }
 
-/// Delivers `files` the way the container was created for and starts it.
+/// Delivers `files` the way the container was created for and starts it;
+/// returns its attached output when the delivery attached to it.
 pub async fn start_container(
     engine: &Engine,
     id: &str,
     files: &[RenderedFile],
     delivery: FileDelivery,
-) -> Result<(), EngineError> {
+) -> Result<Option<crate::docker::ExecOutput>, EngineError> {
     match delivery {
         FileDelivery::Archive => {
             engine.upload(id, files).await?;
-            engine.start(id).await
+            engine.start(id).await?;
+            Ok(None)
         }
         FileDelivery::Stdin(_) => {
-            // Attached before the start, as `docker run -i` does, so that the
-            // shim's stdin is ours from its first read.
+            // Attached before the start, as `docker run -i` does: the shim's
+            // stdin is ours from its first read, and no line of output is
+            // missed (nor read back from the log file later).
             let payload =
                 crate::delivery::payload(files, &[]).expect("a payload without env always builds");
-            let stdin = engine.attach_stdin(id).await?;
+            let (stdin, output) = engine.attach(id).await?;
             engine.start(id).await?;
-            Engine::deliver(stdin, &payload).await
+            Engine::deliver(stdin, &payload).await?;
+            Ok(Some(output))
         }
     }
 }
@@ -187,6 +194,7 @@ struct OutputForwarder {
     window_lines: u32,
     dropped: u64,
     metrics: Arc<Metrics>,
+    last_flush: Instant,
 }
 
 const BATCH_LINES: usize = 256;
@@ -244,6 +252,7 @@ impl OutputForwarder {
             self.dropped = 0;
         }
         let batch = std::mem::take(&mut self.batch);
+        self.last_flush = Instant::now();
         self.sink.events(&self.request_id, &batch).await;
     }
 
@@ -294,14 +303,21 @@ pub async fn forward(
         window_lines: 0,
         dropped: 0,
         metrics: env.metrics.clone(),
+        // The first line goes out at once.
+        last_flush: Instant::now()
+            .checked_sub(BATCH_DELAY)
+            .unwrap_or_else(Instant::now),
     };
     let mut tail: Vec<u8> = Vec::new();
     let mut truncated = false;
     loop {
+        // Lines are batched for at most BATCH_DELAY after the last flush:
+        // sparse output goes out line by line at once, a burst in batches.
         let next = if fwd.batch.is_empty() {
             output.next().await
         } else {
-            match tokio::time::timeout(BATCH_DELAY, output.next()).await {
+            let wait = BATCH_DELAY.saturating_sub(fwd.last_flush.elapsed());
+            match tokio::time::timeout(wait, output.next()).await {
                 Ok(n) => n,
                 Err(_) => {
                     fwd.flush().await;
@@ -319,7 +335,9 @@ pub async fn forward(
                     }
                 }
                 fwd.push_chunk(stream, &chunk);
-                if fwd.batch.len() >= BATCH_LINES {
+                if fwd.batch.len() >= BATCH_LINES
+                    || (!fwd.batch.is_empty() && fwd.last_flush.elapsed() >= BATCH_DELAY)
+                {
                     fwd.flush().await;
                 }
             }
@@ -392,13 +410,20 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
             .await;
     }
     env.metrics.running_workers.inc();
-    let output = tokio::spawn(forward_output(
-        env.clone(),
-        job.request_id.clone(),
-        job.container_id.clone(),
-        job.redactor.clone(),
-        !fresh,
-    ));
+    let mut job = job;
+    let output = match job.output.get_mut().expect("output lock").take() {
+        Some(attached) => {
+            let (env, rid, red) = (env.clone(), job.request_id.clone(), job.redactor.clone());
+            tokio::spawn(async move { forward(&env, &rid, &red, attached).await })
+        }
+        None => tokio::spawn(forward_output(
+            env.clone(),
+            job.request_id.clone(),
+            job.container_id.clone(),
+            job.redactor.clone(),
+            !fresh,
+        )),
+    };
 
     let remaining = time_left(job.deadline_unix);
     enum End {
