@@ -545,7 +545,7 @@ impl Ctx {
     /// The Docker calls the daemon makes for one worker, through the
     /// daemon's own `Engine`, without Redis or rendering: inspect by name
     /// (404), create (network none, behind the delivery shim), attach
-    /// stdin, start, write the files, follow the logs, wait, inspect,
+    /// stdin and output, start, write the files, read the output, wait, inspect,
     /// remove.
     async fn replay_one(&self) -> anyhow::Result<f64> {
         use workers_spawner::render::RenderedFile;
@@ -598,14 +598,10 @@ impl Ctx {
         ];
         let run = async {
             let payload = workers_spawner::delivery::payload(&files, &[])?;
-            let stdin = self.engine.attach_stdin(&id).await?;
+            let (stdin, mut output) = self.engine.attach(&id).await?;
             self.engine.start(&id).await?;
             workers_spawner::docker::Engine::deliver(stdin, &payload).await?;
-            let logs = self.engine.logs(&id, true, None);
-            let follow = tokio::spawn(async move {
-                let mut logs = Box::pin(logs);
-                while logs.next().await.is_some() {}
-            });
+            let follow = tokio::spawn(async move { while output.next().await.is_some() {} });
             let code = self.engine.wait(&id).await?;
             let _ = follow.await;
             let facts = self.engine.inspect(&id).await?;
@@ -1669,7 +1665,7 @@ impl Report<'_> {
             "- Replay (profiling aid): the Docker calls the daemon makes per worker, through \
              the crate's own `docker::Engine`, with no Redis and no rendering: inspect by \
              name, create (network none, behind the delivery shim), attach its stdin, start, \
-             write a 3 KiB instruction tar to the stdin, follow the logs, wait, inspect; \
+             write a 3 KiB instruction tar to the stdin, read the attached output, wait, inspect; \
              timed up to before the \
              removal, like the spawner's figure. The spawner minus the replay is the daemon's \
              own overhead (Redis, rendering, scheduling)."
