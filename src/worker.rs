@@ -411,7 +411,12 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     }
     env.metrics.running_workers.inc();
     let mut job = job;
-    let output = match job.output.get_mut().expect("output lock").take() {
+    let attached = job.output.get_mut().expect("output lock").take();
+    // The attached stream holds all the output; a followed log may miss an
+    // unterminated last line (the engine flushes it when the log closes,
+    // which can be after the follow ended), so the tail is read again then.
+    let whole_output = attached.is_some();
+    let output = match attached {
         Some(attached) => {
             let (env, rid, red) = (env.clone(), job.request_id.clone(), job.redactor.clone());
             tokio::spawn(async move { forward(&env, &rid, &red, attached).await })
@@ -496,10 +501,11 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
             _ => break,
         }
     }
-    // A follower that saw the output from the start already holds the tail;
-    // an adopted container's follower did not, so its logs are read again.
+    // A follower of the attached output already holds the tail; one that
+    // followed the logs (adopted containers, archive delivery) may not, so
+    // the logs are read again.
     let (output_tail, truncated) = match followed {
-        Ok(Ok(tail)) if fresh => tail,
+        Ok(Ok(tail)) if whole_output => tail,
         _ => {
             stdout_tail(
                 &env.engine,

@@ -695,3 +695,47 @@ async fn two_setups_sharing_redis_and_docker_may_use_the_same_request_id() {
     assert_no_containers(&a.prefix).await;
     assert_no_containers(&b.prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_may_deliver_files_through_the_archive_api_for_images_without_a_shell() {
+    let preset = json!({
+        "id": "archive_v1",
+        "name": "Archive delivery (tests)",
+        "image": test_image(),
+        "agent": {
+            "type": "claude-code",
+            "command": ["sh", "-c", "echo \"prompt=$0\"; ls /workspace $HOME/.claude; cat /home/worker/.orchestrator/prompt.md", "{prompt}"],
+            "delivery": "archive"
+        },
+        "allowed_tools": [],
+        "has_internet": false,
+        "limits": {"cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600, "pids": 64}
+    });
+    let presets = presets_dir_with(&[("archive_v1", preset)]);
+    let d = Daemon::start(DaemonOpts::new("archive").presets_dir(presets.path()));
+    let rid = unique_request_id("archive");
+    publish_spawn(&d.prefix, &spawn_request(&rid, "archive_v1", "hello")).await;
+    let r = wait_result(&d.prefix, &rid, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let out = r["output"].as_str().unwrap();
+    assert!(out.starts_with("prompt=hello\n"), "{out}");
+    assert!(out.contains("CLAUDE.md"), "{out}");
+    assert!(out.contains("settings.json"), "{out}");
+    // An unterminated last line is part of the output.
+    assert!(out.ends_with("CLAUDE.md\nhello"), "{r}");
+    // Its main process is the agent itself, not the delivery shim.
+    let docker = docker().await;
+    let name = r["worker"]["container"].as_str().unwrap().to_string();
+    if let Ok(c) = docker
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        let cmd = c.config.unwrap().cmd.unwrap_or_default();
+        assert_eq!(cmd.first().map(String::as_str), Some("sh"));
+        assert!(!cmd.iter().any(|a| a.contains("tar -x")), "{cmd:?}");
+    }
+    cleanup_containers(&d.prefix).await;
+}

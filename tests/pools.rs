@@ -180,3 +180,89 @@ async fn pool_containers_of_a_stopped_daemon_are_replaced_on_the_next_start() {
     );
     cleanup_containers(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_worker_gets_its_prompt_verbatim_and_its_key_only_through_stdin() {
+    let mut preset = pooled_preset(1);
+    // The prompt as the agent's argv element; the key's presence; what is
+    // left of the delivery in the worker's home.
+    preset["agent"]["command"] = json!([
+        "sh",
+        "-c",
+        "printf '[%s]\\n' \"$1\"; echo key=${ORCHESTRATOR_API_KEY:+set} rid=$ORCHESTRATOR_REQUEST_ID; ls -a $HOME/.orchestrator",
+        "sh",
+        "{prompt}"
+    ]);
+    let presets = presets_dir_with(&[("pooled_v1", preset)]);
+    let d = Daemon::start(
+        DaemonOpts::new("pool-verbatim")
+            .presets_dir(presets.path())
+            .max_concurrent(8),
+    );
+    let ready = wait_pool(&d.prefix, 1).await;
+    // An idle pool container holds no request's key in its config.
+    let docker = docker().await;
+    let idle = docker
+        .inspect_container(
+            &ready[0],
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let env = idle.config.unwrap().env.unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.starts_with("ORCHESTRATOR_API_KEY=")),
+        "{env:?}"
+    );
+    let prompt = "a  b\n$(id) `id` ${HOME}\n'\"\\ {prompt} {{ x }}\n\n";
+    let rid = unique_request_id("pooled-verbatim");
+    publish_spawn(&d.prefix, &spawn_request(&rid, "pooled_v1", prompt)).await;
+    let r = wait_result(&d.prefix, &rid, TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["worker"]["container"], ready[0].as_str(), "{r}");
+    let out = r["output"].as_str().unwrap();
+    assert!(
+        out.starts_with(&format!("[{prompt}]\n")),
+        "prompt not verbatim: {out:?}"
+    );
+    assert!(out.contains(&format!("key=set rid={rid}\n")), "{out}");
+    assert!(out.contains("prompt.md"), "{out}");
+    assert!(
+        !out.contains("request.env"),
+        "the env file is removed before the agent runs: {out}"
+    );
+    cleanup_containers(&d.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_request_whose_run_died_with_its_instance_is_answered_interrupted_not_rerun() {
+    let presets = presets_dir_with(&[("pooled_v1", pooled_preset(1))]);
+    let d = Daemon::start(
+        DaemonOpts::new("pool-interrupted")
+            .presets_dir(presets.path())
+            .max_concurrent(8),
+    );
+    wait_pool(&d.prefix, 1).await;
+    // A run mark held by an instance that is not alive: the request ran
+    // there in a pool container (which carries no request label) and died.
+    let rid = unique_request_id("pooled-dead");
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:run:{rid}", d.prefix))
+        .arg("some-dead-instance")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    publish_spawn(&d.prefix, &spawn_request(&rid, "pooled_v1", "echo ran")).await;
+    let r = wait_result(&d.prefix, &rid, TIMEOUT).await;
+    assert_eq!(r["status"], "error", "{r}");
+    assert_eq!(r["error"]["code"], "interrupted", "{r}");
+    let events = events_for(&d.prefix, &rid).await;
+    assert!(
+        !events.iter().any(|e| e["type"] == "started"),
+        "it never runs a second time: {events:?}"
+    );
+    cleanup_containers(&d.prefix).await;
+}
