@@ -573,8 +573,15 @@ impl Daemon {
             }
 
             let name = request_container_name(&self.settings.stream_prefix, &rid);
-            // A redelivered request whose container exists follows that container.
-            match self.env.engine.inspect(&name).await {
+            // A redelivered request whose container exists follows that
+            // container. A first delivery skips the look-up (one engine call
+            // less per request): the create conflict covers a name in use.
+            let existing = if entry.deliveries > 1 {
+                self.env.engine.inspect(&name).await
+            } else {
+                Err(EngineError::NotFound(name.clone()))
+            };
+            match existing {
                 Ok(facts) => {
                     if !self.is_ours(&facts) {
                         // Someone else's container holds the name: never touch it.
@@ -678,6 +685,18 @@ impl Daemon {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Removes the container `name` if it is ours, was never started and
+    /// may be adopted; returns whether it did.
+    async fn removed_unstarted(&self, name: &str) -> bool {
+        match self.env.engine.inspect(name).await {
+            Ok(f) if self.is_ours(&f) && !f.started && !f.running && self.may_adopt(&f).await => {
+                tracing::info!(container = %f.name, "removing a container that never started; spawning again");
+                self.env.engine.remove(&f.id).await.is_ok()
+            }
+            _ => false,
+        }
     }
 
     /// Answers a request whose container name is held by a container this
@@ -887,7 +906,15 @@ impl Daemon {
             api_key: Some(api_key.clone()),
             output: Default::default(),
         };
-        let id = match self.env.engine.create(&name, body).await {
+        let created = match self.env.engine.create(&name, body.clone()).await {
+            // A container that never started (its daemon died between
+            // create and start) gives way: nothing ran in it.
+            Err(EngineError::Conflict(_)) if self.removed_unstarted(&name).await => {
+                self.env.engine.create(&name, body).await
+            }
+            other => other,
+        };
+        let id = match created {
             Ok(id) => id,
             Err(EngineError::Conflict(_)) => {
                 // Another delivery of this request won the race: its handler
@@ -1076,42 +1103,74 @@ impl Daemon {
                     .expect("fresh semaphore"),
             },
         };
-        if facts.running || !facts.started {
-            if !facts.started {
-                // Created but never started (crash between create and start):
-                // nothing ran. With its request entry still in the stream, the
-                // entry is handled again (the container is replaced); without
-                // it, answer with an error.
-                let entry = match l.get(labels::ENTRY_ID) {
-                    Some(id) => self.bus.entry_by_id(id).await.ok().flatten(),
-                    None => None,
-                };
-                if let Some(mut entry) = entry {
-                    self.running.lock().expect("running lock").remove(&rid);
-                    entry.deliveries = self.bus.deliveries(&entry.id).await.unwrap_or(1);
-                    tracing::info!(request_id = %rid, entry_id = %entry.id, "the container never started; handling its entry again");
-                    self.dispatch(entry, permit);
+        let d = self.clone();
+        tokio::spawn(async move { d.adopt_claimed(facts, job, permit).await });
+    }
+
+    /// The rest of an adoption, once the container is claimed: follows a
+    /// running worker, answers for an ended one, and hands the entry of a
+    /// worker in which nothing ran back to the intake.
+    async fn adopt_claimed(
+        self: Arc<Self>,
+        facts: ContainerFacts,
+        job: Job,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let mut facts = facts;
+        let rid = job.request_id.clone();
+        let l = facts.labels.clone();
+        let stdin_oneshot = l.get(labels::KIND).map(String::as_str) == Some("oneshot")
+            && l.get(labels::DELIVERY).map(String::as_str) == Some("stdin");
+        if facts.running && stdin_oneshot {
+            // A shim left waiting for its files by a daemon that died exits
+            // within milliseconds of that death; give it the time to say so.
+            let waited =
+                tokio::time::timeout(Duration::from_secs(2), self.env.engine.wait(&facts.id)).await;
+            if waited.is_ok() {
+                if let Ok(f) = self.env.engine.inspect(&facts.id).await {
+                    facts = f;
+                }
+            }
+        }
+        // Started, but its daemon died before delivering the files on stdin:
+        // the shim exited without running the agent, so nothing ran either.
+        let undelivered = stdin_oneshot
+            && !facts.running
+            && facts.exit_code == Some(crate::delivery::SHIM_UNDELIVERED);
+        if !facts.started || undelivered {
+            // Created but never started (crash between create and start),
+            // or started without its files: nothing ran. With its request
+            // entry still in the stream, the entry is handled again (the
+            // container is replaced); without it, answer with an error.
+            let entry = match l.get(labels::ENTRY_ID) {
+                Some(id) => self.bus.entry_by_id(id).await.ok().flatten(),
+                None => None,
+            };
+            if let Some(mut entry) = entry {
+                self.running.lock().expect("running lock").remove(&rid);
+                if undelivered && self.env.engine.remove(&facts.id).await.is_err() {
+                    // Docker trouble: a later adoption pass tries again.
                     return;
                 }
-                let info = ErrorInfo {
-                    code: "interrupted".into(),
-                    field: None,
-                    message:
-                        "the daemon stopped before the worker started; publish the request again"
-                            .into(),
-                };
-                let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
-                worker::finish(&self.env, &job, &r).await;
-                self.running.lock().expect("running lock").remove(&rid);
+                entry.deliveries = self.bus.deliveries(&entry.id).await.unwrap_or(1);
+                tracing::info!(request_id = %rid, entry_id = %entry.id, "nothing ran in the container; handling its entry again");
+                self.dispatch(entry, permit);
                 return;
             }
-            let d = self.clone();
-            tokio::spawn(async move { d.supervise(job, false, permit).await });
-        } else {
-            // It ended while nobody watched: supervise finds it exited at once.
-            let d = self.clone();
-            tokio::spawn(async move { d.supervise(job, false, permit).await });
+            let info = ErrorInfo {
+                code: "interrupted".into(),
+                field: None,
+                message: "the daemon stopped before the worker started; publish the request again"
+                    .into(),
+            };
+            let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
+            worker::finish(&self.env, &job, &r).await;
+            self.running.lock().expect("running lock").remove(&rid);
+            return;
         }
+        // Running, or ended while nobody watched (supervise finds it exited
+        // at once).
+        self.supervise(job, false, permit).await;
     }
 
     /// The network and gateway URL of a new worker.

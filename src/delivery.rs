@@ -24,6 +24,14 @@ pub const ENV_FILE: &str = "/home/worker/.orchestrator/request.env";
 /// Exit code of the shim when the files cannot be unpacked (EX_SOFTWARE).
 pub const SHIM_FAILED: i64 = 70;
 
+/// Exit code of the shim when its stdin closed before a single byte came:
+/// the daemon stopped between the container's start and the delivery, so
+/// the agent never ran and the request may be started afresh.
+pub const SHIM_UNDELIVERED: i64 = 71;
+
+/// The first line of every payload (the shim checks it before `tar`).
+pub const PAYLOAD_HEADER: &[u8] = b"ws1\n";
+
 /// The argv element standing for the prompt in a pooled worker's command.
 pub const PROMPT_MARKER: &str = "{prompt}";
 
@@ -31,7 +39,9 @@ pub const PROMPT_MARKER: &str = "{prompt}";
 /// `pool` first exports the request env from [`ENV_FILE`] and puts the
 /// prompt (the content of the prompt file) in place of the argv element
 /// equal to [`PROMPT_MARKER`].
-pub const SHIM: &str = r#"tar -x -o -f - -C / || { echo "workers-spawner: the worker's files could not be unpacked from stdin (the image needs sh and tar, and /workspace and /home/worker writable by uid 1000)" >&2; exit 70; }
+pub const SHIM: &str = r#"IFS= read -r h || { echo "workers-spawner: no files were delivered (the daemon stopped before delivering them)" >&2; exit 71; }
+[ "$h" = ws1 ] || { echo "workers-spawner: unknown delivery format" >&2; exit 70; }
+tar -x -o -f - -C / || { echo "workers-spawner: the worker's files could not be unpacked from stdin (the image needs sh and tar, and /workspace and /home/worker writable by uid 1000)" >&2; exit 70; }
 m=$1; shift
 if [ "$m" = pool ]; then
   if [ -f "$0" ]; then while IFS= read -r kv; do export "$kv"; done < "$0"; rm -f "$0"; fi
@@ -97,7 +107,9 @@ pub fn payload(files: &[RenderedFile], env: &[(String, String)]) -> Result<Vec<u
             mode: 0o600,
         });
     }
-    Ok(tar_below_roots(&all))
+    let mut out = PAYLOAD_HEADER.to_vec();
+    out.extend(tar_below_roots(&all));
+    Ok(out)
 }
 
 /// Whether `env` can travel in the env file.
@@ -162,7 +174,10 @@ mod tests {
         }
     }
 
-    fn entries(tar: &[u8]) -> Vec<(String, String)> {
+    fn entries(payload: &[u8]) -> Vec<(String, String)> {
+        let tar = payload
+            .strip_prefix(PAYLOAD_HEADER)
+            .expect("the payload starts with its header");
         let mut a = tar::Archive::new(tar);
         a.entries()
             .unwrap()

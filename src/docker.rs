@@ -45,6 +45,8 @@ pub mod labels {
     pub const RECEIVED_MS: &str = "io.workers-spawner.received-ms";
     /// `oneshot`, `session` or `pool`.
     pub const KIND: &str = "io.workers-spawner.kind";
+    /// `stdin` when the files come through the delivery shim.
+    pub const DELIVERY: &str = "io.workers-spawner.delivery";
 }
 
 /// Uid:gid the agent runs as.
@@ -190,6 +192,10 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
         }
     }
     let cmd = ctx.cmd.clone().unwrap_or_else(|| spec.command.clone());
+    let mut labels = ctx.labels.clone();
+    if let FileDelivery::Stdin(_) = ctx.delivery {
+        labels.insert(labels::DELIVERY.to_string(), "stdin".to_string());
+    }
     let (cmd, stdin) = match ctx.delivery {
         FileDelivery::Archive => (cmd, false),
         FileDelivery::Stdin(mode) => (crate::delivery::shim_command(&cmd, mode), true),
@@ -200,7 +206,7 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
         env: Some(env),
         user: Some(WORKER_USER.to_string()),
         working_dir: Some(crate::render::WORKSPACE.to_string()),
-        labels: Some(ctx.labels.clone()),
+        labels: Some(labels),
         attach_stdin: Some(stdin),
         open_stdin: Some(stdin),
         // Docker closes the process's stdin when the daemon's attachment
