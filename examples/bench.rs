@@ -844,6 +844,8 @@ async fn running_containers(docker: &Docker, prefix: &str) -> usize {
         vec![
             "io.workers-spawner.managed=true".to_string(),
             format!("{PREFIX_LABEL}={prefix}"),
+            // Workers, not the warm pool's idle containers.
+            "io.workers-spawner.kind=oneshot".to_string(),
         ],
     );
     filters.insert("status".to_string(), vec!["running".to_string()]);
@@ -1700,6 +1702,15 @@ impl Report<'_> {
              capacity); a second daemon with the default bound ({}) shows the drops are \
              counted. Both run with `stream_maxlen = 1000000` so trimming does not hide lines.",
             self.args.bounded_lines_per_sec
+        );
+        let _ = writeln!(
+            w,
+            "- Warm pool: the main daemon also has preset `{}` (same image and command, \
+             `pool.size` {}); its idle containers exist during every scenario (a shim \
+             blocked on its stdin, no CPU). Each pool sample waits until the \
+             `workers_spawner_pool_ready` gauge shows a full pool, then 100 ms more, so \
+             refills never overlap a measured request.",
+            self.args.pool_preset, self.args.pool_size
         );
         let _ = writeln!(
             w,

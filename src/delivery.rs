@@ -15,6 +15,8 @@
 
 #[cfg(test)]
 use crate::render::PROMPT_FILE;
+use std::collections::BTreeSet;
+
 use crate::render::{RenderedFile, HOME, WORKSPACE};
 
 /// Where a pooled worker's request env is unpacked (read, then deleted, by
@@ -119,8 +121,7 @@ pub fn env_fits(env: &[(String, String)]) -> bool {
 }
 
 fn tar_below_roots(files: &[RenderedFile]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
+    let mut dirs = BTreeSet::new();
     for f in files {
         let root = [WORKSPACE, HOME]
             .into_iter()
@@ -135,29 +136,38 @@ fn tar_below_roots(files: &[RenderedFile]) -> Vec<u8> {
             dirs.insert(acc.clone());
         }
     }
+    let files: Vec<(String, &RenderedFile)> = files
+        .iter()
+        .map(|f| (f.path.trim_start_matches('/').to_string(), f))
+        .collect();
+    worker_tar(&dirs, &files)
+}
+
+/// A tar archive of `dirs` (mode 0755) and `files` at their given relative
+/// paths, everything owned by the worker user (1000:1000).
+pub fn worker_tar(dirs: &BTreeSet<String>, files: &[(String, &RenderedFile)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    for d in &dirs {
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
         let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
+        h.set_entry_type(kind);
+        h.set_mode(mode);
         h.set_uid(1000);
         h.set_gid(1000);
-        h.set_size(0);
+        h.set_size(size);
         h.set_mtime(now);
+        h
+    };
+    for d in dirs {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0);
         let _ = builder.append_data(&mut h, format!("{d}/"), std::io::empty());
     }
-    for f in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(f.mode);
-        h.set_uid(1000);
-        h.set_gid(1000);
-        h.set_size(f.content.len() as u64);
-        h.set_mtime(now);
-        let _ = builder.append_data(&mut h, f.path.trim_start_matches('/'), f.content.as_bytes());
+    for (path, f) in files {
+        let mut h = header(tar::EntryType::Regular, f.mode, f.content.len() as u64);
+        let _ = builder.append_data(&mut h, path, f.content.as_bytes());
     }
     builder.into_inner().unwrap_or_default()
 }

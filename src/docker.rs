@@ -268,7 +268,6 @@ pub fn upload_groups(files: &[RenderedFile]) -> Vec<(String, Vec<RenderedFile>)>
 /// `root`, to be extracted at `root`.
 pub fn files_tar_at(root: &str, files: &[RenderedFile]) -> Vec<u8> {
     let root = root.trim_end_matches('/');
-    let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     let rel_of = |p: &str| -> String {
         p.strip_prefix(root)
@@ -288,31 +287,8 @@ pub fn files_tar_at(root: &str, files: &[RenderedFile]) -> Vec<u8> {
             dirs.insert(acc.clone());
         }
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    for d in &dirs {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_uid(1000);
-        h.set_gid(1000);
-        h.set_size(0);
-        h.set_mtime(now);
-        let _ = builder.append_data(&mut h, format!("{d}/"), std::io::empty());
-    }
-    for f in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(f.mode);
-        h.set_uid(1000);
-        h.set_gid(1000);
-        h.set_size(f.content.len() as u64);
-        h.set_mtime(now);
-        let _ = builder.append_data(&mut h, rel_of(&f.path), f.content.as_bytes());
-    }
-    builder.into_inner().unwrap_or_default()
+    let files: Vec<(String, &RenderedFile)> = files.iter().map(|f| (rel_of(&f.path), f)).collect();
+    crate::delivery::worker_tar(&dirs, &files)
 }
 
 /// The facts of a container that matter to the supervisor.
