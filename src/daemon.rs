@@ -863,18 +863,23 @@ impl Daemon {
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let api_key = crate::gateway::new_key();
         let net = self.worker_net(&spec.config, &api_key);
-        let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone());
-        if let Err(e) = crate::gateway::register_key(
-            &self.bus,
-            &api_key,
-            &record,
-            Duration::from_secs(spec.config.limits.timeout_sec),
-        )
-        .await
-        {
-            self.metrics.redis_errors.inc();
-            tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; the entry stays pending");
-            return;
+        // A worker without a route to the gateway gets no key to register
+        // (and revoke): two Redis round trips less on its way to start.
+        let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
+        if gateway_key.is_some() {
+            let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone());
+            if let Err(e) = crate::gateway::register_key(
+                &self.bus,
+                &api_key,
+                &record,
+                Duration::from_secs(spec.config.limits.timeout_sec),
+            )
+            .await
+            {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; the entry stays pending");
+                return;
+            }
         }
         let mut ctx = launch_context(
             &spec,
@@ -903,7 +908,7 @@ impl Daemon {
             received: Some(received),
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
-            api_key: Some(api_key.clone()),
+            api_key: gateway_key.clone(),
             output: Default::default(),
         };
         let created = match self.env.engine.create(&name, body.clone()).await {
@@ -956,28 +961,28 @@ impl Daemon {
                 return;
             }
         };
-        // The labelled container is now the record of the work.
-        self.ack(&entry.id).await;
         tracing::info!(image = %ctx.image, "worker created");
         let job = job(id.clone());
-        self.env
-            .sink
-            .event(
+        let mut files = spec.files.clone();
+        files.extend(spec.request_files.iter().cloned());
+        let start = async {
+            if let Some(extra) = &spec.config.network {
+                self.env.engine.connect_network(extra, &id).await?;
+            }
+            worker::start_container(&self.env.engine, &id, &files, ctx.delivery).await
+        };
+        // The labelled container is now the record of the work: the entry
+        // is acknowledged, and the event published, while it starts (the
+        // `started` event follows both).
+        let (_, _, started) = tokio::join!(
+            self.ack(&entry.id),
+            self.env.sink.event(
                 &rid,
                 EventType::ContainerCreated,
                 json!({"container": name, "image": ctx.image}),
-            )
-            .await;
-        let mut files = spec.files.clone();
-        files.extend(spec.request_files.iter().cloned());
-        let attached = match &spec.config.network {
-            Some(extra) => self.env.engine.connect_network(extra, &id).await,
-            None => Ok(()),
-        };
-        let started = match attached {
-            Ok(()) => worker::start_container(&self.env.engine, &id, &files, ctx.delivery).await,
-            Err(e) => Err(e),
-        };
+            ),
+            start
+        );
         let mut job = job;
         let started = started.map(|output| *job.output.get_mut().expect("output lock") = output);
         if let Err(e) = started {

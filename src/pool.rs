@@ -70,6 +70,12 @@ fn request_env(spec: &WorkerSpec, api_url: &str, api_key: &str) -> Vec<(String, 
     env
 }
 
+/// Whether a request claiming `c` now gets its whole `timeout_sec` before
+/// the container's TTL ends.
+fn serves_whole_timeout(c: &PooledContainer, timeout_sec: u64) -> bool {
+    c.deadline_unix >= unix_now() + timeout_sec
+}
+
 impl Daemon {
     /// The spec a pool of `preset` is built from (no request behind it).
     fn pool_spec(&self, preset: &str) -> Option<WorkerSpec> {
@@ -98,10 +104,10 @@ impl Daemon {
         let claimed = {
             let mut pools = self.pools.lock().expect("pools lock");
             let pool = pools.get_mut(&preset)?;
-            let i = pool
-                .ready
-                .iter()
-                .position(|c| c.config_hash == spec.config_hash)?;
+            let i = pool.ready.iter().position(|c| {
+                c.config_hash == spec.config_hash
+                    && serves_whole_timeout(c, spec.config.limits.timeout_sec)
+            })?;
             let c = pool.ready.swap_remove(i);
             self.metrics.pool_ready.dec();
             Some(c)
@@ -160,14 +166,20 @@ impl Daemon {
             .find(|v| v.name == "ORCHESTRATOR_USER_ID")
             .map(|v| v.value.clone());
         let record = crate::gateway::KeyRecord::for_spec(spec, user);
-        if let Err(e) = crate::gateway::register_key(
-            &self.bus,
-            &api_key,
-            &record,
-            std::time::Duration::from_secs(spec.config.limits.timeout_sec),
-        )
-        .await
-        {
+        let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
+        let registered = match &gateway_key {
+            Some(key) => {
+                crate::gateway::register_key(
+                    &self.bus,
+                    key,
+                    &record,
+                    std::time::Duration::from_secs(spec.config.limits.timeout_sec),
+                )
+                .await
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = registered {
             self.metrics.redis_errors.inc();
             tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; starting cold");
             self.return_pooled(container);
@@ -191,7 +203,7 @@ impl Daemon {
             received: Some(received),
             stop: CancellationToken::new(),
             stop_reason: Arc::new(Mutex::new(None)),
-            api_key: Some(api_key.clone()),
+            api_key: gateway_key.clone(),
             output: std::sync::Mutex::new(Some(container.output)),
         };
         if let Err(e) = Engine::deliver(container.stdin, &payload).await {
@@ -245,14 +257,19 @@ impl Daemon {
         {
             let mut pools = self.pools.lock().expect("pools lock");
             for (preset, pool) in pools.iter_mut() {
-                let (size, hash) = match wanted.get(preset) {
-                    Some((size, Some(spec))) => (*size as usize, Some(spec.config_hash.clone())),
-                    _ => (0, None),
+                let (size, hash, timeout) = match wanted.get(preset) {
+                    Some((size, Some(spec))) => (
+                        *size as usize,
+                        Some(spec.config_hash.clone()),
+                        spec.config.limits.timeout_sec,
+                    ),
+                    _ => (0, None, 0),
                 };
-                let (keep, drop): (Vec<_>, Vec<_>) = pool
-                    .ready
-                    .drain(..)
-                    .partition(|c| Some(&c.config_hash) == hash.as_ref());
+                // A container too close to the end of its TTL to give a
+                // request its whole timeout is renewed too.
+                let (keep, drop): (Vec<_>, Vec<_>) = pool.ready.drain(..).partition(|c| {
+                    Some(&c.config_hash) == hash.as_ref() && serves_whole_timeout(c, timeout)
+                });
                 stale.extend(drop);
                 let mut keep = keep;
                 while keep.len() > size {

@@ -276,3 +276,42 @@ async fn a_pooled_request_whose_run_died_with_its_instance_is_answered_interrupt
     );
     cleanup_containers(&d.prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_container_near_the_end_of_its_ttl_is_renewed_and_never_cuts_a_request_short() {
+    let mut preset = pooled_preset(1);
+    // The container's TTL leaves a whole timeout for only two seconds.
+    preset["limits"]["timeout_sec"] = json!(5);
+    preset["limits"]["ttl_sec"] = json!(7);
+    let presets = presets_dir_with(&[("pooled_v1", preset)]);
+    let d = Daemon::start(
+        DaemonOpts::new("pool-ttl")
+            .presets_dir(presets.path())
+            .max_concurrent(8),
+    );
+    let first = wait_pool(&d.prefix, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Too old for a 5 s task: the request does not claim it (it starts cold
+    // or in a renewed container) and gets its whole timeout.
+    let rid = unique_request_id("pooled-ttl");
+    publish_spawn(
+        &d.prefix,
+        &spawn_request(&rid, "pooled_v1", "sleep 3; echo slept"),
+    )
+    .await;
+    let r = wait_result(&d.prefix, &rid, TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_ne!(r["worker"]["container"], first[0].as_str(), "{r}");
+    // The maintenance pass (every 5 s) renews the pool.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = pool_containers(&d.prefix).await;
+        if now.len() == 1 && now[0] != first[0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool not renewed: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!container_exists(&first[0]).await);
+    cleanup_containers(&d.prefix).await;
+}
