@@ -588,7 +588,15 @@ pub async fn run(
     let mut files = spec.files.clone();
     files.extend(spec.request_files.iter().cloned());
     let mut job = job;
-    match worker::start_container(&engine, &id, &files, ctx.delivery).await {
+    match worker::start_container(
+        &engine,
+        &id,
+        &files,
+        &crate::docker::withheld_env(&spec, &ctx),
+        ctx.delivery,
+    )
+    .await
+    {
         Ok(output) => *job.output.get_mut().expect("output lock") = output,
         Err(e) => {
             eprintln!("workers-spawner: {e}");

@@ -965,11 +965,12 @@ impl Daemon {
         let job = job(id.clone());
         let mut files = spec.files.clone();
         files.extend(spec.request_files.iter().cloned());
+        let withheld = crate::docker::withheld_env(&spec, &ctx);
         let start = async {
             if let Some(extra) = &spec.config.network {
                 self.env.engine.connect_network(extra, &id).await?;
             }
-            worker::start_container(&self.env.engine, &id, &files, ctx.delivery).await
+            worker::start_container(&self.env.engine, &id, &files, &withheld, ctx.delivery).await
         };
         // The labelled container is now the record of the work: the entry
         // is acknowledged, and the event published, while it starts (the

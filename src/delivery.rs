@@ -37,16 +37,17 @@ pub const PAYLOAD_HEADER: &[u8] = b"ws1\n";
 /// The argv element standing for the prompt in a pooled worker's command.
 pub const PROMPT_MARKER: &str = "{prompt}";
 
-/// The shim. `$1` is the mode: `run` execs the rest of the argv as it is;
-/// `pool` first exports the request env from [`ENV_FILE`] and puts the
-/// prompt (the content of the prompt file) in place of the argv element
-/// equal to [`PROMPT_MARKER`].
+/// The shim. It first exports the env delivered in [`ENV_FILE`] (secrets,
+/// and a pooled worker's request env), which it deletes. `$1` is the mode:
+/// `run` execs the rest of the argv as it is; `pool` first puts the prompt
+/// (the content of the prompt file) in place of the argv element equal to
+/// [`PROMPT_MARKER`].
 pub const SHIM: &str = r#"IFS= read -r h || { echo "workers-spawner: no files were delivered (the daemon stopped before delivering them)" >&2; exit 71; }
 [ "$h" = ws1 ] || { echo "workers-spawner: unknown delivery format" >&2; exit 70; }
 tar -x -o -f - -C / || { echo "workers-spawner: the worker's files could not be unpacked from stdin (the image needs sh and tar, and /workspace and /home/worker writable by uid 1000)" >&2; exit 70; }
+if [ -f "$0" ]; then while IFS= read -r kv; do export "$kv"; done < "$0"; rm -f "$0"; fi
 m=$1; shift
 if [ "$m" = pool ]; then
-  if [ -f "$0" ]; then while IFS= read -r kv; do export "$kv"; done < "$0"; rm -f "$0"; fi
   p=$(cat "$ORCHESTRATOR_PROMPT_FILE"; echo x); p=${p%x}
   for a do shift; if [ "$a" = "{prompt}" ]; then set -- "$@" "$p"; else set -- "$@" "$a"; fi; done
 fi

@@ -166,13 +166,36 @@ pub enum FileDelivery {
 /// rendered files go under them.
 pub const WRITABLE_ROOTS: [&str; 2] = [crate::render::WORKSPACE, crate::render::HOME];
 
+/// The secret env vars of `spec` that reach the container through the
+/// delivery shim's env file instead of its config, so that `docker inspect`
+/// never shows them: all of them with stdin delivery (unless one holds a
+/// newline, which the env file cannot carry; then none), else none.
+pub fn withheld_env(spec: &WorkerSpec, ctx: &LaunchContext) -> Vec<(String, String)> {
+    if ctx.delivery == FileDelivery::Archive {
+        return Vec::new();
+    }
+    let secrets: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter(|v| v.secret)
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect();
+    if crate::delivery::env_fits(&secrets) {
+        secrets
+    } else {
+        Vec::new()
+    }
+}
+
 /// The create body for `spec` under `ctx`, with the hardened defaults.
 pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBody {
     let limits = &spec.config.limits;
     let memory = limits.memory_bytes().unwrap_or(512 << 20) as i64;
+    let withheld = withheld_env(spec, ctx);
     let mut env: Vec<String> = spec
         .env
         .iter()
+        .filter(|v| !withheld.iter().any(|(k, _)| k == &v.name))
         .map(|v| format!("{}={}", v.name, v.value))
         .collect();
     env.extend(ctx.extra_env.iter().map(|(k, v)| format!("{k}={v}")));

@@ -60,7 +60,8 @@ fn request_env(spec: &WorkerSpec, api_url: &str, api_key: &str) -> Vec<(String, 
     let mut env: Vec<(String, String)> = spec
         .env
         .iter()
-        .filter(|v| v.name.starts_with("ORCHESTRATOR_"))
+        // Secrets too: the pool container's config never holds them.
+        .filter(|v| v.name.starts_with("ORCHESTRATOR_") || v.secret)
         .map(|v| (v.name.clone(), v.value.clone()))
         .collect();
     if !api_url.is_empty() {

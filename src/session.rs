@@ -376,7 +376,7 @@ impl Daemon {
             }
         }
         if let Err(e) =
-            worker::start_container(&self.env.engine, &id, &spec.files, ctx.delivery).await
+            worker::start_container(&self.env.engine, &id, &spec.files, &[], ctx.delivery).await
         {
             let _ = self.env.engine.remove(&id).await;
             return Err(Some(ErrorInfo {

@@ -151,6 +151,7 @@ pub async fn start_container(
     engine: &Engine,
     id: &str,
     files: &[RenderedFile],
+    env: &[(String, String)],
     delivery: FileDelivery,
 ) -> Result<Option<crate::docker::ExecOutput>, EngineError> {
     match delivery {
@@ -163,8 +164,8 @@ pub async fn start_container(
             // Attached before the start, as `docker run -i` does: the shim's
             // stdin is ours from its first read, and no line of output is
             // missed (nor read back from the log file later).
-            let payload =
-                crate::delivery::payload(files, &[]).expect("a payload without env always builds");
+            let payload = crate::delivery::payload(files, env)
+                .map_err(|e| EngineError::Stdin(std::io::Error::other(e.to_string())))?;
             let (stdin, output) = engine.attach(id).await?;
             engine.start(id).await?;
             Engine::deliver(stdin, &payload).await?;

@@ -739,3 +739,39 @@ async fn a_preset_may_deliver_files_through_the_archive_api_for_images_without_a
     }
     cleanup_containers(&d.prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_from_the_daemon_env_reaches_the_worker_but_not_its_container_config() {
+    let secret = format!("s3cr3t-{}-inspect", random_suffix());
+    let d = Daemon::start(DaemonOpts::new("secret-inspect").env("WS_TEST_SECRET", &secret));
+    let rid = unique_request_id("secret-inspect");
+    let prompt = "test -n \"$SECRET_TOKEN\" && echo has-secret; sleep 3";
+    publish_spawn(&d.prefix, &spawn_request(&rid, "shell_v1", prompt)).await;
+    let events = wait_event(&d.prefix, &rid, "started", Duration::from_secs(30)).await;
+    let name = events
+        .iter()
+        .find(|e| e["type"] == "started")
+        .and_then(|e| e["data"]["container"].as_str())
+        .unwrap()
+        .to_string();
+    let c = docker()
+        .await
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let inspected = serde_json::to_string(&c).unwrap();
+    assert!(
+        !inspected.contains(&secret),
+        "docker inspect shows the secret"
+    );
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(
+        r["output"].as_str().unwrap().contains("has-secret"),
+        "{r:#}"
+    );
+    cleanup_containers(&d.prefix).await;
+}
