@@ -257,6 +257,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shim_uses_the_exit_codes_and_marker_the_daemon_knows() {
+        assert!(SHIM.contains(&format!("exit {SHIM_FAILED};")));
+        assert!(SHIM.contains(&format!("exit {SHIM_UNDELIVERED};")));
+        assert!(SHIM.contains(&format!("\"{PROMPT_MARKER}\"")));
+        assert!(SHIM.contains(&format!(
+            "[ \"$h\" = {} ]",
+            std::str::from_utf8(PAYLOAD_HEADER).unwrap().trim_end()
+        )));
+    }
+
+    #[test]
     fn the_shim_command_keeps_the_argv_as_separate_elements() {
         let argv = vec!["echo".to_string(), "a b; $(rm -rf /)".to_string()];
         let cmd = shim_command(&argv, ShimMode::Run);
