@@ -1550,8 +1550,8 @@ impl Report<'_> {
                     w,
                     "Where the spawner's time goes (means of the result's `timings`): \
                      queue {q:.1} ms (XADD to XREADGROUP), start {st:.1} ms (reception to \
-                     container started: checks, render, create, upload, start), run {run:.1} ms \
-                     (started to result: wait, output drain, inspect, log tail), rest \
+                     container started: checks, render, create, attach, start, files on stdin), run {run:.1} ms \
+                     (started to result: wait, output drain, inspect), rest \
                      {:.1} ms (result publish and read, clock granularity); end to end \
                      {e2e:.1} ms. The container's removal comes after the result and is not \
                      in the spawner's figure.\n",
