@@ -320,6 +320,50 @@ impl Method {
     }
 }
 
+/// Follows `stream` from its current end on a connection of its own (one
+/// XREAD BLOCK loop, no polling), handing each entry's JSON and the instant
+/// it was read to `on_entry`, until the task is aborted.
+async fn follow_stream(
+    bus: &Bus,
+    stream: String,
+    mut on_entry: impl FnMut(Instant, Value) + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut last = bus.tail_id(&stream).await?;
+    let block = Duration::from_secs(1);
+    let mut conn = bus.blocking_connection(block).await?;
+    let b = bus.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let read = b
+                .read_after(&mut conn, &[stream.as_str()], &[last.clone()], block)
+                .await;
+            let batches = match read {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("bench: reading {stream} failed: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok(c) = b.blocking_connection(block).await {
+                        conn = c;
+                    }
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for (_, entries) in batches {
+                for e in entries {
+                    last = e.id.clone();
+                    if let Some(v) = e
+                        .data
+                        .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                    {
+                        on_entry(now, v);
+                    }
+                }
+            }
+        }
+    }))
+}
+
 /// Requests waiting for their result: the result and the instant it was read.
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<(Instant, Value)>>>>;
 
@@ -335,44 +379,14 @@ impl ResultWatcher {
     async fn start(bus: Bus) -> anyhow::Result<ResultWatcher> {
         let waiters: Waiters = Arc::default();
         let stream = bus.names.result.clone();
-        let mut last = bus.tail_id(&stream).await?;
-        let block = Duration::from_secs(1);
-        let mut conn = bus.blocking_connection(block).await?;
-        let (b, w) = (bus.clone(), waiters.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let read = b
-                    .read_after(&mut conn, &[stream.as_str()], &[last.clone()], block)
-                    .await;
-                let batches = match read {
-                    Ok(x) => x,
-                    Err(e) => {
-                        eprintln!("bench: reading results failed: {e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        if let Ok(c) = b.blocking_connection(block).await {
-                            conn = c;
-                        }
-                        continue;
-                    }
-                };
-                let now = Instant::now();
-                for (_, entries) in batches {
-                    for e in entries {
-                        last = e.id.clone();
-                        let Some(v) = e
-                            .data
-                            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-                        else {
-                            continue;
-                        };
-                        let rid = v["request_id"].as_str().unwrap_or_default().to_string();
-                        if let Some(tx) = w.lock().expect("waiters").remove(&rid) {
-                            let _ = tx.send((now, v));
-                        }
-                    }
-                }
+        let w = waiters.clone();
+        let task = follow_stream(&bus, stream, move |now, v| {
+            let rid = v["request_id"].as_str().unwrap_or_default().to_string();
+            if let Some(tx) = w.lock().expect("waiters").remove(&rid) {
+                let _ = tx.send((now, v));
             }
-        });
+        })
+        .await?;
         Ok(ResultWatcher { bus, waiters, task })
     }
 
@@ -1107,45 +1121,19 @@ async fn pool(ctx: &Ctx, cfg: &Config) -> anyhow::Result<PoolRun> {
     let bus = ctx.watcher.bus.clone();
     let events = bus.names.events.clone();
     let times: EventTimes = Arc::default();
-    let mut last = bus.tail_id(&events).await?;
-    let block = Duration::from_millis(500);
-    let mut conn = bus.blocking_connection(block).await?;
-    let (b, t) = (bus.clone(), times.clone());
-    let reader = tokio::spawn(async move {
-        loop {
-            let read = b
-                .read_after(&mut conn, &[events.as_str()], &[last.clone()], block)
-                .await;
-            let Ok(batches) = read else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(c) = b.blocking_connection(block).await {
-                    conn = c;
-                }
-                continue;
-            };
-            let now = Instant::now();
-            for (_, entries) in batches {
-                for e in entries {
-                    last = e.id.clone();
-                    let Some(v) = e
-                        .data
-                        .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-                    else {
-                        continue;
-                    };
-                    let k = match v["type"].as_str() {
-                        Some("started") => 0,
-                        Some("output") => 1,
-                        _ => continue,
-                    };
-                    let rid = v["request_id"].as_str().unwrap_or_default();
-                    if let Some(slot) = t.lock().expect("times").get_mut(rid) {
-                        slot[k].get_or_insert(now);
-                    }
-                }
-            }
+    let t = times.clone();
+    let reader = follow_stream(&bus, events, move |now, v| {
+        let k = match v["type"].as_str() {
+            Some("started") => 0,
+            Some("output") => 1,
+            _ => return,
+        };
+        let rid = v["request_id"].as_str().unwrap_or_default();
+        if let Some(slot) = t.lock().expect("times").get_mut(rid) {
+            slot[k].get_or_insert(now);
         }
-    });
+    })
+    .await?;
     let size = ctx.args.pool_size;
     let mut run = PoolRun {
         size,
