@@ -687,18 +687,6 @@ impl Daemon {
         .await;
     }
 
-    /// Removes the container `name` if it is ours, was never started and
-    /// may be adopted; returns whether it did.
-    async fn removed_unstarted(&self, name: &str) -> bool {
-        match self.env.engine.inspect(name).await {
-            Ok(f) if self.is_ours(&f) && !f.started && !f.running && self.may_adopt(&f).await => {
-                tracing::info!(container = %f.name, "removing a container that never started; spawning again");
-                self.env.engine.remove(&f.id).await.is_ok()
-            }
-            _ => false,
-        }
-    }
-
     /// Answers a request whose container name is held by a container this
     /// daemon does not manage (which it never touches).
     async fn answer_name_conflict(&self, entry_id: &str, rid: &str, name: &str) {
@@ -911,15 +899,7 @@ impl Daemon {
             api_key: gateway_key.clone(),
             output: Default::default(),
         };
-        let created = match self.env.engine.create(&name, body.clone()).await {
-            // A container that never started (its daemon died between
-            // create and start) gives way: nothing ran in it.
-            Err(EngineError::Conflict(_)) if self.removed_unstarted(&name).await => {
-                self.env.engine.create(&name, body).await
-            }
-            other => other,
-        };
-        let id = match created {
+        let id = match self.env.engine.create(&name, body).await {
             Ok(id) => id,
             Err(EngineError::Conflict(_)) => {
                 // Another delivery of this request won the race: its handler
@@ -1154,7 +1134,9 @@ impl Daemon {
             };
             if let Some(mut entry) = entry {
                 self.running.lock().expect("running lock").remove(&rid);
-                if undelivered && self.env.engine.remove(&facts.id).await.is_err() {
+                // The container gives way here, so the entry's next handling
+                // creates afresh (a first delivery goes straight to create).
+                if self.env.engine.remove(&facts.id).await.is_err() {
                     // Docker trouble: a later adoption pass tries again.
                     return;
                 }

@@ -88,7 +88,8 @@ pub struct Job {
     /// The worker's gateway key, revoked when it ends.
     pub api_key: Option<String>,
     /// The container's output, attached before its start; `None` follows
-    /// its logs instead (adopted containers, archive delivery).
+    /// its logs instead (adopted containers, archive delivery). In a mutex
+    /// only so that `&Job` is `Sync` across the supervisor's awaits.
     pub output: std::sync::Mutex<Option<crate::docker::ExecOutput>>,
 }
 

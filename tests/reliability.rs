@@ -683,3 +683,61 @@ async fn sigterm_exits_promptly_leaves_the_worker_and_the_next_start_adopts_it()
     assert_no_containers(&prefix).await;
     eprintln!("FIGURES sigterm: exit 0 after {took:?}; worker adopted and succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_its_dead_daemon_created_but_never_started_is_replaced_and_its_request_runs_once(
+) {
+    let prefix = unique_prefix("unstarted");
+    let engine = EngineEvents::watch(&prefix).await;
+    let rid = format!("unstarted-{}", random_suffix());
+    let entry_id = publish_spawn(&prefix, &shell_request(&rid, "echo ran-once")).await;
+    // What a daemon that died between create and start leaves behind.
+    let mut labels = HashMap::new();
+    for (k, v) in [
+        ("io.workers-spawner.managed", "true"),
+        ("io.workers-spawner.stream-prefix", prefix.as_str()),
+        (REQUEST_ID_LABEL, rid.as_str()),
+        ("io.workers-spawner.preset", "shell_v1"),
+        ("io.workers-spawner.instance", "a-dead-instance"),
+        ("io.workers-spawner.deadline", "4000000000"),
+        ("io.workers-spawner.kind", "oneshot"),
+        ("io.workers-spawner.entry-id", entry_id.as_str()),
+    ] {
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let name = workers_spawner::docker::request_container_name(&prefix, &rid);
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(test_image()),
+        cmd: Some(vec!["echo".into(), "never-runs".into()]),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let opts = bollard::query_parameters::CreateContainerOptions {
+        name: Some(name.clone()),
+        ..Default::default()
+    };
+    let left = docker()
+        .await
+        .create_container(Some(opts), body)
+        .await
+        .unwrap()
+        .id;
+    let d = Daemon::start(DaemonOpts::new("unstarted").prefix(&prefix));
+    let r = wait_result(&d.prefix, &rid, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(r["output"].as_str().unwrap().contains("ran-once"), "{r:#}");
+    assert_one_result_each(&prefix, std::slice::from_ref(&rid)).await;
+    assert!(
+        docker()
+            .await
+            .inspect_container(
+                &left,
+                None::<bollard::query_parameters::InspectContainerOptions>
+            )
+            .await
+            .is_err(),
+        "the unstarted container was replaced"
+    );
+    assert_eq!(engine.runs().get(&rid).copied(), Some(1), "ran once");
+    cleanup_containers(&prefix).await;
+}
