@@ -49,6 +49,7 @@ enum Scenario {
     Live,
     Output,
     Pool,
+    Fresh,
     All,
 }
 
@@ -120,6 +121,19 @@ struct Args {
     /// Preset running `sh -c {prompt}`.
     #[arg(long, default_value = "bench_shell_v1")]
     shell_preset: String,
+    /// Preset like `--preset` on `--fresh-image`, which the driver re-makes
+    /// (a new image id) before each round of the fresh-image scenario.
+    #[arg(long, default_value = "bench_fresh_v1")]
+    fresh_preset: String,
+    /// The image name `--fresh-preset` runs.
+    #[arg(long, default_value = "ws-bench-fresh:latest")]
+    fresh_image: String,
+    /// The unprepared image each fresh image is made from.
+    #[arg(long, default_value = "ws-test-stock:latest")]
+    fresh_from: String,
+    /// Rounds of the fresh-image scenario (default 5; smoke 1).
+    #[arg(long)]
+    fresh_rounds: Option<usize>,
     /// The daemon's internal network, for the informative bridge floor.
     #[arg(long, default_value = "ws-workers-internal")]
     worker_network: String,
@@ -135,6 +149,7 @@ struct Config {
     live: usize,
     idle: Duration,
     lines: u64,
+    fresh_rounds: usize,
 }
 
 impl Args {
@@ -155,6 +170,7 @@ impl Args {
             lines: self
                 .output_lines
                 .unwrap_or(if s { 10_000 } else { 100_000 }),
+            fresh_rounds: self.fresh_rounds.unwrap_or(if s { 1 } else { 5 }),
         }
     }
 }
@@ -1203,6 +1219,154 @@ async fn pool(ctx: &Ctx, cfg: &Config) -> anyhow::Result<PoolRun> {
     Ok(run)
 }
 
+// ---------------------------------------------------------------- fresh image
+
+/// Requests on an image the daemon has never seen: per round a new image id
+/// under the same name (a commit of `--fresh-from`), then its first request
+/// (which prepares the image), then later ones, alternating with requests
+/// on the project's test image. Milliseconds XADD → result.
+struct FreshRun {
+    first: Vec<f64>,
+    later: Vec<f64>,
+    project: Vec<f64>,
+    failures: Vec<String>,
+}
+
+async fn fresh_image(ctx: &Ctx, cfg: &Config) -> anyhow::Result<FreshRun> {
+    let args = &ctx.args;
+    let mut run = FreshRun {
+        first: Vec::new(),
+        later: Vec::new(),
+        project: Vec::new(),
+        failures: Vec::new(),
+    };
+    let later_n = if args.smoke { 3 } else { 10 };
+    eprintln!(
+        "bench: fresh image: {} round(s) of {} on a new {} (from {}), {later_n} later requests each",
+        cfg.fresh_rounds, args.fresh_preset, args.fresh_image, args.fresh_from
+    );
+    let (repo, tag) = args
+        .fresh_image
+        .split_once(':')
+        .unwrap_or((args.fresh_image.as_str(), "latest"));
+    let one = |rid: String, preset: String| async move {
+        match ctx
+            .watcher
+            .request(&rid, &preset, "ok", Duration::from_secs(120), ctx.daemon)
+            .await
+        {
+            Ok((ms, v)) if v["status"] == "succeeded" => Ok(ms),
+            Ok((_, v)) => Err(format!("{rid}: result {v}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    };
+    for round in 0..cfg.fresh_rounds {
+        if round > 0 {
+            // The daemon looks at a name again once its answer is older
+            // than this: only then does it see the new image id.
+            tokio::time::sleep(workers_spawner::images::RECHECK + Duration::from_secs(1)).await;
+        }
+        // A new image id: a commit of a container (never started) with a label of its own.
+        let name = ctx.next_id("fresh-src");
+        let mut labels = HashMap::new();
+        labels.insert("io.workers-spawner.bench-fresh".to_string(), name.clone());
+        let body = ContainerCreateBody {
+            image: Some(args.fresh_from.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let c = ctx
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await?;
+        let committed = ctx
+            .docker
+            .commit_container(
+                bollard::query_parameters::CommitContainerOptions {
+                    container: Some(c.id.clone()),
+                    repo: Some(repo.to_string()),
+                    tag: Some(tag.to_string()),
+                    ..Default::default()
+                },
+                bollard::models::ContainerConfig::default(),
+            )
+            .await;
+        let _ = ctx
+            .docker
+            .remove_container(
+                &c.id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        committed?;
+        match one(ctx.next_id("fresh-first"), args.fresh_preset.clone()).await {
+            Ok(ms) => run.first.push(ms),
+            Err(e) => run.failures.push(e),
+        }
+        for _ in 0..later_n {
+            match one(ctx.next_id("fresh-later"), args.fresh_preset.clone()).await {
+                Ok(ms) => run.later.push(ms),
+                Err(e) => run.failures.push(e),
+            }
+            match one(ctx.next_id("fresh-project"), args.preset.clone()).await {
+                Ok(ms) => run.project.push(ms),
+                Err(e) => run.failures.push(e),
+            }
+        }
+    }
+    remove_fresh_images(&ctx.docker, &args.fresh_image).await;
+    Ok(run)
+}
+
+/// Removes the fresh images and the images the daemon prepared from them.
+async fn remove_fresh_images(docker: &Docker, fresh: &str) {
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![format!("io.workers-spawner.derived-from={fresh}")],
+    );
+    let prepared = docker
+        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec!["io.workers-spawner.bench-fresh".to_string()],
+    );
+    let sources = docker
+        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    for img in prepared.iter().chain(sources.iter()) {
+        let _ = docker
+            .remove_image(
+                &img.id,
+                Some(bollard::query_parameters::RemoveImageOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await;
+    }
+}
+
 // ---------------------------------------------------------------- report
 
 fn machine() -> Vec<(String, String)> {
@@ -1261,6 +1425,7 @@ struct Report<'a> {
     live: Option<Live>,
     outputs: Vec<Output>,
     pool: Option<PoolRun>,
+    fresh: Option<FreshRun>,
     failures: Vec<String>,
 }
 
@@ -1319,6 +1484,7 @@ impl Report<'_> {
         self.live_table(w);
         self.output_table(w);
         self.pool_table(w);
+        self.fresh_table(w);
         self.method_notes(w);
         o
     }
@@ -1429,6 +1595,65 @@ impl Report<'_> {
             );
         }
         let _ = writeln!(w);
+    }
+
+    fn fresh_table(&self, w: &mut String) {
+        let Some(f) = &self.fresh else { return };
+        let med = |v: &[f64]| {
+            let mut x = v.to_vec();
+            x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+            if x.is_empty() {
+                f64::NAN
+            } else {
+                percentile(&x, 50.0)
+            }
+        };
+        let _ = writeln!(w, "## A new image\n");
+        let _ = writeln!(
+            w,
+            "Preset `{}` runs `{}`, which the driver re-makes before each of {} round(s) \
+             (a commit of `{}`, an image the project did not prepare: no `/workspace`, no \
+             `/home/worker`, no user 1000), so its first request finds an image the daemon \
+             has never seen and prepares it (the shim, the folders, a user: one container \
+             create, three archive reads, one archive write, one commit). Later requests on \
+             it alternate with requests of `{}` on the project's test image. One request at \
+             a time, XADD → result read.\n",
+            self.args.fresh_preset,
+            self.args.fresh_image,
+            f.first.len(),
+            self.args.fresh_from,
+            self.args.preset
+        );
+        let _ = writeln!(w, "| requests | n | p50 ms | min ms | max ms |");
+        let _ = writeln!(w, "|---|---|---|---|---|");
+        for (what, v) in [
+            ("first request on a new image (prepares it)", &f.first),
+            ("later requests on that image", &f.later),
+            (
+                "requests on the project's test image (same run)",
+                &f.project,
+            ),
+        ] {
+            let mut x = v.clone();
+            x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+            let _ = writeln!(
+                w,
+                "| {what} | {} | {:.1} | {:.1} | {:.1} |",
+                x.len(),
+                med(&x),
+                x.first().copied().unwrap_or(f64::NAN),
+                x.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nThe first request pays {:.0} ms once; later requests cost {:.1} ms against {:.1} ms \
+             on the project's image ({:+.1} ms).\n",
+            med(&f.first) - med(&f.later),
+            med(&f.later),
+            med(&f.project),
+            med(&f.later) - med(&f.project)
+        );
     }
 
     fn pool_table(&self, w: &mut String) {
@@ -1859,6 +2084,23 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let fresh_r = if want(Scenario::Fresh) && !dead() {
+        match fresh_image(&ctx, &cfg).await {
+            Ok(r) => {
+                failures.extend(r.failures.iter().map(|f| format!("fresh image: {f}")));
+                if r.first.is_empty() {
+                    failures.push("fresh image: no first request succeeded".into());
+                }
+                Some(r)
+            }
+            Err(e) => {
+                failures.push(format!("fresh image: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     for p in [daemon, args.bounded_daemon_pid.map(Proc::new)]
         .into_iter()
         .flatten()
@@ -1880,6 +2122,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         live: live_r,
         outputs,
         pool: pool_r,
+        fresh: fresh_r,
         failures: failures.clone(),
     };
     let analysis = args

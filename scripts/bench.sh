@@ -100,6 +100,17 @@ cat > "$work/presets/bench_pool_v1.json" <<EOF
   "pool": { "size": 4 }
 }
 EOF
+cat > "$work/presets/bench_fresh_v1.json" <<EOF
+{
+  "id": "bench_fresh_v1",
+  "name": "Benchmark: echo the prompt on an image made anew each round",
+  "image": "ws-bench-fresh:latest",
+  "agent": { "type": "claude-code", "command": ["sh", "-c", "echo \$0", "{prompt}"] },
+  "allowed_tools": [],
+  "has_internet": false,
+  "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
+}
+EOF
 cat > "$work/presets/bench_shell_v1.json" <<EOF
 {
   "id": "bench_shell_v1",

@@ -8,7 +8,8 @@
 # It:
 #   * installs redis-server, busybox-static and debootstrap via apt if missing;
 #   * builds the test image ws-test-busybox:latest from images/test-busybox
-#     (skipped when an image with the same inputs hash label exists);
+#     (skipped when an image with the same inputs hash label exists), and the
+#     unprepared images ws-test-stock, ws-test-noshell and ws-test-node;
 #   * starts a private redis-server on a free 127.0.0.1 port (AOF on, no RDB);
 #   * exports WS_TEST_REDIS_URL, WS_TEST_REDIS_PORT, WS_TEST_REDIS_DIR,
 #     WS_TEST_REDIS_PIDFILE, WS_TEST_IMAGE.
@@ -33,6 +34,11 @@ _ws_install_deps() {
         || missing+=(redis-server)
     { _ws_pkg_installed busybox-static && [ -x /bin/busybox ]; } || missing+=(busybox-static)
     command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+    # gcc -static for the shell-less test image; a static libc also for the
+    # daemon's build script, which links its delivery shim statically.
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] \
+        || _ws_pkg_installed libc6-dev || missing+=(libc6-dev)
     [ ${#missing[@]} -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
         _ws_log "missing ${missing[*]} and no apt-get to install them"
@@ -87,6 +93,47 @@ _ws_build_test_image() {
         return 1
     fi
     _ws_log "built $WS_TEST_IMAGE in $((SECONDS - start))s"
+}
+
+# Images the project did NOT prepare (no /workspace, no /home/worker, no
+# user 1000, no shell...): the daemon must run workers on them unchanged.
+#   ws-test-stock:latest    busybox applets in /bin and a /tmp, nothing else
+#   ws-test-noshell:latest  FROM scratch, one static binary (images/test-noshell/agent.c)
+#   ws-test-node:latest     uid 1000 is "node" with /home/node; ships a root-owned /workspace
+_ws_build_unprepared_image() {
+    local name="$1" src="$WS_TEST_REPO_ROOT/images/$2" hash have ctx rc out
+    ctx="$(mktemp -d "${TMPDIR:-/tmp}/ws-$2.XXXXXX")" || return 1
+    cp -r "$src/." "$ctx/" || { rm -rf "$ctx"; return 1; }
+    if [ -f "$ctx/agent.c" ]; then
+        gcc -static -O2 -o "$ctx/ws-agent" "$ctx/agent.c" || { rm -rf "$ctx"; return 1; }
+        rm -f "$ctx/agent.c"
+    else
+        cp /bin/busybox "$ctx/busybox" && chmod 0755 "$ctx/busybox" || { rm -rf "$ctx"; return 1; }
+    fi
+    hash="$( (cd "$ctx" && find . -type f | LC_ALL=C sort | xargs sha256sum; sha256sum < "$src/Dockerfile") \
+        | sha256sum | cut -c1-32)"
+    [ -f "$src/agent.c" ] && hash="$(printf '%s' "$hash" | cat - "$src/agent.c" | sha256sum | cut -c1-32)"
+    have="$(docker image inspect -f '{{ index .Config.Labels "io.workers-spawner.inputs-hash" }}' \
+        "$name" 2>/dev/null || true)"
+    if [ "$have" = "$hash" ]; then
+        rm -rf "$ctx"
+        return 0
+    fi
+    _ws_log "building $name ($hash)"
+    out="$(docker build --label "io.workers-spawner.inputs-hash=$hash" -t "$name" "$ctx" 2>&1)"
+    rc=$?
+    rm -rf "$ctx"
+    if [ $rc -ne 0 ]; then
+        echo "$out" >&2
+        _ws_log "docker build of $name failed"
+        return 1
+    fi
+}
+
+_ws_build_unprepared_images() {
+    _ws_build_unprepared_image ws-test-stock:latest test-stock || return 1
+    _ws_build_unprepared_image ws-test-noshell:latest test-noshell || return 1
+    _ws_build_unprepared_image ws-test-node:latest test-node || return 1
 }
 
 _ws_free_port() {
@@ -172,6 +219,7 @@ _ws_test_env_up() {
         return 1
     fi
     _ws_build_test_image || return 1
+    _ws_build_unprepared_images || return 1
     _ws_start_redis || { _ws_log "could not start redis-server"; return 1; }
 }
 

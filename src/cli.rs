@@ -559,7 +559,18 @@ pub async fn run(
     };
     let name = request_container_name(&settings.stream_prefix, &rid);
     let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
-    let ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None, None);
+    let mut ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None, None);
+    let images = crate::images::ImageBuilder::new(engine.clone(), env.metrics.clone());
+    ctx.image = match images
+        .image_for(&spec.config, |line| eprintln!("{line}"))
+        .await
+    {
+        Ok(image) => image,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
     let id = match engine.create(&name, create_body(&spec, &ctx)).await {
         Ok(id) => id,
         Err(e) => {

@@ -807,7 +807,7 @@ impl Daemon {
         });
         let built = self
             .images
-            .image_for(&spec.config, |line| {
+            .worker_image(&spec.config, |line| {
                 let _ = tx.send(line);
             })
             .await;
@@ -817,26 +817,11 @@ impl Daemon {
             Ok(image) => image,
             Err(e) => {
                 self.metrics.docker_errors.inc();
-                let (code, field) = match &e {
-                    crate::images::BuildError::BaseMissing(_) => {
-                        ("image_not_found", Some("image".to_string()))
-                    }
-                    crate::images::BuildError::Failed { .. } => {
-                        ("image_build_failed", Some("system_packages".to_string()))
-                    }
-                    crate::images::BuildError::Engine(_) => ("docker_error", None),
-                };
-                if let crate::images::BuildError::Engine(e) = &e {
-                    if e.is_transient() {
-                        tracing::warn!(request_id = %rid, error = %e, "docker unavailable; the entry stays pending");
-                        return;
-                    }
+                if e.is_transient() {
+                    tracing::warn!(request_id = %rid, error = %e, "docker unavailable; the entry stays pending");
+                    return;
                 }
-                let info = ErrorInfo {
-                    code: code.into(),
-                    field,
-                    message: e.to_string(),
-                };
+                let info = e.info();
                 self.answer(
                     &entry.id,
                     ResultRecord {
@@ -877,8 +862,26 @@ impl Daemon {
             Some(&entry.id),
             Some(&net),
         );
-        ctx.image = image;
-        let body = create_body(&spec, &ctx);
+        ctx.image = image.run;
+        let shown_image = image.named;
+        let mut created = self
+            .env
+            .engine
+            .create(&name, create_body(&spec, &ctx))
+            .await;
+        if matches!(created, Err(EngineError::ImageNotFound(_))) {
+            // The prepared image went away since it was last checked
+            // (removed by hand): prepare it again, once.
+            self.images.forget(&ctx.image);
+            if let Ok(image) = self.images.image_for(&spec.config, |_| {}).await {
+                ctx.image = image;
+                created = self
+                    .env
+                    .engine
+                    .create(&name, create_body(&spec, &ctx))
+                    .await;
+            }
+        }
         let mut redactor = spec.redactor();
         redactor.add(&api_key);
         let job = |id: String| Job {
@@ -886,7 +889,7 @@ impl Daemon {
             session_id: spec.session_id.clone(),
             preset: spec.preset_id.clone(),
             config_hash: spec.config_hash.clone(),
-            image: ctx.image.clone(),
+            image: shown_image.clone(),
             container_id: id,
             container_name: name.clone(),
             redactor: redactor.clone(),
@@ -899,7 +902,7 @@ impl Daemon {
             api_key: gateway_key.clone(),
             output: Default::default(),
         };
-        let id = match self.env.engine.create(&name, body).await {
+        let id = match created {
             Ok(id) => id,
             Err(EngineError::Conflict(_)) => {
                 // Another delivery of this request won the race: its handler
@@ -960,7 +963,7 @@ impl Daemon {
             self.env.sink.event(
                 &rid,
                 EventType::ContainerCreated,
-                json!({"container": name, "image": ctx.image}),
+                json!({"container": name, "image": shown_image}),
             ),
             start
         );

@@ -1,5 +1,6 @@
 //! Delivery of a worker's files over its stdin: the container's main
-//! process is a short POSIX `sh` script (the *shim*) that unpacks a tar
+//! process is the daemon's static shim (`shim/ws-shim.rs`, put into every
+//! image when it is prepared, see [`crate::prepare`]), which unpacks a tar
 //! archive from stdin and then `exec`s the agent.
 //!
 //! Why: Docker's archive API (`PUT /containers/{id}/archive`) mounts the
@@ -7,21 +8,29 @@
 //! third of a container start (64 ms of 165 ms on fuse-overlayfs here) and
 //! serialises in dockerd under load. Writing to an attached stdin costs a
 //! write on an open socket. A warm-pool container uses the same shim, idle
-//! in `tar` until a request arrives, so claiming it costs no engine call.
+//! on its stdin until a request arrives, so claiming it costs no engine call.
+//! The shim is the daemon's own static binary, so an image needs no shell,
+//! no `tar` and no libc for it.
 //!
 //! This module does no I/O. The shim never evaluates request data: the
-//! prompt and env values are data for `tar`, `read` and `"$@"`, never shell
-//! source, and the argv is the preset's.
+//! prompt and env values are data, and the argv is the preset's.
 
 #[cfg(test)]
 use crate::render::PROMPT_FILE;
 use std::collections::BTreeSet;
 
+use crate::protocol::ErrorInfo;
 use crate::render::{RenderedFile, HOME, WORKSPACE};
 
-/// Where a pooled worker's request env is unpacked (read, then deleted, by
-/// the shim before the agent starts).
+/// Where a worker's request env is unpacked (read, then deleted, by the
+/// shim before the agent starts).
 pub const ENV_FILE: &str = "/home/worker/.orchestrator/request.env";
+
+/// Where the shim lives in a prepared image (root-owned, mode 0755).
+pub const SHIM_PATH: &str = "/.workers-spawner/ws-shim";
+
+/// The static shim binary, built by `build.rs` from `shim/ws-shim.rs`.
+pub const SHIM_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ws-shim"));
 
 /// Exit code of the shim when the files cannot be unpacked (EX_SOFTWARE).
 pub const SHIM_FAILED: i64 = 70;
@@ -31,27 +40,20 @@ pub const SHIM_FAILED: i64 = 70;
 /// the agent never ran and the request may be started afresh.
 pub const SHIM_UNDELIVERED: i64 = 71;
 
-/// The first line of every payload (the shim checks it before `tar`).
+/// Exit code of the shim when the agent's command cannot be executed.
+pub const SHIM_NOT_EXECUTABLE: i64 = 126;
+
+/// Exit code of the shim when the agent's command is not in the image.
+pub const SHIM_NOT_FOUND: i64 = 127;
+
+/// What the shim's own failure lines start with.
+pub const SHIM_MESSAGE_PREFIX: &str = "workers-spawner: ";
+
+/// The first line of every payload (the shim checks it before the tar).
 pub const PAYLOAD_HEADER: &[u8] = b"ws1\n";
 
 /// The argv element standing for the prompt in a pooled worker's command.
 pub const PROMPT_MARKER: &str = "{prompt}";
-
-/// The shim. It first exports the env delivered in [`ENV_FILE`] (secrets,
-/// and a pooled worker's request env), which it deletes. `$1` is the mode:
-/// `run` execs the rest of the argv as it is; `pool` first puts the prompt
-/// (the content of the prompt file) in place of the argv element equal to
-/// [`PROMPT_MARKER`].
-pub const SHIM: &str = r#"IFS= read -r h || { echo "workers-spawner: no files were delivered (the daemon stopped before delivering them)" >&2; exit 71; }
-[ "$h" = ws1 ] || { echo "workers-spawner: unknown delivery format" >&2; exit 70; }
-tar -x -o -f - -C / || { echo "workers-spawner: the worker's files could not be unpacked from stdin (the image needs sh and tar, and /workspace and /home/worker writable by uid 1000)" >&2; exit 70; }
-if [ -f "$0" ]; then while IFS= read -r kv; do export "$kv"; done < "$0"; rm -f "$0"; fi
-m=$1; shift
-if [ "$m" = pool ]; then
-  p=$(cat "$ORCHESTRATOR_PROMPT_FILE"; echo x); p=${p%x}
-  for a do shift; if [ "$a" = "{prompt}" ]; then set -- "$@" "$p"; else set -- "$@" "$a"; fi; done
-fi
-exec "$@""#;
 
 /// How the shim runs the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +67,7 @@ pub enum ShimMode {
 /// The container command that runs `argv` behind the shim.
 pub fn shim_command(argv: &[String], mode: ShimMode) -> Vec<String> {
     let mut cmd = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        SHIM.to_string(),
+        SHIM_PATH.to_string(),
         ENV_FILE.to_string(),
         match mode {
             ShimMode::Run => "run",
@@ -77,6 +77,40 @@ pub fn shim_command(argv: &[String], mode: ShimMode) -> Vec<String> {
     ];
     cmd.extend(argv.iter().cloned());
     cmd
+}
+
+/// The result's error for a worker whose shim failed before the agent ran
+/// (exit 70, 71, 126 or 127 together with the shim's own stderr line),
+/// in the shim's words; `None` for any other exit.
+pub fn shim_failure(exit_code: i64, shim_line: Option<&str>) -> Option<ErrorInfo> {
+    let message = shim_line?.strip_prefix(SHIM_MESSAGE_PREFIX)?.trim();
+    let (code, field) = match exit_code {
+        SHIM_NOT_FOUND => ("agent_not_found", Some("agent.command")),
+        SHIM_NOT_EXECUTABLE => ("agent_not_executable", Some("agent.command")),
+        SHIM_FAILED | SHIM_UNDELIVERED => ("delivery_failed", None),
+        _ => return None,
+    };
+    Some(ErrorInfo {
+        code: code.into(),
+        field: field.map(str::to_string),
+        message: message.to_string(),
+    })
+}
+
+/// A session container's main process: the shim idling as the keeper.
+pub fn keeper_command() -> Vec<String> {
+    vec![SHIM_PATH.into(), ENV_FILE.into(), "keep".into()]
+}
+
+/// The shim signalling every process of a session's task (`TERM`, `KILL`,
+/// or `0` to count them); it prints how many it reached.
+pub fn killer_command(signal: &str) -> Vec<String> {
+    vec![
+        SHIM_PATH.into(),
+        ENV_FILE.into(),
+        "kill".into(),
+        signal.into(),
+    ]
 }
 
 /// Why a payload cannot be built.
@@ -257,24 +291,157 @@ mod tests {
     }
 
     #[test]
-    fn the_shim_uses_the_exit_codes_and_marker_the_daemon_knows() {
-        assert!(SHIM.contains(&format!("exit {SHIM_FAILED};")));
-        assert!(SHIM.contains(&format!("exit {SHIM_UNDELIVERED};")));
-        assert!(SHIM.contains(&format!("\"{PROMPT_MARKER}\"")));
-        assert!(SHIM.contains(&format!(
-            "[ \"$h\" = {} ]",
-            std::str::from_utf8(PAYLOAD_HEADER).unwrap().trim_end()
+    fn the_shim_uses_the_exit_codes_header_and_marker_the_daemon_knows() {
+        assert_eq!(shim::FAILED as i64, SHIM_FAILED);
+        assert_eq!(shim::UNDELIVERED as i64, SHIM_UNDELIVERED);
+        assert_eq!(shim::PROMPT_MARKER, PROMPT_MARKER);
+        assert_eq!(
+            [shim::HEADER, b"\n"].concat(),
+            PAYLOAD_HEADER,
+            "the shim checks the header the payload starts with"
+        );
+        assert_eq!(shim::ROOTS, [WORKSPACE, HOME]);
+        assert!(ENV_FILE.starts_with(&format!("{HOME}/")));
+        assert!(
+            SHIM_BINARY.starts_with(b"\x7fELF"),
+            "an ELF binary is embedded"
+        );
+    }
+
+    #[test]
+    fn the_shim_reads_back_exactly_the_payload_the_daemon_writes() {
+        let long = format!("/workspace/{}/deep.txt", "d".repeat(150));
+        let files = [
+            file("/home/worker/.claude/skills/x/SKILL.md", "s"),
+            file(&long, "l"),
+            RenderedFile {
+                path: "/home/worker/bin/run".into(),
+                content: "#!/bin/sh\n".into(),
+                mode: 0o755,
+            },
+        ];
+        let p = payload(&files, &[("K".into(), "v w".into())]).unwrap();
+        let mut r = &p[PAYLOAD_HEADER.len()..];
+        let got = shim::read_tar(&mut r).unwrap();
+        let file_entries: Vec<(String, u32, Vec<u8>)> = got
+            .iter()
+            .filter_map(|e| match e {
+                shim::Entry::File(p, m, d) => Some((p.display().to_string(), *m, d.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            file_entries,
+            [
+                (
+                    "/home/worker/.claude/skills/x/SKILL.md".to_string(),
+                    0o644,
+                    b"s".to_vec()
+                ),
+                (long.clone(), 0o644, b"l".to_vec()),
+                (
+                    "/home/worker/bin/run".to_string(),
+                    0o755,
+                    b"#!/bin/sh\n".to_vec()
+                ),
+                (ENV_FILE.to_string(), 0o600, b"K=v w\n".to_vec()),
+            ]
+        );
+        assert!(got.contains(&shim::Entry::Dir(
+            "/home/worker/.claude/skills/x".into(),
+            0o755
         )));
+        let dir = tempfile::tempdir().unwrap();
+        shim::unpack(&got, dir.path()).unwrap();
+        let run = dir.path().join("home/worker/bin/run");
+        assert_eq!(std::fs::read(&run).unwrap(), b"#!/bin/sh\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn the_shim_refuses_paths_outside_the_writable_roots() {
+        for bad in [
+            "/etc/passwd",
+            "/workspace/../etc/passwd",
+            "workspace/./x",
+            "/workspacex/a",
+            "/home/worker2/a",
+            "/",
+        ] {
+            assert!(shim::checked_path(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(shim::checked_path(b"workspace/a/b").is_ok());
+        assert!(shim::checked_path(b"/home/worker/").is_ok());
+    }
+
+    #[test]
+    fn the_shim_puts_the_prompt_in_place_of_the_marker_only() {
+        let argv: Vec<std::ffi::OsString> = ["agent", "-p", "{prompt}", "x{prompt}"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let got = shim::with_prompt(&argv, b"a b\n$(c)");
+        assert_eq!(got[2], "a b\n$(c)");
+        assert_eq!(got[3], "x{prompt}");
+        assert_eq!(
+            shim::parse_env(b"A=1\nB=x=y\n=bad\nnovalue\n"),
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(shim::stat_ppid("12 (a b) c) S 7 12 12"), Some(7));
+    }
+
+    #[test]
+    fn a_shim_failure_becomes_an_error_in_its_own_words() {
+        let e = shim_failure(
+            127,
+            Some("workers-spawner: the agent's command \"claude\" was not found in the image (PATH=/bin)"),
+        )
+        .unwrap();
+        assert_eq!(e.code, "agent_not_found");
+        assert_eq!(e.field.as_deref(), Some("agent.command"));
+        assert!(
+            e.message.starts_with("the agent's command \"claude\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            shim_failure(126, Some("workers-spawner: x")).unwrap().code,
+            "agent_not_executable"
+        );
+        assert_eq!(
+            shim_failure(70, Some("workers-spawner: x")).unwrap().code,
+            "delivery_failed"
+        );
+        // The agent's own exit codes are the agent's business.
+        assert!(shim_failure(1, Some("workers-spawner: x")).is_none());
+        assert!(shim_failure(127, Some("sh: claude: not found")).is_none());
+        assert!(shim_failure(127, None).is_none());
     }
 
     #[test]
     fn the_shim_command_keeps_the_argv_as_separate_elements() {
         let argv = vec!["echo".to_string(), "a b; $(rm -rf /)".to_string()];
         let cmd = shim_command(&argv, ShimMode::Run);
-        assert_eq!(&cmd[..2], ["sh", "-c"]);
-        assert_eq!(cmd[3], ENV_FILE);
-        assert_eq!(cmd[4], "run");
-        assert_eq!(&cmd[5..], &argv[..]);
-        assert_eq!(shim_command(&argv, ShimMode::Pool)[4], "pool");
+        assert_eq!(cmd[0], SHIM_PATH);
+        assert_eq!(cmd[1], ENV_FILE);
+        assert_eq!(cmd[2], "run");
+        assert_eq!(&cmd[3..], &argv[..]);
+        assert_eq!(shim_command(&argv, ShimMode::Pool)[2], "pool");
+        assert_eq!(keeper_command(), [SHIM_PATH, ENV_FILE, "keep"]);
+        assert_eq!(
+            killer_command("TERM"),
+            [SHIM_PATH, ENV_FILE, "kill", "TERM"]
+        );
     }
 }
+
+/// The shim's source, compiled into the tests so its pure parts are tested
+/// against the daemon's payloads.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../shim/ws-shim.rs"]
+mod shim;

@@ -1,10 +1,22 @@
-//! Derived images: a preset's `system_packages` and `bootstrap_commands`
-//! are baked once into an image tagged by the hash of what goes into it
-//! (base image id, packages, commands), never re-run on each spawn.
-//! Concurrent spawns that need the same image wait for one build.
+//! Derived images. Two kinds, both made once and reused by every later
+//! spawn, both tagged `ws-derived:…` by the hash of what goes into them:
+//!
+//! - *setup images*: a preset's `system_packages` and `bootstrap_commands`
+//!   baked into the base image (a Docker build), never re-run per spawn;
+//! - *prepared images*: every image a worker runs on, the setup image or the
+//!   preset's own, gets the prepared layer of [`crate::prepare`] (the shim,
+//!   the worker's folders, a user), put in with the archive API into a
+//!   container that never starts and committed; no shell, no registry and
+//!   nothing from the admin is needed.
+//!
+//! Concurrent spawns that need the same image wait for one build. Which
+//! prepared image a name stands for is remembered and checked again (one
+//! image inspect) when older than [`RECHECK`], so a re-tagged image is
+//! prepared anew.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -18,12 +30,33 @@ pub const DERIVED_REPO: &str = "ws-derived";
 /// Label on every derived image and its build's intermediate images.
 pub const BUILD_LABEL: &str = "io.workers-spawner.build";
 
+/// How long a name's prepared image is used without checking the name again.
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// The most of an image's `/workspace` or `/home/worker` that is re-owned
+/// by the worker when the image is prepared; a larger folder keeps its
+/// owners (only the folder itself becomes the worker's).
+pub const REOWN_LIMIT: usize = 256 << 20;
+
 /// Why a derived image could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The base image is missing.
-    #[error("image {0:?} does not exist on this engine")]
+    #[error(
+        "image {0:?} does not exist on this engine (nothing is pulled: build or load it first)"
+    )]
     BaseMissing(String),
+    /// The image is for another platform.
+    #[error("{0}")]
+    Platform(String),
+    /// Preparing the image failed.
+    #[error("preparing image {image:?} for workers failed: {message}")]
+    Prepare {
+        /// The image.
+        image: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The build failed; the last lines of its output say why.
     #[error("building the derived image failed: {message}\n{}", .last_lines.join("\n"))]
     Failed {
@@ -35,6 +68,34 @@ pub enum BuildError {
     /// Docker trouble.
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+impl BuildError {
+    /// The result's error code and field for this failure.
+    pub fn code_and_field(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            BuildError::BaseMissing(_) => ("image_not_found", Some("image")),
+            BuildError::Platform(_) => ("image_platform", Some("image")),
+            BuildError::Prepare { .. } => ("image_prepare_failed", Some("image")),
+            BuildError::Failed { .. } => ("image_build_failed", Some("system_packages")),
+            BuildError::Engine(_) => ("docker_error", None),
+        }
+    }
+
+    /// Whether trying again later may succeed (the engine was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BuildError::Engine(e) if e.is_transient())
+    }
+
+    /// The result's error for this failure.
+    pub fn info(&self) -> crate::protocol::ErrorInfo {
+        let (code, field) = self.code_and_field();
+        crate::protocol::ErrorInfo {
+            code: code.into(),
+            field: field.map(str::to_string),
+            message: self.to_string(),
+        }
+    }
 }
 
 /// Whether a config needs a derived image.
@@ -85,12 +146,30 @@ fn context_tar(dockerfile: &str) -> Vec<u8> {
     b.into_inner().unwrap_or_default()
 }
 
+/// The image a worker runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerImage {
+    /// The prepared image the container is created from.
+    pub run: String,
+    /// What events and results name: the preset's image, or its setup image.
+    pub named: String,
+}
+
+/// A name's prepared image, as last checked.
+#[derive(Debug, Clone)]
+struct Prepared {
+    base_id: String,
+    tag: String,
+    checked: Instant,
+}
+
 /// Builds derived images, one build per tag at a time.
 #[derive(Clone)]
 pub struct ImageBuilder {
     engine: Engine,
     metrics: Arc<Metrics>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    prepared: Arc<Mutex<HashMap<String, Prepared>>>,
 }
 
 impl ImageBuilder {
@@ -100,19 +179,278 @@ impl ImageBuilder {
             engine,
             metrics,
             locks: Arc::default(),
+            prepared: Arc::default(),
         }
     }
 
-    /// The image to run for `c`: its own image, or the derived one (built
-    /// now if missing; build output goes to `on_line`).
+    fn lock_for(&self, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("build locks")
+            .entry(tag.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The image to run for `c`: its own image or its setup image, prepared
+    /// for workers (built now if missing; build output goes to `on_line`).
     pub async fn image_for(
+        &self,
+        c: &WorkerConfig,
+        on_line: impl FnMut(String) + Send,
+    ) -> Result<String, BuildError> {
+        Ok(self.worker_image(c, on_line).await?.run)
+    }
+
+    /// Like [`ImageBuilder::image_for`], with the name results show.
+    pub async fn worker_image(
+        &self,
+        c: &WorkerConfig,
+        on_line: impl FnMut(String) + Send,
+    ) -> Result<WorkerImage, BuildError> {
+        let named = if needs_build(c) {
+            self.setup_image(c, on_line).await?
+        } else {
+            c.image.clone()
+        };
+        let run = self.prepared_image(&named).await?;
+        Ok(WorkerImage { run, named })
+    }
+
+    /// Forgets what `image` (a name or a prepared tag) was prepared as, so
+    /// the next spawn checks again: after the engine said a prepared image
+    /// is gone.
+    pub fn forget(&self, image: &str) {
+        self.prepared
+            .lock()
+            .expect("prepared lock")
+            .retain(|name, p| name != image && p.tag != image);
+    }
+
+    /// The prepared image of the image named `name`.
+    pub async fn prepared_image(&self, name: &str) -> Result<String, BuildError> {
+        if let Some(p) = self.prepared.lock().expect("prepared lock").get(name) {
+            if p.checked.elapsed() < RECHECK {
+                return Ok(p.tag.clone());
+            }
+        }
+        let info = match self.engine.client().inspect_image(name).await {
+            Ok(i) => i,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(BuildError::BaseMissing(name.to_string())),
+            Err(e) => return Err(EngineError::Api(e).into()),
+        };
+        let base_id = info.id.clone().unwrap_or_default();
+        let labels = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        // A prepared image (named by an admin, or a setup image built on
+        // one) needs nothing more.
+        let tag = if labels
+            .get(crate::prepare::PREPARED_LABEL)
+            .map(String::as_str)
+            == Some(crate::prepare::RECIPE)
+        {
+            name.to_string()
+        } else {
+            let known = self
+                .prepared
+                .lock()
+                .expect("prepared lock")
+                .get(name)
+                .filter(|p| p.base_id == base_id)
+                .map(|p| p.tag.clone());
+            match known {
+                Some(t) => t,
+                None => {
+                    if let Some(why) = crate::prepare::platform_problem(
+                        name,
+                        info.os.as_deref().unwrap_or_default(),
+                        info.architecture.as_deref().unwrap_or_default(),
+                    ) {
+                        return Err(BuildError::Platform(why));
+                    }
+                    let tag = crate::prepare::prepared_tag(&base_id, crate::delivery::SHIM_BINARY);
+                    let lock = self.lock_for(&tag);
+                    let _guard = lock.lock().await;
+                    if !self.engine.image_exists(&tag).await? {
+                        self.prepare(name, &base_id, &info, &tag).await?;
+                    }
+                    tag
+                }
+            }
+        };
+        self.prepared.lock().expect("prepared lock").insert(
+            name.to_string(),
+            Prepared {
+                base_id,
+                tag: tag.clone(),
+                checked: Instant::now(),
+            },
+        );
+        Ok(tag)
+    }
+
+    /// Commits the prepared layer onto `base_id` as `tag`: a container that
+    /// never starts, the layer put in with the archive API, a commit.
+    async fn prepare(
+        &self,
+        name: &str,
+        base_id: &str,
+        info: &bollard::models::ImageInspect,
+        tag: &str,
+    ) -> Result<(), BuildError> {
+        let started = Instant::now();
+        let fail = |message: String| BuildError::Prepare {
+            image: name.to_string(),
+            message,
+        };
+        let docker = self.engine.client();
+        let short = tag.rsplit(':').next().unwrap_or_default().to_string();
+        let container = format!("ws-prepare-{short}");
+        let config = info.config.clone().unwrap_or_default();
+        let mut labels = config.labels.clone().unwrap_or_default();
+        labels.insert(BUILD_LABEL.to_string(), short.clone());
+        labels.insert(
+            "io.workers-spawner.derived-from".to_string(),
+            name.to_string(),
+        );
+        labels.insert(
+            crate::prepare::PREPARED_LABEL.to_string(),
+            crate::prepare::RECIPE.to_string(),
+        );
+        let no_command = config.cmd.as_ref().is_none_or(|c| c.is_empty())
+            && config.entrypoint.as_ref().is_none_or(|c| c.is_empty());
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(base_id.to_string()),
+            // An image without any command cannot even be created; the
+            // container never starts, and a worker always brings its own.
+            cmd: no_command.then(|| vec![crate::delivery::SHIM_PATH.to_string()]),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // A preparation cut short (the daemon died) may have left its container.
+        let _ = self.engine.remove(&container).await;
+        let id = match self.engine.create(&container, body).await {
+            Ok(id) => id,
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) => return Err(fail(format!("creating its preparation container: {e}"))),
+        };
+        let result = async {
+            let files = crate::prepare::ImageFiles {
+                passwd: self.read_file(&id, "/etc/passwd").await?,
+                group: self.read_file(&id, "/etc/group").await?,
+                has_tmp: self.download(&id, "/tmp", 1 << 20).await?.is_some(),
+                workspace: self
+                    .download(&id, crate::render::WORKSPACE, REOWN_LIMIT)
+                    .await?,
+                home: self.download(&id, crate::render::HOME, REOWN_LIMIT).await?,
+            };
+            let layer = crate::prepare::layer(&files, crate::delivery::SHIM_BINARY)
+                .map_err(|e| fail(format!("building its layer: {e}")))?;
+            let opts = bollard::query_parameters::UploadToContainerOptions {
+                path: "/".to_string(),
+                ..Default::default()
+            };
+            docker
+                .upload_to_container(&id, Some(opts), bollard::body_full(layer.into()))
+                .await
+                .map_err(|e| fail(format!("writing its layer: {e}")))?;
+            let (repo, t) = tag.split_once(':').unwrap_or((tag, "latest"));
+            let opts = bollard::query_parameters::CommitContainerOptions {
+                container: Some(id.clone()),
+                repo: Some(repo.to_string()),
+                tag: Some(t.to_string()),
+                comment: Some(format!("workers-spawner {}", crate::prepare::RECIPE)),
+                pause: false,
+                ..Default::default()
+            };
+            docker
+                .commit_container(opts, bollard::models::ContainerConfig::default())
+                .await
+                .map_err(|e| fail(format!("committing it: {e}")))?;
+            Ok::<(), BuildError>(())
+        }
+        .await;
+        let _ = self.engine.remove(&id).await;
+        result?;
+        self.metrics.image_preparations.inc();
+        tracing::info!(
+            image = name,
+            prepared = tag,
+            ms = started.elapsed().as_millis() as u64,
+            "image prepared for workers"
+        );
+        Ok(())
+    }
+
+    /// A file of a container (`None` when it has none, or it is no file).
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, BuildError> {
+        let Some(tar) = self.download(id, path, 4 << 20).await? else {
+            return Ok(None);
+        };
+        let mut a = tar::Archive::new(tar.as_slice());
+        let Ok(mut entries) = a.entries() else {
+            return Ok(None);
+        };
+        match entries.next() {
+            Some(Ok(mut e)) if e.header().entry_type().is_file() => {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut data).map_err(|e| BuildError::Prepare {
+                    image: id.to_string(),
+                    message: format!("reading {path}: {e}"),
+                })?;
+                Ok(Some(data))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Docker's archive of `path` in a container, `None` when the path does
+    /// not exist or its archive is larger than `limit` bytes.
+    async fn download(
+        &self,
+        id: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, BuildError> {
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self.engine.client().download_from_container(id, Some(opts));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    out.extend_from_slice(&b);
+                    if out.len() > limit {
+                        tracing::warn!(container = id, path, limit, "folder too large to re-own; only the folder itself becomes the worker's");
+                        return Ok(None);
+                    }
+                }
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(None),
+                Err(e) => return Err(EngineError::Api(e).into()),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The setup image of `c` (built now if missing).
+    async fn setup_image(
         &self,
         c: &WorkerConfig,
         mut on_line: impl FnMut(String) + Send,
     ) -> Result<String, BuildError> {
-        if !needs_build(c) {
-            return Ok(c.image.clone());
-        }
         let docker = self.engine.client();
         let base = match docker.inspect_image(&c.image).await {
             Ok(i) => i,
@@ -123,13 +461,7 @@ impl ImageBuilder {
         };
         let base_id = base.id.unwrap_or_default();
         let tag = derived_tag(&base_id, c);
-        let lock = self
-            .locks
-            .lock()
-            .expect("build locks")
-            .entry(tag.clone())
-            .or_default()
-            .clone();
+        let lock = self.lock_for(&tag);
         let _guard = lock.lock().await;
         if self.engine.image_exists(&tag).await? {
             return Ok(tag);

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orchestrator_cli;
 pub mod policy;
 pub mod pool;
+pub mod prepare;
 pub mod protocol;
 pub mod redact;
 pub mod render;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub queue_pending: Gauge,
     /// Derived images built.
     pub image_builds: Counter,
+    /// Images prepared for workers (the prepared layer committed).
+    pub image_preparations: Counter,
     /// Entries reclaimed from other consumers.
     pub reclaims: Counter,
     /// Entries sent to the dead-letter stream.
@@ -73,6 +75,7 @@ impl Metrics {
             queue_length: Gauge::default(),
             queue_pending: Gauge::default(),
             image_builds: Counter::default(),
+            image_preparations: Counter::default(),
             reclaims: Counter::default(),
             dead_letters: Counter::default(),
             redis_errors: Counter::default(),
@@ -127,6 +130,11 @@ impl Metrics {
             "image_builds",
             "Derived images built",
             m.image_builds.clone(),
+        );
+        registry.register(
+            "image_preparations",
+            "Images prepared for workers (shim, folders, user)",
+            m.image_preparations.clone(),
         );
         registry.register(
             "reclaims",

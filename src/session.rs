@@ -1,8 +1,8 @@
 //! Sessions: requests with the same `task.session_id` run one after another
 //! in one live container, each as a Docker exec under its own timeout.
 //!
-//! The session container's main process is an idle keeper under Docker's
-//! init; it carries the session id, config hash and TTL deadline as labels,
+//! The session container's main process is an idle keeper (the daemon's
+//! shim in its `keep` mode) under Docker's init; it carries the session id, config hash and TTL deadline as labels,
 //! so a restarted daemon adopts it. A task that runs past its timeout is
 //! stopped by an in-container killer that signals every process except
 //! init and the keeper (a session runs one task at a time, so everything
@@ -28,13 +28,6 @@ use crate::protocol::{
 use crate::render::HOME;
 use crate::spec::WorkerSpec;
 use crate::worker::{self, unix_now, StopReason};
-
-/// The keeper: records its pid, then idles until stopped.
-pub(crate) const KEEPER: &str = "mkdir -p \"$HOME/.orchestrator\" && echo $$ > \"$HOME/.orchestrator/keeper.pid\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
-
-/// Sends signal `$1` (`TERM`, `KILL`, or `0` to count) to every process
-/// but init, the keeper, the keeper's children and itself; prints how many.
-const KILLER: &str = "k=$(cat \"$HOME/.orchestrator/keeper.pid\" 2>/dev/null); n=0; for d in /proc/[0-9]*; do p=${d#/proc/}; case \"$p\" in 1|\"$k\"|$$) continue;; esac; read -r _ _ _ pp _ < \"$d/stat\" 2>/dev/null || continue; [ \"$pp\" = \"$k\" ] && continue; kill -\"$1\" \"$p\" 2>/dev/null && n=$((n+1)); done; echo $n";
 
 /// Sort key of a stream entry id (`<ms>-<seq>`).
 pub(crate) fn entry_key(id: &str) -> (u64, u64) {
@@ -334,18 +327,13 @@ impl Daemon {
                 vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
             },
             network_mode: net.network.clone(),
-            cmd: Some(vec!["sh".into(), "-c".into(), KEEPER.into()]),
+            cmd: Some(crate::delivery::keeper_command()),
             delivery: FileDelivery::Archive,
         };
         match self.images.image_for(&spec.config, |_| {}).await {
             Ok(image) => ctx.image = image,
-            Err(e) => {
-                return Err(Some(ErrorInfo {
-                    code: "image_not_found".into(),
-                    field: Some("image".into()),
-                    message: e.to_string(),
-                }))
-            }
+            Err(e) if e.is_transient() => return Err(None),
+            Err(e) => return Err(Some(e.info())),
         }
         // The container env carries no request's values: each exec brings its own.
         let mut base = spec.clone();
@@ -677,7 +665,7 @@ impl Daemon {
             tokio::spawn(async move { worker::forward(&env2, &rid2, &red2, output).await });
         let remaining = worker::time_left(job.deadline_unix);
         let mut stopped: Option<StopReason> = None;
-        let mut tail = (String::new(), false);
+        let mut tail = worker::OutputTail::default();
         tokio::select! {
             r = &mut fwd => { tail = r.unwrap_or_default(); }
             _ = tokio::time::sleep(remaining) => { stopped = Some(StopReason::Expired); }
@@ -687,7 +675,7 @@ impl Daemon {
             self.kill_task(&container.id).await;
             tail = match tokio::time::timeout(Duration::from_secs(10), fwd).await {
                 Ok(Ok(t)) => t,
-                _ => (String::new(), false),
+                _ => worker::OutputTail::default(),
             };
         }
         self.metrics.running_workers.dec();
@@ -732,8 +720,8 @@ impl Daemon {
             .await;
         let mut result = job.result(status, error, &self.settings.instance_id);
         result.exit_code = exit_code;
-        result.output = tail.0;
-        result.output_truncated = tail.1;
+        result.output = tail.text;
+        result.output_truncated = tail.truncated;
         result.timings.started_at = Some(
             chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now() - started.elapsed())
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -757,15 +745,7 @@ impl Daemon {
 
     /// Stops every process of the running task (SIGTERM, grace, SIGKILL).
     async fn kill_task(&self, container_id: &str) {
-        let killer = |sig: &str| {
-            vec![
-                "sh".to_string(),
-                "-c".to_string(),
-                KILLER.to_string(),
-                "killer".to_string(),
-                sig.to_string(),
-            ]
-        };
+        let killer = crate::delivery::killer_command;
         let run = |argv: Vec<String>| async move {
             match self
                 .env

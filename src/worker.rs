@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::SHIM_MESSAGE_PREFIX;
 use crate::docker::{ContainerFacts, Engine, EngineError, FileDelivery, OutputStream};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -195,6 +196,7 @@ struct OutputForwarder {
     window_start: Instant,
     window_lines: u32,
     dropped: u64,
+    shim_message: Option<String>,
     metrics: Arc<Metrics>,
     last_flush: Instant,
 }
@@ -218,6 +220,9 @@ impl OutputForwarder {
     }
 
     fn push_line(&mut self, stream: OutputStream, line: &[u8]) {
+        if stream == OutputStream::Stderr && line.starts_with(SHIM_MESSAGE_PREFIX.as_bytes()) {
+            self.shim_message = Some(self.redactor.redact(&String::from_utf8_lossy(line)));
+        }
         let now = Instant::now();
         if now.duration_since(self.window_start) >= Duration::from_secs(1) {
             self.window_start = now;
@@ -279,21 +284,33 @@ async fn forward_output(
     container: String,
     redactor: Redactor,
     from_now: bool,
-) -> (String, bool) {
+) -> OutputTail {
     let logs = env
         .engine
         .logs(&container, true, if from_now { Some(0) } else { None });
     forward(&env, &job_request_id, &redactor, Box::pin(logs)).await
 }
 
+/// What a worker's output leaves for its result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputTail {
+    /// The redacted tail of its stdout.
+    pub text: String,
+    /// Whether the tail lost its start.
+    pub truncated: bool,
+    /// The last line the delivery shim printed on stderr about its own
+    /// failure (see [`crate::delivery::SHIM_MESSAGE_PREFIX`]), redacted.
+    pub shim_message: Option<String>,
+}
+
 /// Forwards a process's output as events until the stream ends; returns
-/// the redacted tail of its stdout and whether the tail lost its start.
+/// what the result keeps of it.
 pub async fn forward(
     env: &WorkerEnv,
     request_id: &str,
     redactor: &Redactor,
     mut output: crate::docker::ExecOutput,
-) -> (String, bool) {
+) -> OutputTail {
     let mut fwd = OutputForwarder {
         request_id: request_id.to_string(),
         sink: env.sink.clone(),
@@ -304,6 +321,7 @@ pub async fn forward(
         window_start: Instant::now(),
         window_lines: 0,
         dropped: 0,
+        shim_message: None,
         metrics: env.metrics.clone(),
         // The first line goes out at once.
         last_flush: Instant::now()
@@ -355,7 +373,11 @@ pub async fn forward(
         tail.drain(..tail.len() - env.output.tail_bytes);
         truncated = true;
     }
-    (redactor.redact(&String::from_utf8_lossy(&tail)), truncated)
+    OutputTail {
+        text: redactor.redact(&String::from_utf8_lossy(&tail)),
+        truncated,
+        shim_message: fwd.shim_message,
+    }
 }
 
 /// The last `tail_bytes` of the container's stdout, redacted; and whether
@@ -506,17 +528,20 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     // A follower of the attached output already holds the tail; one that
     // followed the logs (adopted containers, archive delivery) may not, so
     // the logs are read again.
-    let (output_tail, truncated) = match followed {
-        Ok(Ok(tail)) if whole_output => tail,
-        _ => {
-            stdout_tail(
-                &env.engine,
-                &job.container_id,
-                env.output.tail_bytes,
-                &job.redactor,
-            )
-            .await
-        }
+    let followed = match followed {
+        Ok(Ok(tail)) => tail,
+        _ => OutputTail::default(),
+    };
+    let (output_tail, truncated) = if whole_output {
+        (followed.text, followed.truncated)
+    } else {
+        stdout_tail(
+            &env.engine,
+            &job.container_id,
+            env.output.tail_bytes,
+            &job.redactor,
+        )
+        .await
     };
     let finished_at = now_rfc3339();
     let run_ms = started.elapsed().as_millis() as u64;
@@ -550,9 +575,13 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
             }),
             EventType::Finished,
         ),
-        (_, Some(f)) if f.oom_killed || f.exit_code != Some(0) => {
-            (Status::Failed, None, EventType::Finished)
-        }
+        (_, Some(f)) if f.oom_killed || f.exit_code != Some(0) => (
+            Status::Failed,
+            f.exit_code.and_then(|code| {
+                crate::delivery::shim_failure(code, followed.shim_message.as_deref())
+            }),
+            EventType::Finished,
+        ),
         (_, Some(_)) => (Status::Succeeded, None, EventType::Finished),
         (_, None) => (
             Status::Error,

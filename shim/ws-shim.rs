@@ -1,0 +1,390 @@
+//! `ws-shim`: the main process of every worker container, built as a static
+//! binary (std only) by the daemon's build script and put into each image
+//! once, when the daemon prepares it (`crate::images`). It needs nothing
+//! from the image: no shell, no `tar`, no libc, no passwd entry.
+//!
+//! `ws-shim ENV_FILE MODE [ARGV...]`, MODE one of:
+//! - `run`: reads the payload from stdin (a header line, then a tar
+//!   archive), unpacks it as the calling user, exports the env file (which
+//!   it deletes) and `exec`s ARGV;
+//! - `pool`: like `run`, and first puts the prompt (the content of
+//!   `$ORCHESTRATOR_PROMPT_FILE`) in place of every ARGV element `{prompt}`;
+//! - `keep`: a session's idle keeper: records its pid, then waits forever;
+//! - `kill SIG`: signals (`TERM`, `KILL`, or `0` to count) every process but
+//!   init, the keeper, the keeper's children and itself; prints how many.
+//!
+//! Exit codes: 70 the payload cannot be unpacked, 71 stdin closed before a
+//! single byte (nothing was delivered: the agent never ran), 126 the agent
+//! cannot be executed, 127 the agent's command is not in the image. Every
+//! failure prints one line starting with `workers-spawner: ` on stderr.
+//!
+//! Request data is never interpreted: the prompt and env values are data,
+//! the argv is the preset's.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+
+/// The first line of every payload.
+pub const HEADER: &[u8] = b"ws1";
+/// The argv element standing for the prompt in a pooled worker's command.
+pub const PROMPT_MARKER: &str = "{prompt}";
+/// Directories a payload may write below.
+pub const ROOTS: [&str; 2] = ["/workspace", "/home/worker"];
+
+/// Exit code: the payload cannot be unpacked (EX_SOFTWARE).
+pub const FAILED: i32 = 70;
+/// Exit code: nothing was delivered.
+pub const UNDELIVERED: i32 = 71;
+
+fn fail(code: i32, msg: &str) -> ! {
+    let _ = writeln!(io::stderr(), "workers-spawner: {msg}");
+    std::process::exit(code)
+}
+
+/// One entry of a payload archive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A directory and its mode.
+    Dir(PathBuf, u32),
+    /// A regular file, its mode and content.
+    File(PathBuf, u32, Vec<u8>),
+}
+
+fn octal(field: &[u8]) -> Result<u64, String> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        // Base-256 (GNU) for large numbers.
+        let mut n: u64 = (field[0] & 0x7f) as u64;
+        for b in &field[1..] {
+            n = n.checked_mul(256).ok_or("number too large")? + *b as u64;
+        }
+        return Ok(n);
+    }
+    let s: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(s, 8).map_err(|_| format!("bad octal field {s:?}"))
+}
+
+fn cstr(field: &[u8]) -> Vec<u8> {
+    field.iter().take_while(|b| **b != 0).copied().collect()
+}
+
+/// A path from an archive, made absolute and checked to lie below one of
+/// [`ROOTS`] with no `..`, `.` or empty components.
+pub fn checked_path(raw: &[u8]) -> Result<PathBuf, String> {
+    let s = String::from_utf8(raw.to_vec()).map_err(|_| "a path is not UTF-8".to_string())?;
+    let trimmed = s.trim_end_matches('/');
+    let abs = format!("/{}", trimmed.trim_start_matches('/'));
+    let p = PathBuf::from(&abs);
+    if p.components()
+        .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        || abs[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!("unsafe path {s:?} in the payload"));
+    }
+    if !ROOTS.iter().any(|r| p == Path::new(r) || p.starts_with(r)) {
+        return Err(format!(
+            "path {abs:?} is outside /workspace and /home/worker"
+        ));
+    }
+    Ok(p)
+}
+
+/// Reads the entries of a tar archive (ustar or GNU, with GNU long names)
+/// up to its end marker. Only directories and regular files are kept.
+pub fn read_tar(r: &mut impl Read) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    let mut long_name: Option<Vec<u8>> = None;
+    loop {
+        let mut h = [0u8; 512];
+        r.read_exact(&mut h)
+            .map_err(|e| format!("the archive ended early: {e}"))?;
+        if h.iter().all(|b| *b == 0) {
+            return Ok(out);
+        }
+        let size = octal(&h[124..136])?;
+        if size > 1 << 34 {
+            return Err("an archive entry is too large".into());
+        }
+        let mode = (octal(&h[100..108])? & 0o7777) as u32;
+        let kind = h[156];
+        let mut data = vec![0u8; size as usize];
+        r.read_exact(&mut data)
+            .map_err(|e| format!("the archive ended early: {e}"))?;
+        let pad = (512 - (size % 512) as usize) % 512;
+        let mut skip = vec![0u8; pad];
+        r.read_exact(&mut skip)
+            .map_err(|e| format!("the archive ended early: {e}"))?;
+        if kind == b'L' {
+            long_name = Some(cstr(&data));
+            continue;
+        }
+        let name = match long_name.take() {
+            Some(n) => n,
+            None => {
+                let mut n = Vec::new();
+                let prefix = cstr(&h[345..500]);
+                if &h[257..262] == b"ustar" && h[263] == b'0' && !prefix.is_empty() {
+                    n.extend_from_slice(&prefix);
+                    n.push(b'/');
+                }
+                n.extend_from_slice(&cstr(&h[0..100]));
+                n
+            }
+        };
+        match kind {
+            b'5' => out.push(Entry::Dir(checked_path(&name)?, mode)),
+            b'0' | 0 | b'7' => out.push(Entry::File(checked_path(&name)?, mode, data)),
+            // Anything else (links, devices, pax headers) is not ours: skipped.
+            _ => {}
+        }
+    }
+}
+
+/// Writes `entries` below `/` (or below `root` in tests) as the calling user.
+pub fn unpack(entries: &[Entry], root: &Path) -> io::Result<()> {
+    let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    for e in entries {
+        match e {
+            Entry::Dir(p, mode) => {
+                let d = at(p);
+                fs::create_dir_all(&d)?;
+                // A folder the image owns (e.g. /home/worker itself) may
+                // refuse a chmod; its mode is the image's business.
+                let _ = fs::set_permissions(&d, fs::Permissions::from_mode(*mode));
+            }
+            Entry::File(p, mode, data) => {
+                let f = at(p);
+                if let Some(parent) = f.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                let _ = fs::remove_file(&f);
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(*mode)
+                    .open(&f)?;
+                file.write_all(data)?;
+                fs::set_permissions(&f, fs::Permissions::from_mode(*mode))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `NAME=value` lines of an env file.
+pub fn parse_env(text: &[u8]) -> Vec<(OsString, OsString)> {
+    text.split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let eq = line.iter().position(|b| *b == b'=')?;
+            if eq == 0 {
+                return None;
+            }
+            Some((
+                OsString::from_vec(line[..eq].to_vec()),
+                OsString::from_vec(line[eq + 1..].to_vec()),
+            ))
+        })
+        .collect()
+}
+
+/// The argv with every element equal to [`PROMPT_MARKER`] replaced.
+pub fn with_prompt(argv: &[OsString], prompt: &[u8]) -> Vec<OsString> {
+    argv.iter()
+        .map(|a| {
+            if a.as_os_str() == PROMPT_MARKER {
+                OsString::from_vec(prompt.to_vec())
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
+}
+
+fn deliver_and_exec(env_file: &Path, pool: bool, argv: Vec<OsString>) -> ! {
+    let stdin = io::stdin();
+    let mut r = BufReader::with_capacity(64 * 1024, stdin.lock());
+    let mut header = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match r.read(&mut byte) {
+            Ok(0) if header.is_empty() => fail(
+                UNDELIVERED,
+                "no files were delivered (the daemon stopped before delivering them)",
+            ),
+            Ok(0) => fail(FAILED, "the delivery ended inside its header"),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if header.len() < 16 => header.push(byte[0]),
+            Ok(_) => fail(FAILED, "unknown delivery format"),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => fail(FAILED, &format!("reading the delivery failed: {e}")),
+        }
+    }
+    if header != HEADER {
+        fail(FAILED, "unknown delivery format");
+    }
+    let entries = read_tar(&mut r).unwrap_or_else(|e| {
+        fail(
+            FAILED,
+            &format!("the worker's files could not be unpacked: {e}"),
+        )
+    });
+    if let Err(e) = unpack(&entries, Path::new("/")) {
+        fail(
+            FAILED,
+            &format!(
+                "the worker's files could not be written ({e}); /workspace and /home/worker must be writable by uid {}",
+                uid()
+            ),
+        );
+    }
+    if let Ok(text) = fs::read(env_file) {
+        for (k, v) in parse_env(&text) {
+            std::env::set_var(k, v);
+        }
+        let _ = fs::remove_file(env_file);
+    }
+    let argv = if pool {
+        let prompt = std::env::var_os("ORCHESTRATOR_PROMPT_FILE")
+            .and_then(|p| fs::read(p).ok())
+            .unwrap_or_else(|| fail(FAILED, "the pooled request's prompt file is missing"));
+        with_prompt(&argv, &prompt)
+    } else {
+        argv
+    };
+    exec(argv)
+}
+
+fn exec(argv: Vec<OsString>) -> ! {
+    let Some((prog, args)) = argv.split_first() else {
+        fail(FAILED, "the worker has no command")
+    };
+    let err = std::process::Command::new(prog).args(args).exec();
+    let shown = prog.to_string_lossy();
+    match err.kind() {
+        io::ErrorKind::NotFound => fail(
+            127,
+            &format!(
+                "the agent's command {shown:?} was not found in the image (PATH={})",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+        io::ErrorKind::PermissionDenied => fail(
+            126,
+            &format!("the agent's command {shown:?} is not executable by uid {}", uid()),
+        ),
+        _ => fail(
+            126,
+            &format!(
+                "the agent's command {shown:?} could not be started: {err} (an image built for another platform?)"
+            ),
+        ),
+    }
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn getuid() -> u32;
+}
+
+fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { getuid() }
+}
+
+fn keeper_pid_file() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/home/worker".into());
+    PathBuf::from(home).join(".orchestrator/keeper.pid")
+}
+
+fn keep() -> ! {
+    let f = keeper_pid_file();
+    if let Some(d) = f.parent() {
+        let _ = fs::create_dir_all(d);
+    }
+    let _ = fs::write(&f, format!("{}\n", std::process::id()));
+    // SIGTERM from docker-init (Docker's `init`) ends the keeper by its
+    // default action, which is what stopping a session container means.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line.
+pub fn stat_ppid(stat: &str) -> Option<i32> {
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn kill_all(sig: &str) -> ! {
+    let signo = match sig {
+        "TERM" => 15,
+        "KILL" => 9,
+        "0" => 0,
+        other => fail(2, &format!("unknown signal {other:?}")),
+    };
+    let keeper: i32 = fs::read_to_string(keeper_pid_file())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1);
+    let me = std::process::id() as i32;
+    let mut n = 0;
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for d in dir.flatten() {
+            let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == 1 || pid == keeper || pid == me {
+                continue;
+            }
+            let Ok(stat) = fs::read_to_string(d.path().join("stat")) else {
+                continue;
+            };
+            if stat_ppid(&stat) == Some(keeper) {
+                continue;
+            }
+            // SAFETY: kill takes plain integers; a vanished pid is an error
+            // return, not undefined behaviour.
+            if unsafe { kill(pid, signo) } == 0 {
+                n += 1;
+            }
+        }
+    }
+    println!("{n}");
+    std::process::exit(0)
+}
+
+#[allow(dead_code)]
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let env_file = PathBuf::from(args.next().unwrap_or_default());
+    let mode = args.next().unwrap_or_default();
+    let rest: Vec<OsString> = args.collect();
+    match mode.to_str() {
+        Some("run") => deliver_and_exec(&env_file, false, rest),
+        Some("pool") => deliver_and_exec(&env_file, true, rest),
+        Some("keep") => keep(),
+        Some("kill") => kill_all(
+            &rest
+                .first()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        _ => fail(2, "usage: ws-shim ENV_FILE run|pool|keep|kill [ARGV...]"),
+    }
+}
