@@ -477,6 +477,8 @@ struct Ctx {
     floor_phases: Mutex<Vec<[f64; 4]>>,
     /// The daemon's own Docker wrapper, for the replay.
     engine: workers_spawner::docker::Engine,
+    /// `--image` as the daemon prepares it (the replay runs the shim in it).
+    prepared_image: String,
     /// The main daemon.
     daemon: Option<Proc>,
 }
@@ -586,7 +588,7 @@ impl Ctx {
         labels.insert(PREFIX_LABEL.to_string(), self.args.prefix.clone());
         let memory: i64 = 64 << 20;
         let body = ContainerCreateBody {
-            image: Some(self.args.image.clone()),
+            image: Some(self.prepared_image.clone()),
             cmd: Some(workers_spawner::delivery::shim_command(
                 &CMD.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 workers_spawner::delivery::ShimMode::Run,
@@ -1981,6 +1983,13 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     let bus = Bus::connect(&args.redis_url, names, 1_000_000).await?;
     let watcher = ResultWatcher::start(bus).await?;
     let daemon = args.daemon_pid.map(Proc::new);
+    let engine = workers_spawner::docker::Engine::connect().await?;
+    let prepared_image = workers_spawner::images::ImageBuilder::new(
+        engine.clone(),
+        Arc::new(workers_spawner::metrics::Metrics::new()),
+    )
+    .prepared_image(&args.image)
+    .await?;
     let ctx = Ctx {
         args: args.clone(),
         docker,
@@ -1989,7 +1998,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         seq: AtomicU64::new(0),
         breakdown: Mutex::new(Vec::new()),
         floor_phases: Mutex::new(Vec::new()),
-        engine: workers_spawner::docker::Engine::connect().await?,
+        engine: engine.clone(),
+        prepared_image,
         daemon,
     };
     let mut failures = Vec::new();
