@@ -150,6 +150,7 @@ impl Daemon {
         for i in &issues {
             tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
         }
+        log_catalog_warnings(&settings, &catalog);
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
         let env = WorkerEnv {
             engine,
@@ -255,10 +256,11 @@ impl Daemon {
             || catalog.skills != prev.skills
             || catalog.layouts != prev.layouts
             || catalog.template_names != prev.template_names;
-        *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
         if changed {
             tracing::info!("catalog reloaded");
+            log_catalog_warnings(&self.settings, &catalog);
         }
+        *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
         for i in issues {
             tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
             self.env
@@ -1687,6 +1689,19 @@ pub struct Networks {
     pub internal: (String, String),
     /// Bridge interfaces of both.
     pub bridges: Vec<String>,
+}
+
+/// Logs what `presets validate` would warn about; warnings do not stop a
+/// preset from loading, so they are logged (when the catalog changes), not
+/// published as `catalog_error` events.
+fn log_catalog_warnings(settings: &Settings, catalog: &Catalog) {
+    let ctx = crate::diagnose::Context {
+        max_concurrent: Some(settings.max_concurrent),
+    };
+    let warnings = crate::diagnose::catalog_warnings(catalog, &ctx);
+    for w in dirs(settings).with_paths(warnings) {
+        tracing::warn!(file = %w.file, field = ?w.field, "catalog warning: {}", w.message);
+    }
 }
 
 fn dirs(settings: &Settings) -> CatalogDirs {
