@@ -148,7 +148,7 @@ impl Daemon {
         let schema = ConfigSchema::new();
         let (catalog, issues) = loader::load(&dirs(&settings), &schema, None);
         for i in &issues {
-            tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
+            tracing::warn!(file = %i.file, field = i.field.as_deref().unwrap_or(""), "catalog file rejected: {}", i.message);
         }
         log_catalog_warnings(&settings, &catalog);
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
@@ -262,7 +262,7 @@ impl Daemon {
         }
         *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
         for i in issues {
-            tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
+            tracing::warn!(file = %i.file, field = i.field.as_deref().unwrap_or(""), "catalog file rejected: {}", i.message);
             self.env
                 .sink
                 .event(
@@ -1700,7 +1700,7 @@ fn log_catalog_warnings(settings: &Settings, catalog: &Catalog) {
     };
     let warnings = crate::diagnose::catalog_warnings(catalog, &ctx);
     for w in dirs(settings).with_paths(warnings) {
-        tracing::warn!(file = %w.file, field = ?w.field, "catalog warning: {}", w.message);
+        tracing::warn!(file = %w.file, field = w.field.as_deref().unwrap_or(""), "catalog warning: {}", w.message);
     }
 }
 

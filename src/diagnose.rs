@@ -294,7 +294,10 @@ pub fn near_miss<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .filter(|c| **c != word)
         .map(|c| {
             let n = normalized(c);
-            let d = if n == w {
+            // `ttl` for `ttl_sec`, `tools` for `allowed_tools`.
+            let (lc, lw) = (c.to_lowercase(), word.to_lowercase());
+            let whole_word = lc.starts_with(&format!("{lw}_")) || lc.ends_with(&format!("_{lw}"));
+            let d = if n == w || whole_word {
                 0
             } else if n.len().min(w.len()) >= 4 && (n.starts_with(&w) || w.starts_with(&n)) {
                 // `limit` / `limits`, `timeout` / `timeout_sec`
@@ -372,7 +375,11 @@ fn example(glob: &str) -> Option<&'static str> {
 /// violation of the same slip already says everything (a required key
 /// missing next to its misspelling).
 pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
-    let site = site(root, segments_of(e.instance_path().as_str()));
+    let walked = site(root, segments_of(e.instance_path().as_str()));
+    // The schema holding the violated keyword: inside a `oneOf` that is the
+    // branch, which the walk along the instance path cannot know.
+    let schema = keyword_parent(root, e.schema_path().as_str()).or(walked.schema);
+    let site = Site { schema, ..walked };
     let v: &Value = e.instance();
     let one = |message: String| {
         vec![FieldError {
@@ -381,11 +388,10 @@ pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
         }]
     };
     let f = site.human();
-    let schema = site.schema;
     let get = |k: &str| schema.and_then(|s| s.get(k));
-    // The object schema of a `required` / `additionalProperties` violation,
-    // which inside a `oneOf` is the branch, not the schema at the path.
-    let object_schema = keyword_parent(root, e.schema_path().as_str()).or(schema);
+    let object_schema = schema;
+    let min_len = get("minLength").and_then(Value::as_u64).unwrap_or(0);
+    let min_items = get("minItems").and_then(Value::as_u64).unwrap_or(0);
     match e.kind() {
         ValidationErrorKind::Required { property } => {
             let Some(p) = property.as_str() else {
@@ -468,7 +474,10 @@ pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
             literal(expected_value),
             value_words(v)
         )),
+        // An empty value is reported once, by its minLength / minItems.
+        ValidationErrorKind::Pattern { .. } if v == "" && min_len > 0 => Vec::new(),
         ValidationErrorKind::Pattern { pattern } => one(pattern_message(&site, v, pattern)),
+        ValidationErrorKind::Contains if count(v) == 0 && min_items > 0 => Vec::new(),
         ValidationErrorKind::Contains => one(contains_message(&site, v)),
         ValidationErrorKind::Minimum { limit } => one(format!(
             "{f} must be at least {}, got {v}",
@@ -706,6 +715,10 @@ fn type_hint(glob: &str, wanted: &[String], v: &Value) -> String {
             };
         }
         if wants("array") {
+            let words: Vec<String> = t.split_whitespace().map(String::from).collect();
+            if words.len() > 1 && !t.contains(['"', '\'', '\\']) {
+                return format!(" (a list, one entry per word: {})", json_list(&words));
+            }
             return format!(" (a list, even of one: [{}])", literal(v));
         }
     }
@@ -1508,6 +1521,63 @@ mod tests {
     }
 
     #[test]
+    fn keys_named_as_in_other_tools_get_the_full_name() {
+        let mut v = drop_key(valid(), "/allowed_tools");
+        v["tools"] = json!(["respond"]);
+        assert_eq!(
+            message(&v),
+            r#"tools is not a known field; did you mean "allowed_tools"? (allowed_tools is required and missing)"#
+        );
+        let v = set(
+            valid(),
+            "/limits",
+            json!({"cpu": 1, "memory": "1g", "timeout": 60, "ttl": 600}),
+        );
+        assert_eq!(
+            errors(&v),
+            vec![
+                ("limits.timeout".to_string(), r#"limits.timeout is not a known field; did you mean "timeout_sec"? (limits.timeout_sec is required and missing)"#.to_string()),
+                ("limits.ttl".to_string(), r#"limits.ttl is not a known field; did you mean "ttl_sec"? (limits.ttl_sec is required and missing)"#.to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_value_is_reported_once() {
+        assert_eq!(
+            error(&set(valid(), "/image", json!(""))),
+            ("image".into(), "image must not be empty".into())
+        );
+        assert_eq!(
+            error(&set(valid(), "/agent/command", json!([]))),
+            (
+                "agent.command".into(),
+                r#"agent.command must not be empty, e.g. ["claude", "-p", "{prompt}"]"#.into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_written_as_one_string_is_split_into_a_list() {
+        assert_eq!(
+            message(&set(valid(), "/agent/command", json!("claude -p {prompt}"))),
+            r#"agent.command must be a list, got the string "claude -p {prompt}" (a list, one entry per word: ["claude", "-p", "{prompt}"])"#
+        );
+    }
+
+    #[test]
+    fn an_option_outside_its_list_names_the_options() {
+        assert_eq!(
+            message(&set(valid(), "/agent/delivery", json!("tar"))),
+            r#"agent.delivery must be "stdin" or "archive", got the string "tar""#
+        );
+        assert_eq!(
+            message(&set(valid(), "/agent/delivery", json!("Archive"))),
+            r#"agent.delivery must be "stdin" or "archive", got the string "Archive"; did you mean "archive"?"#
+        );
+    }
+
+    #[test]
     fn an_unknown_key_with_no_near_miss_lists_the_known_ones() {
         let v = set(valid(), "/limits/gpu", json!(1));
         assert_eq!(
@@ -1686,6 +1756,13 @@ mod tests {
             )
         );
         assert_eq!(
+            error(&set(valid(), "/env", json!({"A": {"from_env": 5}}))),
+            (
+                "env.A.from_env".into(),
+                "env.A.from_env must be a string, got the number 5".into()
+            )
+        );
+        assert_eq!(
             error(&set(valid(), "/env", json!({"A": {"from": "B"}}))),
             (
                 "env.A.from".into(),
@@ -1810,6 +1887,15 @@ mod tests {
         assert_eq!(near_miss("timeoutSec", &c), Some("timeout_sec"));
         assert_eq!(near_miss("HAS-INTERNET", &c), Some("has_internet"));
         assert_eq!(near_miss("colour", &c), None);
+        assert_eq!(
+            near_miss("ttl", &["timeout_sec", "ttl_sec"]),
+            Some("ttl_sec")
+        );
+        assert_eq!(
+            near_miss("gpu", &["cpu"]),
+            None,
+            "short words need more than a letter"
+        );
         assert_eq!(near_miss("limits", &c), None, "an exact name is no slip");
     }
 
