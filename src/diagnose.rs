@@ -370,10 +370,11 @@ fn example(glob: &str) -> Option<&'static str> {
 
 // ------------------------------------------------------------ sentences
 
-/// The sentence(s) for one schema violation of `instance` (the whole
-/// document) against `root` (the whole schema). Empty when another
-/// violation of the same slip already says everything (a required key
-/// missing next to its misspelling).
+/// The sentence(s) for one violation `e` of the schema `root` (the whole
+/// schema the validator was built from): one per unknown key, else one.
+/// Empty when another violation of the same slip already says everything
+/// (a required key missing next to its misspelling, an empty value that
+/// also misses its pattern).
 pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
     let walked = site(root, segments_of(e.instance_path().as_str()));
     // The schema holding the violated keyword: inside a `oneOf` that is the
@@ -389,7 +390,6 @@ pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
     };
     let f = site.human();
     let get = |k: &str| schema.and_then(|s| s.get(k));
-    let object_schema = schema;
     let min_len = get("minLength").and_then(Value::as_u64).unwrap_or(0);
     let min_items = get("minItems").and_then(Value::as_u64).unwrap_or(0);
     match e.kind() {
@@ -397,7 +397,7 @@ pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
             let Some(p) = property.as_str() else {
                 return one(format!("{f}: {e}"));
             };
-            let unexpected = unknown_keys(object_schema, v);
+            let unexpected = unknown_keys(schema, v);
             let unexpected: Vec<&str> = unexpected.iter().map(String::as_str).collect();
             if unexpected.iter().any(|k| near_miss(k, &[p]).is_some()) {
                 return Vec::new();
@@ -417,7 +417,7 @@ pub fn describe(root: &Value, e: &ValidationError<'_>) -> Vec<FieldError> {
                 let key = site_child(root, &site, k);
                 FieldError {
                     field: key.field(),
-                    message: unknown_key_message(root, &site, object_schema, v, k),
+                    message: unknown_key_message(root, &site, schema, v, k),
                 }
             })
             .collect(),
