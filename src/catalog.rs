@@ -20,8 +20,12 @@ const BUILTIN_TEMPLATE_SOURCE: &str = include_str!("default_instructions.md.tera
 /// Roots inside the container under which rendered files may be placed.
 pub const FILE_ROOTS: [&str; 2] = ["/workspace/", "/home/worker/"];
 
-/// Validates one file's bytes: `Err((field, message))` when it is bad.
-type FileCheck<'a> = &'a dyn Fn(&[u8]) -> Result<(), (Option<String>, String)>;
+/// What is wrong with a file: (field, message) per problem, each message a
+/// sentence that names its field.
+pub type Problems = Vec<(Option<String>, String)>;
+
+/// Validates one file's bytes: `Err(problems)` when it is bad.
+type FileCheck<'a> = &'a dyn Fn(&[u8]) -> Result<(), Problems>;
 
 /// A validated preset.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +73,9 @@ pub struct ExtraFile {
 /// A file that was rejected while building the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CatalogIssue {
-    /// File name relative to its directory (`presets/x.json`).
+    /// The file: `presets/x.json` style (relative to the kind of file) as
+    /// [`Catalog::build`] reports it; the loader turns that into the path
+    /// as the directory was given (`/etc/ws/presets/x.json`).
     pub file: String,
     /// The offending field, when there is one.
     pub field: Option<String>,
@@ -171,8 +177,10 @@ impl Catalog {
         let mut pick = |key: String, bytes: &[u8], check: FileCheck<'_>| -> Option<Vec<u8>> {
             match check(bytes) {
                 Ok(()) => Some(bytes.to_vec()),
-                Err((field, message)) => {
-                    issue(key.clone(), field, message);
+                Err(problems) => {
+                    for (field, message) in problems {
+                        issue(key.clone(), field, message);
+                    }
                     previous.and_then(|p| p.sources.get(&key).cloned())
                 }
             }
@@ -193,7 +201,7 @@ impl Catalog {
         let mut skills = BTreeMap::new();
         for (name, bytes) in &sources.skills {
             let key = format!("skills/{name}");
-            let check_skill = |b: &[u8]| parse_skill(name, b).map(|_| ());
+            let check_skill = |b: &[u8]| parse_skill(name, b).map(|_| ()).map_err(|e| vec![e]);
             if let Some(good) = pick(key.clone(), bytes, &check_skill) {
                 if let Ok(s) = parse_skill(name, &good) {
                     skills.insert(s.tool, s);
@@ -210,7 +218,8 @@ impl Catalog {
         for (path, bytes) in &sources.templates {
             let key = format!("templates/{path}");
             if let Some(agent_type) = path.strip_suffix("/agent.json") {
-                let check_layout = |b: &[u8]| parse_layout(agent_type, b).map(|_| ());
+                let check_layout =
+                    |b: &[u8]| parse_layout(agent_type, b).map(|_| ()).map_err(|e| vec![e]);
                 if let Some(good) = pick(key.clone(), bytes, &check_layout) {
                     if let Ok(l) = parse_layout(agent_type, &good) {
                         layouts.insert(agent_type.to_string(), l);
@@ -219,11 +228,12 @@ impl Catalog {
                 }
             } else if path.ends_with(".tera") {
                 let check_template = |b: &[u8]| {
-                    let text =
-                        std::str::from_utf8(b).map_err(|e| (None, format!("not UTF-8: {e}")))?;
+                    let text = std::str::from_utf8(b)
+                        .map_err(|e| vec![(None, format!("not UTF-8: {e}"))])?;
                     new_tera()
                         .add_raw_template(path, text)
-                        .map_err(|e| (None, tera_error_chain(&e)))
+                        .map(|_| ())
+                        .map_err(|e| vec![(None, tera_error_chain(&e))])
                 };
                 if let Some(good) = pick(key.clone(), bytes, &check_template) {
                     let text = String::from_utf8_lossy(&good).into_owned();
@@ -242,7 +252,10 @@ impl Catalog {
                     issues.push(CatalogIssue {
                         file: format!("templates/{agent_type}/agent.json"),
                         field: Some("extra_files.template".into()),
-                        message: format!("template {name} does not exist"),
+                        message: format!(
+                            "extra_files.template: the layout names template {:?}, but there is no templates/{name}",
+                            extra.template
+                        ),
                     });
                 }
             }
@@ -264,38 +277,42 @@ impl Catalog {
     }
 }
 
-/// Parses and validates one preset file.
+/// Parses and validates one preset file; every problem found is reported.
 pub fn parse_preset(
     file_name: &str,
     bytes: &[u8],
     schema: &ConfigSchema,
-) -> Result<Preset, (Option<String>, String)> {
-    let id = file_name
-        .strip_suffix(".json")
-        .ok_or((None, "a preset file must end in .json".to_string()))?;
+) -> Result<Preset, Problems> {
+    let id = file_name.strip_suffix(".json").ok_or_else(|| {
+        vec![(
+            None,
+            format!("{file_name:?} is not a preset file: a preset file's name ends in .json"),
+        )]
+    })?;
     if !is_valid_slug(id) {
-        return Err((
+        return Err(vec![(
             Some("id".into()),
-            format!("file name {id:?} is not a valid preset id"),
-        ));
+            format!(
+                "id: the file name {file_name:?} does not give a valid preset id: name the file <id>.json with lowercase letters, digits, \"_\", \".\" and \"-\""
+            ),
+        )]);
     }
-    let json: Value =
-        serde_json::from_slice(bytes).map_err(|e| (None, format!("not JSON: {e}")))?;
+    let json: Value = serde_json::from_slice(bytes)
+        .map_err(|e| vec![(None, crate::diagnose::json_error(bytes, &e))])?;
     let config = schema.validate(&json).map_err(|e| {
-        (
-            Some(e.field().to_string()),
-            e.errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
+        e.errors
+            .into_iter()
+            .map(|e| (Some(e.field), e.message))
+            .collect::<Problems>()
     })?;
     if config.id != id {
-        return Err((
+        return Err(vec![(
             Some("id".into()),
-            format!("id {:?} must equal the file name {id:?}", config.id),
-        ));
+            format!(
+                "id {:?} must equal the file name without .json, {id:?}: change the id or rename the file",
+                config.id
+            ),
+        )]);
     }
     Ok(Preset { config, json })
 }
@@ -446,11 +463,43 @@ mod tests {
         let json = br#"{"id":"a","name":"A","image":"x","agent":{"type":"t","command":["{prompt}"]},"allowed_tools":[],"limits":{"cpu":1,"memory":"1g","timeout_sec":1,"ttl_sec":1}}"#;
         assert!(parse_preset("a.json", json, &schema).is_ok());
         assert_eq!(
-            parse_preset("b.json", json, &schema)
-                .unwrap_err()
-                .0
-                .as_deref(),
-            Some("id")
+            parse_preset("b.json", json, &schema).unwrap_err(),
+            vec![(
+                Some("id".to_string()),
+                r#"id "a" must equal the file name without .json, "b": change the id or rename the file"#
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_preset_is_its_own_issue() {
+        let schema = ConfigSchema::new();
+        let bad = br#"{"id":"a","name":"A","image":"x","agent":{"type":"t","command":["{prompt}"]},"allowed_tools":["deploi"],"limits":{"cpu":"two","memory":"1g","timeout_sec":1,"ttl_sec":1}}"#;
+        let sources = CatalogSources {
+            presets: vec![("a.json".into(), bad.to_vec())],
+            ..Default::default()
+        };
+        let (_, issues) = Catalog::build(&sources, &schema, None);
+        let fields: Vec<_> = issues.iter().map(|i| i.field.as_deref()).collect();
+        assert_eq!(fields, vec![Some("allowed_tools.0"), Some("limits.cpu")]);
+        assert!(issues.iter().all(|i| i.file == "presets/a.json"));
+        assert_eq!(
+            issues[1].message,
+            r#"limits.cpu must be a number, got the string "two" (e.g. 2 or 0.5)"#
+        );
+    }
+
+    #[test]
+    fn a_preset_that_is_not_json_is_reported_with_line_and_column() {
+        let schema = ConfigSchema::new();
+        let problems = parse_preset("a.json", b"{\n  \"id\": \"a\",\n}\n", &schema).unwrap_err();
+        assert_eq!(
+            problems,
+            vec![(
+                None,
+                "not JSON at line 3, column 1: trailing comma (JSON allows no comma after the last entry of an object or list)".to_string()
+            )]
         );
     }
 

@@ -1,7 +1,7 @@
 //! The command line of the `workers-spawner` binary (OPERATIONS.md) and the
 //! implementations of its offline subcommands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -9,7 +9,7 @@ use crate::catalog::Catalog;
 use crate::config::ConfigSchema;
 use crate::loader::{self, CatalogDirs};
 use crate::protocol::{SpawnRequest, Task};
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{Origins, Settings, SettingsArgs};
 use crate::spec::Resolver;
 
 /// Runs CLI coding agents in isolated Docker containers, driven by Redis streams.
@@ -78,9 +78,16 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PresetsCommand {
     /// Validate every preset in DIR (default: the presets dir setting).
+    ///
+    /// Skills and templates come from --skills-dir / --templates-dir, the
+    /// environment or the config file; when none of those names them, from
+    /// `skills/` and `templates/` next to DIR if they exist.
     Validate {
         /// Directory of preset files.
         dir: Option<PathBuf>,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the merged config and rendered files a spawn of ID would produce.
     Show {
@@ -101,38 +108,119 @@ pub fn catalog_dirs(settings: &Settings) -> CatalogDirs {
     }
 }
 
-/// `presets validate`: exit code 0 only when every preset file is valid.
-pub fn presets_validate(settings: &Settings, dir: Option<PathBuf>) -> i32 {
+/// The directories `presets validate` reads: the presets from `dir` (or
+/// the setting); skills and templates from the settings when they were
+/// given (flag, environment, config file), else from `skills/` and
+/// `templates/` next to the presets directory when those exist, else the
+/// defaults (`./skills`, `./templates`).
+pub fn validate_dirs(
+    settings: &Settings,
+    origins: &Origins,
+    dir: Option<PathBuf>,
+    exists: &dyn Fn(&Path) -> bool,
+) -> CatalogDirs {
     let mut dirs = catalog_dirs(settings);
     if let Some(d) = dir {
         dirs.presets = d;
     }
+    let presets = dirs.presets.clone();
+    let sibling = |name: &str| presets.parent().map(|p| p.join(name)).filter(|p| exists(p));
+    if !origins.is_given("skills_dir") {
+        if let Some(s) = sibling("skills") {
+            dirs.skills = s;
+        }
+    }
+    if !origins.is_given("templates_dir") {
+        if let Some(t) = sibling("templates") {
+            dirs.templates = t;
+        }
+    }
+    dirs
+}
+
+/// `presets validate`: one line per problem on stderr (`<file>: <message>`,
+/// warnings as `<file>: warning: <message>`), then a count; exit code 0
+/// only when every preset file is valid (and, with `strict`, no warning).
+pub fn presets_validate(
+    settings: &Settings,
+    origins: &Origins,
+    dir: Option<PathBuf>,
+    strict: bool,
+) -> i32 {
+    let dirs = validate_dirs(settings, origins, dir, &|p: &Path| p.is_dir());
     let schema = ConfigSchema::new();
     let (catalog, issues) = loader::load(&dirs, &schema, None);
-    let mut bad = 0;
-    for issue in &issues {
-        bad += 1;
-        match &issue.field {
-            Some(f) => eprintln!("{}: field {f}: {}", issue.file, issue.message),
-            None => eprintln!("{}: {}", issue.file, issue.message),
-        }
-    }
-    // A preset is only usable if it renders too (agent type, skills, templates).
+    // (file, is a warning, message); a file's lines stay together.
+    let mut lines: Vec<(String, bool, String)> = issues
+        .into_iter()
+        .map(|i| (i.file, false, i.message))
+        .collect();
+    // A preset is only usable if it renders too (agent type, skills,
+    // templates). An unreadable directory is reported once above, not
+    // again for every preset that needs it.
+    let skills_read = std::fs::read_dir(&dirs.skills).is_ok();
+    let templates_read = std::fs::read_dir(&dirs.templates).is_ok();
+    let (skills_dir, templates_dir) = (
+        dirs.skills.display().to_string(),
+        dirs.templates.display().to_string(),
+    );
     for (id, preset) in &catalog.presets {
         if let Err(e) = crate::render::render(&catalog, &preset.config) {
-            bad += 1;
-            eprintln!("presets/{id}.json: {e}");
+            use crate::render::RenderError;
+            match e {
+                RenderError::MissingSkill(_) if !skills_read => continue,
+                RenderError::UnknownAgentType(_) if !templates_read => continue,
+                _ => {}
+            }
+            let p = crate::diagnose::render_problem(
+                &catalog,
+                &preset.config,
+                &e,
+                &skills_dir,
+                &templates_dir,
+            );
+            lines.push((
+                dirs.path_of(&format!("presets/{id}.json")),
+                false,
+                p.message,
+            ));
         }
     }
+    let ctx = crate::diagnose::Context {
+        max_concurrent: Some(settings.max_concurrent),
+    };
+    for w in dirs.with_paths(crate::diagnose::catalog_warnings(&catalog, &ctx)) {
+        lines.push((w.file, true, w.message));
+    }
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut bad, mut warned) = (0, 0);
+    for (file, warning, message) in &lines {
+        if *warning {
+            warned += 1;
+            eprintln!("{file}: warning: {message}");
+        } else {
+            bad += 1;
+            eprintln!("{file}: {message}");
+        }
+    }
+    let warnings = match warned {
+        0 => String::new(),
+        1 => ", 1 warning".to_string(),
+        n => format!(", {n} warnings"),
+    };
     if bad == 0 {
         println!(
-            "{} presets valid in {}",
+            "{} presets valid in {} (skills: {skills_dir}, templates: {templates_dir}){warnings}",
             catalog.presets.len(),
             dirs.presets.display()
         );
+        if strict && warned > 0 {
+            eprintln!("--strict: warnings count as problems");
+            return 1;
+        }
         0
     } else {
-        eprintln!("{bad} problem(s) found");
+        eprintln!("{bad} problem(s) found{warnings}");
         1
     }
 }
@@ -628,5 +716,76 @@ pub async fn run(
         0
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs_for(given: &[&str], dir: Option<&str>, existing: &[&str]) -> CatalogDirs {
+        let settings = Settings {
+            skills_dir: "/etc/ws/skills".into(),
+            templates_dir: "/etc/ws/templates".into(),
+            ..Settings::default()
+        };
+        let settings = if given.is_empty() {
+            Settings::default()
+        } else {
+            settings
+        };
+        let exists = |p: &Path| existing.iter().any(|e| Path::new(e) == p);
+        validate_dirs(
+            &settings,
+            &Origins::of(given),
+            dir.map(PathBuf::from),
+            &exists,
+        )
+    }
+
+    #[test]
+    fn validate_takes_skills_and_templates_next_to_the_presets_dir() {
+        let d = dirs_for(
+            &[],
+            Some("/srv/ws/presets"),
+            &["/srv/ws/skills", "/srv/ws/templates"],
+        );
+        assert_eq!(d.presets, PathBuf::from("/srv/ws/presets"));
+        assert_eq!(d.skills, PathBuf::from("/srv/ws/skills"));
+        assert_eq!(d.templates, PathBuf::from("/srv/ws/templates"));
+        // Relative as given, and with a trailing slash.
+        let d = dirs_for(
+            &[],
+            Some("../ws/presets/"),
+            &["../ws/skills", "../ws/templates"],
+        );
+        assert_eq!(d.skills, PathBuf::from("../ws/skills"));
+    }
+
+    #[test]
+    fn validate_keeps_the_defaults_when_nothing_is_next_to_the_presets_dir() {
+        let d = dirs_for(&[], Some("/tmp/copy"), &[]);
+        assert_eq!(d.presets, PathBuf::from("/tmp/copy"));
+        assert_eq!(d.skills, PathBuf::from("./skills"));
+        assert_eq!(d.templates, PathBuf::from("./templates"));
+    }
+
+    #[test]
+    fn validate_uses_skills_and_templates_that_were_given() {
+        let d = dirs_for(
+            &["skills_dir", "templates_dir"],
+            Some("/srv/ws/presets"),
+            &["/srv/ws/skills", "/srv/ws/templates"],
+        );
+        assert_eq!(d.skills, PathBuf::from("/etc/ws/skills"));
+        assert_eq!(d.templates, PathBuf::from("/etc/ws/templates"));
+        // Only one given: the other still comes from next door.
+        let d = dirs_for(
+            &["skills_dir"],
+            Some("/srv/ws/presets"),
+            &["/srv/ws/templates"],
+        );
+        assert_eq!(d.skills, PathBuf::from("/etc/ws/skills"));
+        assert_eq!(d.templates, PathBuf::from("/srv/ws/templates"));
     }
 }

@@ -239,16 +239,18 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("memory {s:?} is not a size like \"4g\""))?;
+        .map_err(|_| format!("memory {s:?} is not a size: write e.g. 512m or 4g"))?;
     if !n.is_finite() || n <= 0.0 {
-        return Err(format!("memory {s:?} must be positive"));
+        return Err(format!("memory {s:?} must be more than 0"));
     }
     let bytes = n * mult as f64;
     if bytes < (6u64 << 20) as f64 {
         return Err(format!("memory {s:?} is below Docker's minimum of 6m"));
     }
     if bytes > (1u64 << 50) as f64 {
-        return Err(format!("memory {s:?} is implausibly large"));
+        return Err(format!(
+            "memory {s:?} is implausibly large (at most 1024 TiB)"
+        ));
     }
     Ok(bytes as u64)
 }
@@ -279,19 +281,21 @@ pub fn is_valid_env_name(s: &str) -> bool {
 pub struct FieldError {
     /// Dotted path of the offending field (`limits.memory`), or `(root)`.
     pub field: String,
-    /// What is wrong with it.
+    /// What is wrong with it and what would be valid, as one sentence
+    /// that names the field itself (`limits.cpu must be a number, got the
+    /// string "two"`).
     pub message: String,
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
+        f.write_str(&self.message)
     }
 }
 
 /// Why a JSON value is not a valid worker config.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invalid worker config: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+#[error("invalid worker config: {}", self.messages())]
 pub struct ConfigError {
     /// Every violation found, the first one being the most useful.
     pub errors: Vec<FieldError>,
@@ -305,6 +309,15 @@ impl ConfigError {
                 message: message.into(),
             }],
         }
+    }
+
+    /// Every message, joined with `; `.
+    pub fn messages(&self) -> String {
+        self.errors
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The first offending field.
@@ -330,33 +343,13 @@ impl ConfigError {
 /// about 1 MiB, which is why Cargo.toml asks for a recent version.
 pub struct ConfigSchema {
     validator: jsonschema::Validator,
+    /// The schema itself, for the messages of [`crate::diagnose`].
+    schema: Value,
 }
 
 impl fmt::Debug for ConfigSchema {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ConfigSchema")
-    }
-}
-
-fn pointer_to_field(pointer: &str) -> String {
-    if pointer.is_empty() {
-        return "(root)".into();
-    }
-    pointer.trim_start_matches('/').replace('/', ".")
-}
-
-/// The message of one schema violation.
-///
-/// jsonschema's own text for an `enum` violation names only the first two
-/// options since 0.32 ("... or 4 other candidates"); for `allowed_tools` the
-/// whole list is the useful part, so this keeps the message the daemon has
-/// always given: the value and every option.
-fn error_message(e: &jsonschema::ValidationError<'_>) -> String {
-    match e.kind() {
-        jsonschema::error::ValidationErrorKind::Enum { options } => {
-            format!("{} is not one of {}", e.instance(), options)
-        }
-        _ => e.to_string(),
     }
 }
 
@@ -367,7 +360,7 @@ impl ConfigSchema {
             serde_json::from_str(SCHEMA_JSON).expect("the shipped schema is valid JSON");
         let validator = jsonschema::draft202012::new(&schema)
             .expect("the shipped schema is a valid Draft 2020-12 schema");
-        ConfigSchema { validator }
+        ConfigSchema { validator, schema }
     }
 
     /// Validates `value` and returns the typed config.
@@ -375,41 +368,18 @@ impl ConfigSchema {
         let mut errors: Vec<FieldError> = self
             .validator
             .iter_errors(value)
-            .map(|e| {
-                let mut field = pointer_to_field(e.instance_path().as_str());
-                // An unknown key is reported at its parent: name the key itself.
-                if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
-                    e.kind()
-                {
-                    if let Some(k) = unexpected.first() {
-                        field = if field == "(root)" {
-                            k.clone()
-                        } else {
-                            format!("{field}.{k}")
-                        };
-                    }
-                }
-                if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
-                    if let Some(k) = property.as_str() {
-                        field = if field == "(root)" {
-                            k.to_string()
-                        } else {
-                            format!("{field}.{k}")
-                        };
-                    }
-                }
-                FieldError {
-                    field,
-                    message: error_message(&e),
-                }
-            })
+            .flat_map(|e| crate::diagnose::describe(&self.schema, &e))
             .collect();
         if !errors.is_empty() {
             errors.sort_by_key(|e| std::cmp::Reverse(e.field.matches('.').count()));
             return Err(ConfigError { errors });
         }
-        let config: WorkerConfig = serde_json::from_value(value.clone())
-            .map_err(|e| ConfigError::one("(root)", e.to_string()))?;
+        let config: WorkerConfig = serde_json::from_value(value.clone()).map_err(|e| {
+            ConfigError::one(
+                "(root)",
+                format!("the preset does not fit the worker config model: {e}"),
+            )
+        })?;
         check_semantics(&config)?;
         Ok(config)
     }
@@ -423,19 +393,36 @@ impl Default for ConfigSchema {
 
 /// Rules the JSON Schema cannot express.
 fn check_semantics(c: &WorkerConfig) -> Result<(), ConfigError> {
-    parse_memory(&c.limits.memory).map_err(|m| ConfigError::one("limits.memory", m))?;
-    if let Some(name) = c
+    let mut errors = Vec::new();
+    if let Err(m) = parse_memory(&c.limits.memory) {
+        errors.push(FieldError {
+            field: "limits.memory".into(),
+            message: format!("limits.{m}"),
+        });
+    }
+    for name in c
         .env
         .keys()
-        .find(|k| k.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX))
+        .filter(|k| k.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX))
     {
-        return Err(ConfigError::one(
-            &format!("env.{name}"),
-            format!("env names starting with {RESERVED_ENV_PREFIX} are reserved for the daemon"),
-        ));
+        errors.push(FieldError {
+            field: format!("env.{name}"),
+            message: format!(
+                "env.{name}: names starting with {RESERVED_ENV_PREFIX} are reserved for the daemon, which sets them itself; choose another name"
+            ),
+        });
     }
-    crate::image_ref::normalize(&c.image).map_err(|m| ConfigError::one("image", m))?;
-    Ok(())
+    if let Err(m) = crate::image_ref::normalize(&c.image) {
+        errors.push(FieldError {
+            field: "image".into(),
+            message: format!("image {:?} is not a valid image reference: {m}", c.image),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { errors })
+    }
 }
 
 /// Applies `patch` to `base` as an RFC 7396 JSON Merge Patch.
@@ -562,7 +549,7 @@ mod tests {
         assert_eq!(e.field(), "allowed_tools.1");
         assert_eq!(
             e.errors[0].message,
-            r#""nope" is not one of ["project","deploy","engineering","infra","respond","admin"]"#
+            r#"allowed_tools: unknown tool "nope" (known: project, deploy, engineering, infra, respond, admin)"#
         );
     }
 
@@ -653,9 +640,10 @@ mod tests {
     #[test]
     fn env_values_must_be_strings_or_from_env() {
         assert_eq!(field_of(with(valid(), "/env", json!({"A": 1}))), "env.A");
+        // The misspelt key itself is named.
         assert_eq!(
             field_of(with(valid(), "/env", json!({"A": {"from": "B"}}))),
-            "env.A"
+            "env.A.from"
         );
         assert_eq!(field_of(with(valid(), "/env", json!({"1BAD": "x"}))), "env");
     }

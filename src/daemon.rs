@@ -148,8 +148,9 @@ impl Daemon {
         let schema = ConfigSchema::new();
         let (catalog, issues) = loader::load(&dirs(&settings), &schema, None);
         for i in &issues {
-            tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
+            tracing::warn!(file = %i.file, field = i.field.as_deref().unwrap_or(""), "catalog file rejected: {}", i.message);
         }
+        log_catalog_warnings(&settings, &catalog);
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
         let env = WorkerEnv {
             engine,
@@ -255,12 +256,13 @@ impl Daemon {
             || catalog.skills != prev.skills
             || catalog.layouts != prev.layouts
             || catalog.template_names != prev.template_names;
-        *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
         if changed {
             tracing::info!("catalog reloaded");
+            log_catalog_warnings(&self.settings, &catalog);
         }
+        *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
         for i in issues {
-            tracing::warn!(file = %i.file, field = ?i.field, "catalog file rejected: {}", i.message);
+            tracing::warn!(file = %i.file, field = i.field.as_deref().unwrap_or(""), "catalog file rejected: {}", i.message);
             self.env
                 .sink
                 .event(
@@ -1690,6 +1692,19 @@ pub struct Networks {
     pub internal: (String, String),
     /// Bridge interfaces of both.
     pub bridges: Vec<String>,
+}
+
+/// Logs what `presets validate` would warn about; warnings do not stop a
+/// preset from loading, so they are logged (when the catalog changes), not
+/// published as `catalog_error` events.
+fn log_catalog_warnings(settings: &Settings, catalog: &Catalog) {
+    let ctx = crate::diagnose::Context {
+        max_concurrent: Some(settings.max_concurrent),
+    };
+    let warnings = crate::diagnose::catalog_warnings(catalog, &ctx);
+    for w in dirs(settings).with_paths(warnings) {
+        tracing::warn!(file = %w.file, field = w.field.as_deref().unwrap_or(""), "catalog warning: {}", w.message);
+    }
 }
 
 fn dirs(settings: &Settings) -> CatalogDirs {

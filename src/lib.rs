@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod diagnose;
 pub mod docker;
 pub mod firewall;
 pub mod gateway;

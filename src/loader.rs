@@ -19,6 +19,40 @@ pub struct CatalogDirs {
     pub templates: PathBuf,
 }
 
+impl CatalogDirs {
+    /// The path of a catalog file as its directory was given (relative to
+    /// the current folder or absolute): `presets/x.json` (the form
+    /// [`Catalog::build`] reports) becomes `<presets dir>/x.json`. A name
+    /// of another form is returned as it is.
+    pub fn path_of(&self, key: &str) -> String {
+        let (dir, rest) = if let Some(r) = key.strip_prefix("presets/") {
+            (&self.presets, r)
+        } else if let Some(r) = key.strip_prefix("skills/") {
+            (&self.skills, r)
+        } else if let Some(r) = key.strip_prefix("templates/") {
+            (&self.templates, r)
+        } else {
+            return key.to_string();
+        };
+        if rest.is_empty() {
+            dir.display().to_string()
+        } else {
+            dir.join(rest).display().to_string()
+        }
+    }
+
+    /// `issues` with their files as paths (see [`CatalogDirs::path_of`]).
+    pub fn with_paths(&self, issues: Vec<CatalogIssue>) -> Vec<CatalogIssue> {
+        issues
+            .into_iter()
+            .map(|i| CatalogIssue {
+                file: self.path_of(&i.file),
+                ..i
+            })
+            .collect()
+    }
+}
+
 /// Largest file read into the catalog; bigger ones are reported, not read.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -29,13 +63,21 @@ fn read_flat(
     label: &str,
 ) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        issues.push(CatalogIssue {
-            file: dir.display().to_string(),
-            field: None,
-            message: format!("cannot read the {label} directory"),
-        });
-        return out;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            let setting = format!("{label}_dir");
+            issues.push(CatalogIssue {
+                file: dir.display().to_string(),
+                field: None,
+                message: format!(
+                    "cannot read the {label} directory ({e}): give it with --{flag} DIR, WORKERS_SPAWNER_{env} or {setting} in the config file",
+                    flag = setting.replace('_', "-"),
+                    env = setting.to_uppercase(),
+                ),
+            });
+            return out;
+        }
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -43,7 +85,8 @@ fn read_flat(
         if name.starts_with('.') || !name.ends_with(ext) {
             continue;
         }
-        if let Some(bytes) = read_file(&entry.path(), &format!("{label}/{name}"), issues) {
+        let path = entry.path();
+        if let Some(bytes) = read_file(&path, &path.display().to_string(), issues) {
             out.push((name, bytes));
         }
     }
@@ -51,15 +94,18 @@ fn read_flat(
     out
 }
 
-fn read_file(path: &Path, key: &str, issues: &mut Vec<CatalogIssue>) -> Option<Vec<u8>> {
+fn read_file(path: &Path, shown: &str, issues: &mut Vec<CatalogIssue>) -> Option<Vec<u8>> {
     // metadata() follows symlinks, as a ConfigMap mount needs.
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => None,
         Ok(m) if m.len() > MAX_FILE_BYTES => {
             issues.push(CatalogIssue {
-                file: key.to_string(),
+                file: shown.to_string(),
                 field: None,
-                message: format!("file is {} bytes, the limit is {MAX_FILE_BYTES}", m.len()),
+                message: format!(
+                    "the file is {} bytes, the limit is {MAX_FILE_BYTES}: it was not read",
+                    m.len()
+                ),
             });
             None
         }
@@ -67,9 +113,9 @@ fn read_file(path: &Path, key: &str, issues: &mut Vec<CatalogIssue>) -> Option<V
             Ok(b) => Some(b),
             Err(e) => {
                 issues.push(CatalogIssue {
-                    file: key.to_string(),
+                    file: shown.to_string(),
                     field: None,
-                    message: e.to_string(),
+                    message: format!("cannot read the file: {e}"),
                 });
                 None
             }
@@ -110,7 +156,8 @@ pub fn read_sources(dirs: &CatalogDirs) -> (CatalogSources, Vec<CatalogIssue>) {
     (sources, issues)
 }
 
-/// Reads the directories and builds a catalog over `previous`.
+/// Reads the directories and builds a catalog over `previous`. Every
+/// issue names its file by its path (see [`CatalogDirs::path_of`]).
 pub fn load(
     dirs: &CatalogDirs,
     schema: &ConfigSchema,
@@ -118,6 +165,6 @@ pub fn load(
 ) -> (Catalog, Vec<CatalogIssue>) {
     let (sources, mut issues) = read_sources(dirs);
     let (catalog, more) = Catalog::build(&sources, schema, previous);
-    issues.extend(more);
+    issues.extend(dirs.with_paths(more));
     (catalog, issues)
 }

@@ -7,7 +7,7 @@ use workers_spawner::settings::Settings;
 
 fn main() {
     let cli = Cli::parse();
-    let settings = match Settings::load(&cli.settings) {
+    let (settings, origins) = match Settings::load_with_origins(&cli.settings) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("workers-spawner: {e}");
@@ -15,7 +15,9 @@ fn main() {
         }
     };
     let code = match cli.command {
-        Command::Presets(PresetsCommand::Validate { dir }) => cli::presets_validate(&settings, dir),
+        Command::Presets(PresetsCommand::Validate { dir, strict }) => {
+            cli::presets_validate(&settings, &origins, dir, strict)
+        }
         Command::Presets(PresetsCommand::Show { id, override_json }) => {
             cli::presets_show(&settings, &id, override_json.as_deref())
         }

@@ -176,9 +176,35 @@ pub struct SettingsArgs {
 #[error("invalid settings: {0}")]
 pub struct SettingsError(String);
 
+/// Which settings were given (by a flag, the environment or the config
+/// file) rather than left at their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins {
+    given: std::collections::BTreeSet<String>,
+}
+
+impl Origins {
+    /// Whether the top-level setting `key` (`skills_dir`) was given.
+    pub fn is_given(&self, key: &str) -> bool {
+        self.given.contains(key)
+    }
+
+    /// Origins in which exactly `keys` were given.
+    pub fn of(keys: &[&str]) -> Origins {
+        Origins {
+            given: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
 impl Settings {
     /// Layers defaults, the config file, the environment and `args`.
     pub fn load(args: &SettingsArgs) -> Result<Settings, SettingsError> {
+        Self::load_with_origins(args).map(|(s, _)| s)
+    }
+
+    /// [`Settings::load`], also telling which settings were given.
+    pub fn load_with_origins(args: &SettingsArgs) -> Result<(Settings, Origins), SettingsError> {
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
         let file = args
             .config
@@ -202,7 +228,16 @@ impl Settings {
             .merge(Serialized::defaults(args));
         let s: Settings = fig.extract().map_err(|e| SettingsError(e.to_string()))?;
         s.check()?;
-        Ok(s)
+        let defaults = std::any::type_name::<Settings>();
+        let keys = serde_json::to_value(Settings::default())
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+            .unwrap_or_default();
+        let given = keys
+            .into_iter()
+            .filter(|k| fig.find_metadata(k).is_some_and(|m| m.name != defaults))
+            .collect();
+        Ok((s, Origins { given }))
     }
 
     fn check(&self) -> Result<(), SettingsError> {
@@ -277,6 +312,29 @@ mod tests {
             );
             jail.set_env("WORKERS_SPAWNER_RESCAN_INTERVAL", "0s");
             assert!(Settings::load(&SettingsArgs::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn origins_tell_given_settings_from_defaults() {
+        figment::Jail::expect_with(|jail| {
+            let (_, o) = Settings::load_with_origins(&SettingsArgs::default()).unwrap();
+            assert_eq!(o, Origins::default());
+            jail.create_file("ws.toml", "templates_dir = \"/t\"\n")?;
+            jail.set_env("WORKERS_SPAWNER_SKILLS_DIR", "/s");
+            let args = SettingsArgs {
+                config: Some("ws.toml".into()),
+                max_concurrent: Some(4),
+                ..Default::default()
+            };
+            let (s, o) = Settings::load_with_origins(&args).unwrap();
+            assert_eq!(s.skills_dir, PathBuf::from("/s"));
+            assert!(o.is_given("templates_dir"));
+            assert!(o.is_given("skills_dir"));
+            assert!(o.is_given("max_concurrent"));
+            assert!(!o.is_given("presets_dir"));
+            assert!(!o.is_given("redis_url"));
             Ok(())
         });
     }

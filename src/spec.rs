@@ -96,11 +96,11 @@ pub enum ResolveError {
     #[error("worker_config_id: unknown preset {0:?}")]
     UnknownPreset(String),
     /// The merged config fails the schema.
-    #[error("{field}: {message}")]
+    #[error("{message}")]
     Invalid {
         /// Offending field.
         field: String,
-        /// Why.
+        /// Why, in sentences that name their fields.
         message: String,
     },
     /// The override breaks the policy.
@@ -216,7 +216,7 @@ impl Resolver<'_> {
             return Err(ResolveError::Invalid {
                 field: "env".into(),
                 message: format!(
-                    "{} env entries, the limit is {}",
+                    "env has {} entries; at most {} are allowed",
                     config.env.len(),
                     self.limits.max_env_entries
                 ),
@@ -295,12 +295,7 @@ impl Resolver<'_> {
     fn validate(&self, v: &Value) -> Result<WorkerConfig, ResolveError> {
         self.schema.validate(v).map_err(|e| ResolveError::Invalid {
             field: e.field().to_string(),
-            message: e
-                .errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
+            message: e.messages(),
         })
     }
 }

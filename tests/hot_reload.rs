@@ -269,6 +269,8 @@ mod daemon {
                 .arg(format!("127.0.0.1:{port}"))
                 // Only the watcher can make the change visible in time.
                 .env("WORKERS_SPAWNER_RESCAN_INTERVAL", "1h")
+                // Daemons of parallel tests must not share the gateway port.
+                .env("WORKERS_SPAWNER_GATEWAY_PORT", free_port().to_string())
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -336,6 +338,73 @@ mod daemon {
             }
             panic!("no result for {request_id}");
         }
+    }
+
+    impl DaemonProc {
+        /// `catalog_error` events published so far (from the start of the
+        /// stream), as (file, field, message), without repeats, waiting up
+        /// to `within` for at least `want` of them.
+        fn catalog_errors(
+            &mut self,
+            want: usize,
+            within: Duration,
+        ) -> Vec<(String, Value, String)> {
+            let stream = format!("{}:events", self.prefix);
+            let deadline = Instant::now() + within;
+            let mut seen = Vec::new();
+            let mut last = "0-0".to_string();
+            while Instant::now() < deadline {
+                let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(500)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(&last)
+                    .query(&mut self.redis)
+                    .unwrap_or_default();
+                for key in reply.keys {
+                    for entry in key.ids {
+                        last = entry.id.clone();
+                        let Some(redis::Value::BulkString(b)) = entry.map.get("data") else {
+                            continue;
+                        };
+                        let v: Value = serde_json::from_slice(b).unwrap();
+                        if v["type"] != "catalog_error" {
+                            continue;
+                        }
+                        let e = (
+                            v["data"]["file"].as_str().unwrap_or_default().to_string(),
+                            v["data"]["field"].clone(),
+                            v["data"]["message"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        );
+                        if !seen.contains(&e) {
+                            seen.push(e);
+                        }
+                    }
+                }
+                if seen.len() >= want {
+                    // Let a second reload (editor writes signal twice) land.
+                    std::thread::sleep(Duration::from_millis(500));
+                    if reply_is_quiet(&mut self.redis, &stream, &last) {
+                        break;
+                    }
+                }
+            }
+            seen
+        }
+    }
+
+    fn reply_is_quiet(redis: &mut redis::Connection, stream: &str, last: &str) -> bool {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(last)
+            .query(redis)
+            .unwrap_or_default();
+        reply.keys.iter().all(|k| k.ids.is_empty())
     }
 
     fn preset(name: &str) -> String {
@@ -416,5 +485,67 @@ mod daemon {
         let r = d.dry_run("r4", "new_v1");
         assert_eq!(r["status"], "succeeded", "{r}");
         assert_eq!(r["config"]["name"], "Edited", "{r}");
+    }
+
+    #[test]
+    fn daemon_reports_a_broken_preset_with_its_path_and_the_message_validate_gives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("presets")).unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        copy_dir(&repo.join("skills"), &root.join("skills"));
+        copy_dir(&repo.join("templates"), &root.join("templates"));
+        let mut d = DaemonProc::start(root);
+
+        // An edit with two slips: a misspelt key and a size in words.
+        let mut bad: Value = serde_json::from_str(&preset("Bad")).unwrap();
+        let tools = bad
+            .as_object_mut()
+            .unwrap()
+            .remove("allowed_tools")
+            .unwrap();
+        bad["alowed_tools"] = tools;
+        bad["limits"]["memory"] = json!("4 gigs");
+        let file = root.join("presets/new_v1.json");
+        write_atomically(&file, &serde_json::to_string_pretty(&bad).unwrap());
+        let events = d.catalog_errors(2, Duration::from_secs(10));
+
+        let out = Command::new(env!("CARGO_BIN_EXE_workers-spawner"))
+            .env_clear()
+            .arg("--skills-dir")
+            .arg(root.join("skills"))
+            .arg("--templates-dir")
+            .arg(root.join("templates"))
+            .args(["presets", "validate"])
+            .arg(root.join("presets"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mut validate: Vec<&str> = stderr.lines().collect();
+        assert_eq!(validate.pop(), Some("2 problem(s) found"), "{stderr}");
+
+        let f = file.display().to_string();
+        assert_eq!(
+            validate,
+            vec![
+                format!(
+                    r#"{f}: limits.memory "4 gigs" is not a size: write e.g. 512m or 4g (did you mean "4g"?)"#
+                ),
+                format!(
+                    r#"{f}: alowed_tools is not a known field; did you mean "allowed_tools"? (allowed_tools is required and missing)"#
+                ),
+            ]
+        );
+        let published: Vec<String> = events
+            .iter()
+            .map(|(file, _, message)| format!("{file}: {message}"))
+            .collect();
+        assert_eq!(published, validate, "{events:#?}");
+        let fields: Vec<&Value> = events.iter().map(|(_, field, _)| field).collect();
+        assert_eq!(
+            fields,
+            vec![&json!("limits.memory"), &json!("alowed_tools")]
+        );
     }
 }

@@ -93,8 +93,12 @@ fn a_preset_without_an_agent_fails_validation_naming_file_and_field() {
     let out = validate(dir.path());
     let err = stderr(&out);
     assert_ne!(out.status.code(), Some(0));
-    assert!(err.contains("developer_codex_v1.json"), "{err}");
-    assert!(err.contains("field agent"), "{err}");
+    assert!(
+        err.contains(
+            "developer_codex_v1.json: agent is required but missing: which agent runs and how"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,8 +112,10 @@ fn a_preset_that_is_not_json_fails_validation_naming_the_file() {
     let out = validate(dir.path());
     let err = stderr(&out);
     assert_ne!(out.status.code(), Some(0));
-    assert!(err.contains("infra_claude_v1.json"), "{err}");
-    assert!(err.contains("not JSON"), "{err}");
+    assert!(
+        err.contains("infra_claude_v1.json: not JSON at line 1, column 25: EOF while parsing a value (the file ends too early: a closing }, ] or \" is missing)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,7 +129,10 @@ fn a_preset_whose_id_differs_from_its_file_name_fails_validation() {
     let out = validate(dir.path());
     let err = stderr(&out);
     assert_ne!(out.status.code(), Some(0));
-    assert!(err.contains("po_claude_v2.json: field id"), "{err}");
+    assert!(
+        err.contains(r#"po_claude_v2.json: id "po_claude_v1" must equal the file name without .json, "po_claude_v2": change the id or rename the file"#),
+        "{err}"
+    );
 }
 
 #[test]
@@ -135,8 +144,14 @@ fn a_preset_with_an_unknown_agent_type_fails_validation() {
     let out = validate(dir.path());
     let err = stderr(&out);
     assert_ne!(out.status.code(), Some(0));
-    assert!(err.contains("po_claude_v1.json"), "{err}");
-    assert!(err.contains("agent.type"), "{err}");
+    assert!(
+        err.contains(r#"po_claude_v1.json: agent.type "nope" is not an agent type: there is no "#),
+        "{err}"
+    );
+    assert!(
+        err.contains("(known agent types: claude-code, codex, factory-droid)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -245,4 +260,230 @@ fn showing_with_an_override_that_is_not_json_fails() {
     );
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("object"), "{}", stderr(&out));
+}
+
+// ------------------------------------------- presets as an admin writes them
+
+/// Runs the binary in `cwd` with a clean environment: no catalog flags
+/// unless `args` has them.
+fn run_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_workers-spawner"))
+        .env_clear()
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// `<tmp>/site/{presets,skills,templates}` laid out like the repository
+/// (and the compose file), plus an unrelated `<tmp>/elsewhere` to run from.
+fn site() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    copy_dir(&repo_path("presets"), &site.join("presets"));
+    copy_dir(&repo_path("skills"), &site.join("skills"));
+    copy_dir(&repo_path("templates"), &site.join("templates"));
+    std::fs::create_dir(tmp.path().join("elsewhere")).unwrap();
+    tmp
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn validate_works_from_any_folder_with_skills_and_templates_next_to_the_presets() {
+    let tmp = site();
+    let presets = tmp.path().join("site/presets");
+    let out = run_in(
+        &tmp.path().join("elsewhere"),
+        &["presets", "validate", presets.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let s = tmp.path().join("site").display().to_string();
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("5 presets valid in {s}/presets (skills: {s}/skills, templates: {s}/templates)")
+    );
+    // Relative, as given.
+    let out = run_in(
+        &tmp.path().join("elsewhere"),
+        &["presets", "validate", "../site/presets"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(skills: ../site/skills, templates: ../site/templates)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn validate_uses_the_skills_and_templates_the_settings_name() {
+    let tmp = site();
+    // Presets alone in a folder of their own; the rest named by a flag and
+    // by the environment.
+    let alone = tmp.path().join("alone/presets");
+    copy_dir(&tmp.path().join("site/presets"), &alone);
+    let s = tmp.path().join("site");
+    let out = Command::new(env!("CARGO_BIN_EXE_workers-spawner"))
+        .env_clear()
+        .current_dir(tmp.path().join("elsewhere"))
+        .env("WORKERS_SPAWNER_TEMPLATES_DIR", s.join("templates"))
+        .arg("--skills-dir")
+        .arg(s.join("skills"))
+        .args(["presets", "validate"])
+        .arg(&alone)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    // Nothing named and nothing next door: one line per directory saying
+    // how to name it, not a missing skill for every preset.
+    let out = run_in(
+        &tmp.path().join("elsewhere"),
+        &["presets", "validate", alone.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        lines(&err),
+        vec![
+            "./skills: cannot read the skills directory (No such file or directory (os error 2)): give it with --skills-dir DIR, WORKERS_SPAWNER_SKILLS_DIR or skills_dir in the config file",
+            "./templates: cannot read the templates directory (No such file or directory (os error 2)): give it with --templates-dir DIR, WORKERS_SPAWNER_TEMPLATES_DIR or templates_dir in the config file",
+            "2 problem(s) found",
+        ],
+        "{err}"
+    );
+}
+
+/// A preset typed by hand, with the slips people make.
+const TYPOS: &str = r#"{
+  "id": "typos_v1",
+  "name": "Typos",
+  "image": "universal-worker-base:latest",
+  "agent": { "type": "claude-code", "command": ["claude", "-p"] },
+  "alowed_tools": ["project", "deploi"],
+  "limit": { "cpu": 1 },
+  "has_internet": "yes"
+}
+"#;
+
+/// Types wrong in a preset that is otherwise fine.
+const TYPES: &str = r#"{
+  "id": "types_v1",
+  "name": "Types",
+  "image": "universal-worker-base:latest",
+  "agent": { "type": "claude-code", "command": ["claude", "-p", "{prompt}"] },
+  "allowed_tools": ["project", "deploi"],
+  "limits": { "cpu": "two", "memory": "4 gigs", "timeout_sec": 600, "ttl_sec": 7200 }
+}
+"#;
+
+#[test]
+fn broken_presets_get_one_line_per_problem_with_path_field_and_what_is_valid() {
+    let tmp = site();
+    let dir = tmp.path().join("site/presets");
+    std::fs::write(dir.join("typos_v1.json"), TYPOS).unwrap();
+    std::fs::write(dir.join("types_v1.json"), TYPES).unwrap();
+    // Copied from another preset and only renamed: the id is stale.
+    std::fs::copy(dir.join("po_claude_v1.json"), dir.join("po_claude_v2.json")).unwrap();
+    // Edited with a comment, as in other config files.
+    std::fs::write(
+        dir.join("commented_v1.json"),
+        "{\n  \"id\": \"commented_v1\",\n  // the name\n  \"name\": \"x\"\n}\n",
+    )
+    .unwrap();
+    let out = run_in(
+        &tmp.path().join("elsewhere"),
+        &["presets", "validate", "../site/presets"],
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    let want = [
+        r#"../site/presets/commented_v1.json: not JSON at line 3, column 3: key must be a string (keys take double quotes: "name": ...)"#,
+        r#"../site/presets/po_claude_v2.json: id "po_claude_v1" must equal the file name without .json, "po_claude_v2": change the id or rename the file"#,
+        r#"../site/presets/types_v1.json: allowed_tools: unknown tool "deploi" (known: project, deploy, engineering, infra, respond, admin; did you mean "deploy"?)"#,
+        r#"../site/presets/types_v1.json: limits.cpu must be a number, got the string "two" (e.g. 2 or 0.5)"#,
+        r#"../site/presets/types_v1.json: limits.memory "4 gigs" is not a size: write e.g. 512m or 4g (did you mean "4g"?)"#,
+        r#"../site/presets/typos_v1.json: agent.command must contain the element "{prompt}" exactly once (the prompt is passed as its own argument), e.g. ["claude", "-p", "{prompt}"]"#,
+        r#"../site/presets/typos_v1.json: has_internet must be true or false, got the string "yes" (write true without quotes)"#,
+        r#"../site/presets/typos_v1.json: alowed_tools is not a known field; did you mean "allowed_tools"? (allowed_tools is required and missing)"#,
+        r#"../site/presets/typos_v1.json: limit is not a known field; did you mean "limits"? (limits is required and missing)"#,
+        "9 problem(s) found",
+    ];
+    assert_eq!(lines(&err), want, "{err}");
+}
+
+/// A preset that loads but contradicts itself and the daemon's settings.
+const CONTRADICTIONS: &str = r#"{
+  "id": "pooled_v1",
+  "name": "Pooled",
+  "image": "universal-worker-base:latest",
+  "agent": { "type": "claude-code", "command": ["claude", "-p", "{prompt}"] },
+  "allowed_tools": ["respond"],
+  "network": "corp",
+  "has_internet": false,
+  "limits": { "cpu": 1, "memory": "1g", "timeout_sec": 900, "ttl_sec": 600 },
+  "pool": { "size": 3 }
+}
+"#;
+
+#[test]
+fn contradictions_are_warnings_that_name_both_fields_and_fail_only_when_strict() {
+    let tmp = site();
+    let dir = tmp.path().join("site/presets");
+    std::fs::write(dir.join("pooled_v1.json"), CONTRADICTIONS).unwrap();
+    let args = [
+        "--max-concurrent",
+        "4",
+        "presets",
+        "validate",
+        "../site/presets",
+    ];
+    let out = run_in(&tmp.path().join("elsewhere"), &args);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("6 presets valid in ../site/presets"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).trim_end().ends_with(", 4 warnings"),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    let f = "../site/presets/pooled_v1.json: warning:";
+    let want = [
+        format!("{f} limits.ttl_sec (600) is shorter than limits.timeout_sec (900): a session's container lives only ttl_sec, so a task in a session is stopped before its timeout"),
+        format!("{f} pool.size is 3 but limits.ttl_sec (600) is not longer than limits.timeout_sec (900): a pool container takes a request only while it has a whole timeout_sec of life left, so this pool never serves one (make ttl_sec longer than timeout_sec)"),
+        format!("{f} pool.size (3) is more than the daemon keeps ready: pools hold at most half of max_concurrent (4 / 2 = 2) containers in all, so at most 2 of these are kept"),
+        format!(r#"{f} network "corp" is attached while has_internet is false: has_internet only chooses the daemon's own network, so if "corp" has a route out the worker reaches the internet through it"#),
+    ];
+    assert_eq!(lines(&err), want, "{err}");
+    let strict: Vec<&str> = args[..3]
+        .iter()
+        .copied()
+        .chain(["validate", "--strict", "../site/presets"])
+        .collect();
+    let out = run_in(&tmp.path().join("elsewhere"), &strict);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).ends_with("--strict: warnings count as problems\n"),
+        "{}",
+        stderr(&out)
+    );
 }
