@@ -623,7 +623,13 @@ impl Scanner<'_> {
                         b'"' => {
                             self.string(None, 0)?;
                         }
-                        _ => self.i += 1,
+                        _ => {
+                            let rest = &self.b[self.i..];
+                            self.i += rest
+                                .iter()
+                                .position(|&c| matches!(c, b'{' | b'[' | b'}' | b']' | b'"'))
+                                .unwrap_or(rest.len());
+                        }
                     }
                 }
             }
@@ -658,6 +664,16 @@ impl Scanner<'_> {
             }
         };
         loop {
+            if out.is_none() {
+                // Nothing to keep: jump over the plain bytes at once.
+                let rest = &self.b[self.i..];
+                let n = rest
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    .unwrap_or(rest.len());
+                len += n;
+                self.i += n;
+            }
             let c = self.peek()?;
             self.i += 1;
             let decoded: &[u8] = match c {
