@@ -68,12 +68,19 @@ if [ -f docker-compose.yml ] && [ ${#compose[@]} -gt 0 ]; then
     "${compose[@]}" -f docker-compose.yml config -q
     echo "docker-compose.yml OK"
 fi
+# The compose stack itself runs below (scripts/compose-test.sh), once the
+# debug binaries and the universal worker image it uses exist.
 
 section "cargo build --all-targets"
 cargo build --all-targets
 
 section "universal worker image (debootstrap base, orchestrator CLI)"
 images/universal-worker/build.sh --orchestrator "${CARGO_TARGET_DIR:-target}/debug/orchestrator"
+
+if [ -f docker-compose.yml ] && [ ${#compose[@]} -gt 0 ]; then
+    section "compose stack without a registry (scripts/compose-test.sh)"
+    bash scripts/compose-test.sh
+fi
 
 # Extra args go to cargo test; args after a "--" go to the test harness,
 # together with --test-threads=2.

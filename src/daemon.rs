@@ -490,6 +490,10 @@ impl Daemon {
         let req = match parse_spawn_request(data, &self.settings.limits) {
             Ok(r) => r,
             Err(e) => match &e.request_id {
+                Some(rid) if e.unreadable => {
+                    self.reject_unreadable(&entry, rid, &e).await;
+                    return;
+                }
                 Some(rid) => {
                     tracing::info!(request_id = %rid, field = %e.field, "request rejected: {}", e.message);
                     let info = ErrorInfo {
@@ -687,6 +691,30 @@ impl Daemon {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Answers an entry the parser could not read but whose request id the
+    /// bounded scan found: one `rejected` result, then the dead letter
+    /// (which acknowledges it). A redelivery after a crash in between finds
+    /// the result and adds only the dead letter.
+    async fn reject_unreadable(&self, entry: &Entry, rid: &str, e: &crate::protocol::RequestError) {
+        tracing::info!(request_id = %rid, field = %e.field, "unreadable request rejected: {}", e.message);
+        if !self.bus.has_result(rid).await.unwrap_or(false) {
+            let info = ErrorInfo {
+                code: e.code.to_string(),
+                field: Some(e.field.clone()),
+                message: e.to_string(),
+            };
+            self.env
+                .sink
+                .event(rid, EventType::Rejected, json!({"error": info}))
+                .await;
+            let result = ResultRecord::bare(rid, Status::Rejected, Some(info));
+            if !self.env.sink.result(&result, &self.shutdown).await {
+                return;
+            }
+        }
+        self.dead_letter(entry, &e.to_string()).await;
     }
 
     /// Answers a request whose container name is held by a container this

@@ -722,10 +722,9 @@ impl Daemon {
         result.exit_code = exit_code;
         result.output = tail.text;
         result.output_truncated = tail.truncated;
-        result.timings.started_at = Some(
-            chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now() - started.elapsed())
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        );
+        result.timings.started_at = Some(crate::protocol::rfc3339_millis(
+            (std::time::SystemTime::now() - started.elapsed()).into(),
+        ));
         result.timings.finished_at = Some(now_rfc3339());
         result.timings.start_ms = Some(start_ms);
         result.timings.run_ms = Some(run_ms);

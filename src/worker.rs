@@ -13,7 +13,7 @@ use crate::delivery::SHIM_MESSAGE_PREFIX;
 use crate::docker::{ContainerFacts, Engine, EngineError, FileDelivery, OutputStream};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    now_rfc3339, ErrorInfo, EventType, ResultRecord, Status, Timings, WorkerInfo,
+    normalize_rfc3339, now_rfc3339, ErrorInfo, EventType, ResultRecord, Status, Timings, WorkerInfo,
 };
 use crate::redact::Redactor;
 use crate::render::RenderedFile;
@@ -611,7 +611,8 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     result.output_truncated = truncated;
     result.timings.started_at = facts
         .as_ref()
-        .and_then(|f| f.started_at.clone())
+        .and_then(|f| f.started_at.as_deref())
+        .and_then(normalize_rfc3339)
         .or(Some(started_at));
     result.timings.finished_at = Some(finished_at);
     result.timings.start_ms = start_ms;

@@ -775,3 +775,74 @@ async fn a_secret_from_the_daemon_env_reaches_the_worker_but_not_its_container_c
     );
     cleanup_containers(&d.prefix).await;
 }
+
+/// Every timestamp in `v` (fields `ts` and `*_at`, and any string that reads
+/// as RFC 3339): checks its format and counts it.
+fn check_timestamps(v: &Value, key: &str, seen: &mut usize) {
+    match v {
+        Value::Object(m) => m.iter().for_each(|(k, x)| check_timestamps(x, k, seen)),
+        Value::Array(a) => a.iter().for_each(|x| check_timestamps(x, key, seen)),
+        Value::String(s) => {
+            let named = key == "ts" || key.ends_with("_at");
+            if named || chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+                // RFC 3339, UTC, exactly milliseconds: 2026-05-01T10:00:00.123Z
+                let b = s.as_bytes();
+                let ok = s.len() == 24
+                    && b[10] == b'T'
+                    && b[19] == b'.'
+                    && b[20..23].iter().all(u8::is_ascii_digit)
+                    && s.ends_with('Z')
+                    && chrono::DateTime::parse_from_rfc3339(s).is_ok();
+                assert!(ok, "{key}: {s:?} is not RFC 3339 UTC with milliseconds");
+                *seen += 1;
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_timestamp_in_results_and_events_has_one_format() {
+    let d = Daemon::start(DaemonOpts::new("timestamps"));
+    let one = unique_request_id("ts");
+    publish_spawn(&d.prefix, &spawn_request(&one, "echo_v1", "what time")).await;
+    let sid = unique_request_id("ts-s");
+    let in_session = unique_request_id("ts-sess");
+    let mut req = spawn_request(&in_session, "echo_v1", "in a session");
+    req["task"]["session_id"] = json!(sid);
+    publish_spawn(&d.prefix, &req).await;
+    let rejected = unique_request_id("ts-rej");
+    publish_spawn(
+        &d.prefix,
+        &json!({"request_id": rejected, "worker_config_id": "echo_v1", "task": {}}),
+    )
+    .await;
+
+    let mut seen = 0;
+    for (rid, last_event) in [(&one, "removed"), (&in_session, "finished")] {
+        let r = wait_result(&d.prefix, rid, RESULT_TIMEOUT).await;
+        assert_eq!(r["status"], "succeeded", "{r:#}");
+        for k in ["received_at", "started_at", "finished_at"] {
+            assert!(r["timings"][k].is_string(), "{k} missing: {r:#}");
+        }
+        check_timestamps(&r, "", &mut seen);
+        for e in wait_event(&d.prefix, rid, last_event, RESULT_TIMEOUT).await {
+            check_timestamps(&e, "", &mut seen);
+        }
+    }
+    let r = wait_result(&d.prefix, &rejected, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "rejected", "{r:#}");
+    check_timestamps(&r, "", &mut seen);
+    for e in events_for(&d.prefix, &rejected).await {
+        check_timestamps(&e, "", &mut seen);
+    }
+    // 3 timings in each of 2 results, and a `ts` on every event.
+    assert!(seen >= 6 + 8, "only {seen} timestamps checked");
+
+    publish_control(&d.prefix, &json!({"command": "cancel", "session_id": sid})).await;
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    while container_count(&d.prefix).await > 0 {
+        assert!(Instant::now() < deadline, "the session container stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

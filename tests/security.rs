@@ -28,7 +28,9 @@ use workers_spawner::catalog::Catalog;
 use workers_spawner::config::ConfigSchema;
 use workers_spawner::image_ref;
 use workers_spawner::loader::{self, CatalogDirs};
-use workers_spawner::protocol::{parse_spawn_request, InputLimits};
+use workers_spawner::protocol::{
+    is_valid_request_id, parse_spawn_request, scan_entry, InputLimits,
+};
 use workers_spawner::settings::Settings;
 use workers_spawner::spec::Resolver;
 
@@ -1126,6 +1128,149 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
     assert_eq!(r["status"], "succeeded", "{r:#}");
 }
 
+/// Results, `rejected` events and dead letters an unreadable entry left.
+async fn traces(prefix: &str, rid: &str, entry_id: &str) -> (usize, usize, usize) {
+    let results = results_for(prefix, rid).await.len();
+    let rejected = events_for(prefix, rid)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "rejected")
+        .count();
+    let dead = dead_letters(prefix)
+        .await
+        .iter()
+        .filter(|v| v["entry_id"] == entry_id)
+        .count();
+    (results, rejected, dead)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_entries_with_an_id_get_one_rejected_result_and_a_dead_letter() {
+    let presets = security_presets();
+    let opts = DaemonOpts::new("sec-unreadable").presets_dir(presets.path());
+    let mut d = Daemon::start(opts.clone());
+    let mib = 1024 * 1024;
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let rid = |tag: &str| unique_request_id(tag);
+    // (request id, entry, field, words the message must hold)
+    let (big, deep_id, utf8) = (rid("big"), rid("deep"), rid("utf8"));
+    let mut non_utf8 = format!(
+        r#"{{"request_id": "{utf8}", "worker_config_id": "shell_v1", "task": {{"prompt": "echo "#
+    )
+    .into_bytes();
+    non_utf8.extend_from_slice(b"\xff\xfe\"}}");
+    let cases: Vec<(String, Vec<u8>, &str, Vec<String>)> = vec![
+        (
+            // The id after a 4 MiB prompt holding a quoted fake id.
+            big.clone(),
+            format!(
+                r#"{{"worker_config_id": "shell_v1", "task": {{"prompt": "\"request_id\": \"fake\" {}"}}, "request_id": "{big}"}}"#,
+                "x".repeat(4 * mib)
+            )
+            .into_bytes(),
+            "task.prompt",
+            vec!["262144".into(), "1048576".into()],
+        ),
+        (
+            deep_id.clone(),
+            format!(
+                r#"{{"request_id": "{deep_id}", "worker_config_id": "shell_v1", "worker_config_override": {{"env": {deep}}}, "task": {{"prompt": "x"}}}}"#
+            )
+            .into_bytes(),
+            "worker_config_override",
+            vec!["10001 levels".into(), "limit is 8".into()],
+        ),
+        (utf8.clone(), non_utf8, "task.prompt", vec!["UTF-8".into()]),
+    ];
+    let mut sent = Vec::new();
+    for (rid, data, field, words) in &cases {
+        let entry_id = publish_raw(&d.prefix, data).await;
+        sent.push((rid.clone(), entry_id, *field, words.clone()));
+    }
+    // Without a usable id: dead letters alone.
+    let mut orphans = Vec::new();
+    for data in [
+        format!(r#"{{"task": {{"prompt": "{}"}}}}"#, "x".repeat(2 * mib)),
+        format!(
+            r#"{{"request_id": "../../x", "task": {{"prompt": "{}"}}}}"#,
+            "x".repeat(2 * mib)
+        ),
+        format!(r#"{{"worker_config_override": {deep}, "task": {{"prompt": "x"}}}}"#),
+    ] {
+        orphans.push(publish_raw(&d.prefix, data.as_bytes()).await);
+    }
+
+    for (rid, entry_id, field, words) in &sent {
+        let r = wait_result(&d.prefix, rid, RESULT_TIMEOUT).await;
+        assert_eq!(r["status"], "rejected", "{r:#}");
+        assert_eq!(r["error"]["field"], *field, "{r:#}");
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        for w in words {
+            assert!(
+                message.contains(w.as_str()),
+                "{rid}: {message:?} lacks {w:?}"
+            );
+        }
+        let dl = wait_dead_letter(&d.prefix, RESULT_TIMEOUT, |v| v["entry_id"] == *entry_id).await;
+        assert!(
+            dl["reason"].as_str().unwrap_or_default().contains(field),
+            "{dl:#}"
+        );
+    }
+    for entry_id in &orphans {
+        wait_dead_letter(&d.prefix, RESULT_TIMEOUT, |v| v["entry_id"] == *entry_id).await;
+    }
+    // The fake id inside the prompt and the invalid ones got nothing.
+    let results = all_results(&d.prefix).await;
+    assert_eq!(results.len(), sent.len(), "{results:#?}");
+
+    // The same oversized request published again while the daemon runs,
+    // and once more left unacknowledged in the daemon's own pending list
+    // (as if it had died after publishing the result): each entry is
+    // dead-lettered, the request keeps its one result and one event.
+    let again = publish_raw(&d.prefix, &cases[0].1).await;
+    wait_dead_letter(&d.prefix, RESULT_TIMEOUT, |v| v["entry_id"] == again).await;
+    d.cleanup_on_drop = false;
+    assert!(d.terminate().is_some(), "daemon did not stop");
+    let s = streams(&d.prefix);
+    let redelivered = publish_raw(&d.prefix, &cases[0].1).await;
+    let mut c = redis_conn().await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers-spawner")
+        .arg(&d.instance_id)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&s.spawn)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let d2 = Daemon::start(
+        opts.prefix(&d.prefix.clone())
+            .instance_id(&d.instance_id.clone()),
+    );
+    let dl = wait_dead_letter(&d2.prefix, RESULT_TIMEOUT, |v| v["entry_id"] == redelivered).await;
+    assert_eq!(dl["deliveries"], 2, "a redelivery: {dl:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending_count(&d2.prefix).await > 0 {
+        assert!(Instant::now() < deadline, "entries left pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for entry in [&sent[0].1, &again, &redelivered] {
+        assert_eq!(
+            traces(&d2.prefix, &big, entry).await,
+            (1, 1, 1),
+            "entry {entry}"
+        );
+    }
+    for (rid, entry_id, _, _) in &sent[1..] {
+        assert_eq!(traces(&d2.prefix, rid, entry_id).await, (1, 1, 1), "{rid}");
+    }
+    assert_eq!(container_count(&d2.prefix).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_and_shell_syntax_in_a_prompt_reach_the_agent_verbatim() {
     let d = Daemon::start(DaemonOpts::new("sec-verbatim"));
@@ -1226,6 +1371,30 @@ proptest! {
             prop_assert!(!r.request_id.is_empty() && r.request_id.len() <= 128);
             prop_assert!(!r.task.prompt.contains('\0'));
         }
+    }
+
+    /// The bounded scan of unreadable entries reads the same top-level
+    /// `request_id` the parser reads, wherever it stands among random
+    /// members (escaped keys and strings, nested look-alikes).
+    #[test]
+    fn the_scan_reads_the_request_id_the_parser_reads(
+        v in arb_value(),
+        id in prop_oneof!["[A-Za-z0-9._:-]{1,130}", "[ -~]{0,12}", ".{0,6}"],
+        pos in 0usize..8,
+    ) {
+        let mut members: Vec<(String, Value)> = match v {
+            Value::Object(m) => m.into_iter().collect(),
+            other => vec![("x".to_string(), other)],
+        };
+        members.retain(|(k, _)| k != "request_id");
+        members.insert(pos.min(members.len()), ("request_id".to_string(), json!(id)));
+        let body: Vec<String> = members.iter().map(|(k, v)| format!("{}: {v}", json!(k))).collect();
+        let text = format!("{{{}}}", body.join(", "));
+        let scan = scan_entry(text.as_bytes(), &InputLimits::default());
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(parsed["request_id"].as_str(), Some(id.as_str()));
+        prop_assert_eq!(scan.request_id, is_valid_request_id(&id).then_some(id));
+        prop_assert!(scan.complete);
     }
 
     /// Byte-level mutations of a valid request never panic the parser, and
