@@ -30,6 +30,13 @@ pub const DERIVED_REPO: &str = "ws-derived";
 /// Label on every derived image and its build's intermediate images.
 pub const BUILD_LABEL: &str = "io.workers-spawner.build";
 
+/// Label on a preparation container (never started; removed once the
+/// prepared image is committed, or as stale).
+pub const PREPARING_LABEL: &str = "io.workers-spawner.preparing";
+
+/// Age after which a preparation container is taken as left by a dead daemon.
+pub const STALE_PREPARATION: Duration = Duration::from_secs(600);
+
 /// How long a name's prepared image is used without checking the name again.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
@@ -310,7 +317,10 @@ impl ImageBuilder {
         };
         let docker = self.engine.client();
         let short = tag.rsplit(':').next().unwrap_or_default().to_string();
-        let container = format!("ws-prepare-{short}");
+        // Other daemons on the engine may prepare the same image at the same
+        // moment: each uses a container of its own and commits the same
+        // content to the same tag, whichever lands last.
+        let container = format!("ws-prepare-{short}-{}", &crate::gateway::new_key()[4..12]);
         let config = info.config.clone().unwrap_or_default();
         let mut labels = config.labels.clone().unwrap_or_default();
         labels.insert(BUILD_LABEL.to_string(), short.clone());
@@ -322,6 +332,8 @@ impl ImageBuilder {
             crate::prepare::PREPARED_LABEL.to_string(),
             crate::prepare::RECIPE.to_string(),
         );
+        let mut container_labels = labels.clone();
+        container_labels.insert(PREPARING_LABEL.to_string(), short.clone());
         let no_command = config.cmd.as_ref().is_none_or(|c| c.is_empty())
             && config.entrypoint.as_ref().is_none_or(|c| c.is_empty());
         let body = bollard::models::ContainerCreateBody {
@@ -329,7 +341,7 @@ impl ImageBuilder {
             // An image without any command cannot even be created; the
             // container never starts, and a worker always brings its own.
             cmd: no_command.then(|| vec![crate::delivery::SHIM_PATH.to_string()]),
-            labels: Some(labels),
+            labels: Some(container_labels),
             network_disabled: Some(true),
             host_config: Some(bollard::models::HostConfig {
                 network_mode: Some("none".into()),
@@ -337,8 +349,7 @@ impl ImageBuilder {
             }),
             ..Default::default()
         };
-        // A preparation cut short (the daemon died) may have left its container.
-        let _ = self.engine.remove(&container).await;
+        self.remove_stale_preparations().await;
         let id = match self.engine.create(&container, body).await {
             Ok(id) => id,
             Err(e) if e.is_transient() => return Err(e.into()),
@@ -390,6 +401,31 @@ impl ImageBuilder {
             "image prepared for workers"
         );
         Ok(())
+    }
+
+    /// Removes preparation containers older than [`STALE_PREPARATION`]:
+    /// left by a daemon that died while preparing (a live preparation takes
+    /// seconds).
+    async fn remove_stale_preparations(&self) {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![PREPARING_LABEL.to_string()]);
+        let opts = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let Ok(list) = self.engine.client().list_containers(Some(opts)).await else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp();
+        for c in list {
+            let old = c
+                .created
+                .is_some_and(|t| now - t > STALE_PREPARATION.as_secs() as i64);
+            if let (true, Some(id)) = (old, c.id) {
+                let _ = self.engine.remove(&id).await;
+            }
+        }
     }
 
     /// A file of a container (`None` when it has none, or it is no file).

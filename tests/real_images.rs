@@ -264,3 +264,108 @@ async fn an_image_that_cannot_run_the_agent_is_answered_in_words() {
         "{r:#}"
     );
 }
+
+/// A new image id (a commit of `from` with a label of its own) tagged `tag`.
+async fn fresh_image(from: &str, tag: &str) {
+    let d = docker().await;
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(from.to_string()),
+        labels: Some(
+            [("io.workers-spawner.test-fresh".to_string(), random_suffix())]
+                .into_iter()
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let c = d
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .expect("create");
+    let (repo, t) = tag.split_once(':').unwrap();
+    d.commit_container(
+        bollard::query_parameters::CommitContainerOptions {
+            container: Some(c.id.clone()),
+            repo: Some(repo.into()),
+            tag: Some(t.into()),
+            ..Default::default()
+        },
+        bollard::models::ContainerConfig::default(),
+    )
+    .await
+    .expect("commit");
+    let _ = d
+        .remove_container(
+            &c.id,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+}
+
+async fn remove_image_and_prepared(tag: &str) {
+    let d = docker().await;
+    let mut filters = std::collections::HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![format!("io.workers-spawner.derived-from={tag}")],
+    );
+    let prepared = d
+        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    let force = Some(bollard::query_parameters::RemoveImageOptions {
+        force: true,
+        ..Default::default()
+    });
+    for i in prepared {
+        let _ = d.remove_image(&i.id, force.clone(), None).await;
+    }
+    let _ = d.remove_image(tag, force, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_meeting_a_new_image_at_once_both_run_their_workers() {
+    let tag = format!("ws-test-fresh-{}:1", random_suffix());
+    fresh_image("ws-test-stock:latest", &tag).await;
+    let presets =
+        presets_dir_with(&[("fresh_v1", preset("fresh_v1", &tag, sh_agent(), json!({})))]);
+    let a = Daemon::start(DaemonOpts::new("img-fresh-a").presets_dir(presets.path()));
+    let b = Daemon::start(DaemonOpts::new("img-fresh-b").presets_dir(presets.path()));
+    let (ra, rb) = (unique_request_id("fa"), unique_request_id("fb"));
+    let (qa, qb) = (
+        spawn_request(&ra, "fresh_v1", "a"),
+        spawn_request(&rb, "fresh_v1", "b"),
+    );
+    tokio::join!(publish_spawn(&a.prefix, &qa), publish_spawn(&b.prefix, &qb));
+    let (oa, ob) = tokio::join!(
+        assert_succeeded(&a.prefix, &ra, "stock"),
+        assert_succeeded(&b.prefix, &rb, "stock"),
+    );
+    assert!(oa.contains("task-a.txt") && ob.contains("task-b.txt"));
+    drop((a, b));
+    // No preparation container is left behind.
+    let d = docker().await;
+    let mut filters = std::collections::HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![format!("io.workers-spawner.derived-from={tag}")],
+    );
+    let left = d
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    remove_image_and_prepared(&tag).await;
+    assert!(left.is_empty(), "preparation containers left: {left:?}");
+}

@@ -228,6 +228,11 @@ async fn remove_derived_images(token_marker: &str) {
         .unwrap_or_default();
     for img in list {
         for tag in img.repo_tags {
+            // Prepared images (`ws-derived:p-…`) are shared with every
+            // other test running now; only setup images are this test's.
+            if tag.starts_with("ws-derived:p-") {
+                continue;
+            }
             if tag.contains(token_marker) || token_marker.is_empty() {
                 let _ = d
                     .remove_image(
