@@ -183,6 +183,21 @@ pub struct Limits {
 /// Default `pids` limit when a preset sets none.
 pub const DEFAULT_PIDS: u32 = 512;
 
+/// Smallest `limits.cpu` the engine can enforce: runc refuses a CFS quota
+/// under 1 ms per 100 ms period (0.001 fails at start), and a NanoCpus of 0
+/// means no limit at all.
+pub const MIN_CPU: f64 = 0.01;
+/// Largest `limits.cpu` a config may ask for (the schema's maximum).
+pub const MAX_CPU: f64 = 64.0;
+/// Smallest memory limit Docker accepts (6 MiB); 0 would mean no limit.
+pub const MIN_MEMORY_BYTES: u64 = 6 << 20;
+/// Largest memory limit a config may ask for (1 PiB).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Smallest `limits.pids` (the schema's minimum); 0 or -1 would mean no limit.
+pub const MIN_PIDS: u32 = 16;
+/// Largest `limits.pids` (the schema's maximum).
+pub const MAX_PIDS: u32 = 65536;
+
 impl Limits {
     /// Effective pids limit.
     pub fn pids(&self) -> u32 {
@@ -244,10 +259,10 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         return Err(format!("memory {s:?} must be positive"));
     }
     let bytes = n * mult as f64;
-    if bytes < (6u64 << 20) as f64 {
+    if bytes < MIN_MEMORY_BYTES as f64 {
         return Err(format!("memory {s:?} is below Docker's minimum of 6m"));
     }
-    if bytes > (1u64 << 50) as f64 {
+    if bytes > MAX_MEMORY_BYTES as f64 {
         return Err(format!("memory {s:?} is implausibly large"));
     }
     Ok(bytes as u64)
@@ -421,8 +436,26 @@ impl Default for ConfigSchema {
     }
 }
 
+/// Whether `cpu` is a CPU limit the engine enforces as given: finite and
+/// within [`MIN_CPU`]..=[`MAX_CPU`] (so never 0, -0, a subnormal or NaN,
+/// which the engine would take as "no limit" or refuse at start).
+pub fn cpu_in_range(cpu: f64) -> bool {
+    cpu.is_finite() && (MIN_CPU..=MAX_CPU).contains(&cpu)
+}
+
 /// Rules the JSON Schema cannot express.
 fn check_semantics(c: &WorkerConfig) -> Result<(), ConfigError> {
+    // The schema has the same bounds; this holds them for configs that did
+    // not come through it, and against float edge cases.
+    if !cpu_in_range(c.limits.cpu) {
+        return Err(ConfigError::one(
+            "limits.cpu",
+            format!(
+                "cpu {} is outside {MIN_CPU}..={MAX_CPU} (below {MIN_CPU} the engine cannot enforce it)",
+                c.limits.cpu
+            ),
+        ));
+    }
     parse_memory(&c.limits.memory).map_err(|m| ConfigError::one("limits.memory", m))?;
     if let Some(name) = c
         .env
@@ -648,6 +681,77 @@ mod tests {
             field_of(with(valid(), "/limits/memory", json!("1k"))),
             "limits.memory"
         );
+    }
+
+    /// Every numeric limit at its edges: tiny, zero, negative zero,
+    /// subnormal, negative, huge. None may reach the engine as 0 ("no
+    /// limit") or as a value the runtime refuses at start.
+    #[test]
+    fn every_numeric_limit_is_refused_at_its_edges() {
+        let cases = [
+            ("/limits/cpu", json!(1e-10), "limits.cpu"),
+            ("/limits/cpu", json!(0.001), "limits.cpu"),
+            ("/limits/cpu", json!(0.0099), "limits.cpu"),
+            ("/limits/cpu", json!(0), "limits.cpu"),
+            ("/limits/cpu", json!(-0.0), "limits.cpu"),
+            ("/limits/cpu", json!(5e-324), "limits.cpu"),
+            ("/limits/cpu", json!(-1), "limits.cpu"),
+            ("/limits/cpu", json!(64.5), "limits.cpu"),
+            ("/limits/cpu", json!(1e308), "limits.cpu"),
+            ("/limits/memory", json!("0"), "limits.memory"),
+            ("/limits/memory", json!("0g"), "limits.memory"),
+            ("/limits/memory", json!("0.0000001g"), "limits.memory"),
+            ("/limits/memory", json!("5m"), "limits.memory"),
+            ("/limits/memory", json!("-1g"), "limits.memory"),
+            ("/limits/memory", json!("1e-10g"), "limits.memory"),
+            ("/limits/memory", json!("99999999g"), "limits.memory"),
+            ("/limits/pids", json!(0), "limits.pids"),
+            ("/limits/pids", json!(-0.0), "limits.pids"),
+            ("/limits/pids", json!(-1), "limits.pids"),
+            ("/limits/pids", json!(15), "limits.pids"),
+            ("/limits/pids", json!(65537), "limits.pids"),
+            ("/limits/pids", json!(1e300), "limits.pids"),
+            ("/limits/timeout_sec", json!(0), "limits.timeout_sec"),
+            ("/limits/timeout_sec", json!(-0.0), "limits.timeout_sec"),
+            ("/limits/timeout_sec", json!(5e-324), "limits.timeout_sec"),
+            ("/limits/timeout_sec", json!(604801), "limits.timeout_sec"),
+            ("/limits/ttl_sec", json!(0), "limits.ttl_sec"),
+            ("/limits/ttl_sec", json!(-1), "limits.ttl_sec"),
+            ("/limits/ttl_sec", json!(1e20), "limits.ttl_sec"),
+        ];
+        for (pointer, value, field) in cases {
+            let mut v = valid();
+            v["limits"]["pids"] = json!(64);
+            assert_eq!(
+                field_of(with(v, pointer, value.clone())),
+                field,
+                "{pointer} = {value}"
+            );
+        }
+        // The floors themselves are accepted.
+        let mut v = valid();
+        v["limits"] = json!({"cpu": MIN_CPU, "memory": "6m", "timeout_sec": 1, "ttl_sec": 1, "pids": MIN_PIDS});
+        ConfigSchema::new().validate(&v).unwrap();
+    }
+
+    #[test]
+    fn the_cpu_range_check_holds_for_float_edge_cases() {
+        for bad in [
+            0.0,
+            -0.0,
+            5e-324,
+            1e-10,
+            0.001,
+            f64::NAN,
+            f64::INFINITY,
+            -1.0,
+            64.01,
+        ] {
+            assert!(!cpu_in_range(bad), "{bad}");
+        }
+        for good in [MIN_CPU, 0.5, 1.0, MAX_CPU] {
+            assert!(cpu_in_range(good), "{good}");
+        }
     }
 
     #[test]

@@ -187,10 +187,42 @@ pub fn withheld_env(spec: &WorkerSpec, ctx: &LaunchContext) -> Vec<(String, Stri
     }
 }
 
+/// The resource limits as the engine takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// `NanoCpus`.
+    pub nano_cpus: i64,
+    /// `Memory` and `MemorySwap`, bytes.
+    pub memory: i64,
+    /// `PidsLimit`.
+    pub pids: i64,
+}
+
+/// `limits` in the engine's units, each clamped into the range the engine
+/// enforces. To the engine 0 (or -1) means "no limit", so no value here is
+/// ever 0, whatever reached this point: the schema and the policy refuse
+/// such configs, and this is the last line.
+pub fn engine_limits(limits: &crate::config::Limits) -> EngineLimits {
+    use crate::config::{MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES, MIN_PIDS};
+    let cpu = if limits.cpu.is_finite() {
+        limits.cpu.clamp(MIN_CPU, MAX_CPU)
+    } else {
+        MIN_CPU
+    };
+    let memory = limits
+        .memory_bytes()
+        .unwrap_or(MIN_MEMORY_BYTES)
+        .clamp(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES);
+    EngineLimits {
+        nano_cpus: (cpu * 1e9).round() as i64,
+        memory: memory as i64,
+        pids: limits.pids().clamp(MIN_PIDS, MAX_PIDS) as i64,
+    }
+}
+
 /// The create body for `spec` under `ctx`, with the hardened defaults.
 pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBody {
-    let limits = &spec.config.limits;
-    let memory = limits.memory_bytes().unwrap_or(512 << 20) as i64;
+    let limits = engine_limits(&spec.config.limits);
     let withheld = withheld_env(spec, ctx);
     let mut env: Vec<String> = spec
         .env
@@ -244,10 +276,10 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
         network_disabled: Some(ctx.network_mode == "none"),
         host_config: Some(HostConfig {
             init: Some(true),
-            nano_cpus: Some((limits.cpu * 1e9) as i64),
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            pids_limit: Some(limits.pids() as i64),
+            nano_cpus: Some(limits.nano_cpus),
+            memory: Some(limits.memory),
+            memory_swap: Some(limits.memory),
+            pids_limit: Some(limits.pids),
             cap_drop: Some(vec!["ALL".to_string()]),
             cap_add: Some(spec.config.security.cap_add.clone()),
             security_opt: Some(vec!["no-new-privileges:true".to_string()]),
@@ -385,6 +417,8 @@ fn output_chunks(
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// `NanoCpus` of every CPU the engine has (it refuses more).
+    max_nano_cpus: Option<i64>,
 }
 
 impl Engine {
@@ -396,7 +430,14 @@ impl Engine {
             .negotiate_version()
             .await?;
         docker.ping().await?;
-        Ok(Engine { docker })
+        let max_nano_cpus = match docker.info().await {
+            Ok(i) => i.ncpu.filter(|n| *n > 0).map(|n| n * 1_000_000_000),
+            Err(_) => None,
+        };
+        Ok(Engine {
+            docker,
+            max_nano_cpus,
+        })
     }
 
     /// `GET /_ping`.
@@ -419,12 +460,20 @@ impl Engine {
         }
     }
 
-    /// Creates the container; returns its id.
+    /// Creates the container; returns its id. A CPU limit above what the
+    /// engine has becomes all of its CPUs: the engine refuses more, and a
+    /// preset written for a bigger machine should still run here.
     pub async fn create(
         &self,
         name: &str,
         body: ContainerCreateBody,
     ) -> Result<String, EngineError> {
+        let mut body = body;
+        if let (Some(max), Some(hc)) = (self.max_nano_cpus, body.host_config.as_mut()) {
+            if let Some(n) = hc.nano_cpus.as_mut() {
+                *n = (*n).min(max);
+            }
+        }
         let image = body.image.clone().unwrap_or_default();
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
@@ -842,6 +891,51 @@ mod tests {
         assert!(a.starts_with("ws-a_b.c-"), "{a}");
         assert_ne!(a, b);
         assert_ne!(a, request_container_name("workers", "req_1"));
+    }
+
+    #[test]
+    fn no_limit_reaches_the_engine_as_zero_or_below_its_floor() {
+        use crate::config::Limits;
+        let l = |cpu: f64, memory: &str, pids: Option<u32>| Limits {
+            cpu,
+            memory: memory.into(),
+            timeout_sec: 1,
+            ttl_sec: 1,
+            pids,
+        };
+        // Not a number at all: the floor, never "unlimited".
+        for cpu in [
+            1e-10,
+            0.0,
+            -0.0,
+            5e-324,
+            -1.0,
+            0.001,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            let e = engine_limits(&l(cpu, "64m", Some(64)));
+            assert_eq!(e.nano_cpus, 10_000_000, "cpu {cpu}");
+        }
+        assert_eq!(
+            engine_limits(&l(1e308, "64m", None)).nano_cpus,
+            64_000_000_000
+        );
+        assert_eq!(engine_limits(&l(1.0, "64m", None)).nano_cpus, 1_000_000_000);
+        assert_eq!(engine_limits(&l(0.5, "64m", None)).nano_cpus, 500_000_000);
+        for memory in ["0", "1k", "nonsense", "-1g"] {
+            let e = engine_limits(&l(1.0, memory, None));
+            assert_eq!(e.memory, 6 << 20, "memory {memory}");
+        }
+        assert_eq!(engine_limits(&l(1.0, "64m", None)).memory, 64 << 20);
+        for (pids, want) in [
+            (Some(0), 16),
+            (Some(1), 16),
+            (None, 512),
+            (Some(1 << 30), 65536),
+        ] {
+            assert_eq!(engine_limits(&l(1.0, "64m", pids)).pids, want, "{pids:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EnvValue, WorkerConfig, RESERVED_ENV_PREFIX};
+use crate::config::{cpu_in_range, EnvValue, WorkerConfig, MAX_CPU, MIN_CPU, RESERVED_ENV_PREFIX};
 use crate::image_ref;
 
 /// Policy settings (part of the daemon's settings).
@@ -40,9 +40,20 @@ fn refuse(field: &str, message: impl Into<String>) -> Result<(), PolicyViolation
 }
 
 impl Policy {
-    /// Checks what every config must satisfy, preset or not: capabilities
-    /// within `allowed_cap_add`.
+    /// Checks what every config must satisfy, preset or not: limits the
+    /// engine can enforce, capabilities within `allowed_cap_add`.
     pub fn check_config(&self, c: &WorkerConfig) -> Result<(), PolicyViolation> {
+        // "Lower" is not always narrower: below the floor the engine would
+        // run the container without a CPU limit, or refuse to start it.
+        if !cpu_in_range(c.limits.cpu) {
+            return refuse(
+                "limits.cpu",
+                format!(
+                    "cpu {} is outside {MIN_CPU}..={MAX_CPU}; below {MIN_CPU} the engine cannot enforce it",
+                    c.limits.cpu
+                ),
+            );
+        }
         if let Some(cap) = c
             .security
             .cap_add
@@ -290,6 +301,23 @@ mod tests {
             json!({"security": {"cap_add": []}}),
         ] {
             assert_eq!(check(patch.clone()), Ok(()), "{patch}");
+        }
+    }
+
+    #[test]
+    fn a_cpu_limit_below_the_engines_floor_is_refused_though_it_is_lower() {
+        // The schema refuses these first; the policy holds for configs that
+        // reach it another way.
+        let schema = ConfigSchema::new();
+        let preset = schema.validate(&preset_json()).unwrap();
+        for cpu in [1e-10, 0.001, 0.0, -0.0, 5e-324, f64::NAN] {
+            let mut merged = preset.clone();
+            merged.limits.cpu = cpu;
+            assert_eq!(
+                policy().check_override(&preset, &merged).unwrap_err().field,
+                "limits.cpu",
+                "{cpu}"
+            );
         }
     }
 

@@ -892,6 +892,57 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
             "x",
             "limits.cpu",
         ),
+        // Lower is not narrower below the engine's floor: NanoCpus 0 is
+        // "unlimited", 0.001 fails at start.
+        (
+            "cpu tiny (would be NanoCpus 0)",
+            "shell_v1",
+            json!({"limits": {"cpu": 1e-10}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "cpu below the runtime's floor",
+            "shell_v1",
+            json!({"limits": {"cpu": 0.001}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "cpu negative zero",
+            "shell_v1",
+            json!({"limits": {"cpu": -0.0}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "cpu subnormal",
+            "shell_v1",
+            json!({"limits": {"cpu": 5e-324}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "pids zero (unlimited)",
+            "shell_v1",
+            json!({"limits": {"pids": 0}}),
+            "x",
+            "limits.pids",
+        ),
+        (
+            "memory zero (unlimited)",
+            "shell_v1",
+            json!({"limits": {"memory": "0"}}),
+            "x",
+            "limits.memory",
+        ),
+        (
+            "timeout zero",
+            "shell_v1",
+            json!({"limits": {"timeout_sec": 0}}),
+            "x",
+            "limits.timeout_sec",
+        ),
         (
             "pids up",
             "shell_v1",
@@ -1118,10 +1169,12 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
             "no dead letter mentions {want}: {reasons:#?}"
         );
     }
-    // Nothing ran, and the daemon still serves.
+    // Nothing ran, and the daemon still serves, also at the CPU floor.
     assert_eq!(container_count(&d.prefix).await, 0);
     let ok = unique_request_id("alive");
-    publish_spawn(&d.prefix, &shell_request(&ok, "shell_v1", "echo alive")).await;
+    let mut req = shell_request(&ok, "shell_v1", "echo alive");
+    req["worker_config_override"] = json!({"limits": {"cpu": 0.01}});
+    publish_spawn(&d.prefix, &req).await;
     let r = wait_result(&d.prefix, &ok, RESULT_TIMEOUT).await;
     assert_eq!(r["status"], "succeeded", "{r:#}");
 }
