@@ -108,6 +108,12 @@ pub struct WorkerConfig {
     /// Environment of the agent.
     #[serde(default)]
     pub env: BTreeMap<String, EnvValue>,
+    /// Env names a request's override may set, change or remove: exact
+    /// names, or prefixes ending in `*` (`APP_*`). A name that changes how
+    /// a process starts ([`is_process_start_env`]) matches an exact entry
+    /// only. Nothing listed: an override may not touch `env` at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_overridable: Vec<String>,
     /// Resource and time limits.
     pub limits: Limits,
     /// Container hardening knobs a preset may set.
@@ -278,6 +284,110 @@ pub fn is_valid_slug(s: &str) -> bool {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
         })
         && !s.contains("..")
+}
+
+/// Env names that change how a process starts, loads code or reaches the
+/// network rather than what it works on: the shell's start-up files and
+/// prompt hooks (`BASH_ENV` makes bash run a file before `bash -c`, such as
+/// the prompt file), the dynamic loader, interpreters' start-up and module
+/// paths, git's hooks and helpers, `PATH`, proxies and API base URLs (the
+/// agent's own API key would follow them). Compared without regard to case.
+const PROCESS_START_ENV: &[&str] = &[
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS0",
+    "PS1",
+    "PS2",
+    "PS3",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "CDPATH",
+    "GLOBIGNORE",
+    "ZDOTDIR",
+    "INPUTRC",
+    "PATH",
+    "HOME",
+    "SHELL",
+    "TMPDIR",
+    "LOCPATH",
+    "NLSPATH",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "LOCALDOMAIN",
+    "CLASSPATH",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "MANPAGER",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "BROWSER",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "CURL_HOME",
+    "CURL_CA_BUNDLE",
+    "WGETRC",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+];
+
+/// Prefixes of [`PROCESS_START_ENV`]-like names (`LD_PRELOAD`,
+/// `PYTHONSTARTUP`, `NODE_OPTIONS`, `GIT_SSH_COMMAND`, ...).
+const PROCESS_START_ENV_PREFIXES: &[&str] = &[
+    "LD_",
+    "DYLD_",
+    "BASH_FUNC_",
+    "PYTHON",
+    "NODE_",
+    "NPM_CONFIG_",
+    "YARN_",
+    "GIT_",
+    "PERL",
+    "RUBY",
+    "GEM_",
+    "BUNDLE_",
+    "JAVA_",
+    "_JAVA_",
+    "JDK_",
+    "MALLOC_",
+    "XDG_",
+    "DOCKER_",
+];
+
+/// Suffixes of such names (`HTTPS_PROXY`, `ANTHROPIC_BASE_URL`, ...).
+const PROCESS_START_ENV_SUFFIXES: &[&str] = &["_PROXY", "_BASE_URL", "_API_BASE"];
+
+/// Whether the env name `name` changes how a process starts (see
+/// [`PROCESS_START_ENV`]): such a name is set only where a preset states it
+/// exactly, never through a pattern or an inline config.
+pub fn is_process_start_env(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    PROCESS_START_ENV.contains(&n.as_str())
+        || PROCESS_START_ENV_PREFIXES.iter().any(|p| n.starts_with(p))
+        || PROCESS_START_ENV_SUFFIXES.iter().any(|s| n.ends_with(s))
+}
+
+impl WorkerConfig {
+    /// Whether this preset lets an override set, change or remove the env
+    /// name `name`: it is listed exactly in `env_overridable`, or matches a
+    /// `PREFIX*` entry there and does not change how a process starts.
+    pub fn env_overridable_allows(&self, name: &str) -> bool {
+        self.env_overridable
+            .iter()
+            .any(|entry| match entry.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix) && !is_process_start_env(name),
+                None => entry == name,
+            })
+    }
 }
 
 /// Whether `s` is a valid environment variable name.
@@ -465,6 +575,17 @@ fn check_semantics(c: &WorkerConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::one(
             &format!("env.{name}"),
             format!("env names starting with {RESERVED_ENV_PREFIX} are reserved for the daemon"),
+        ));
+    }
+    if let Some((i, entry)) = c
+        .env_overridable
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX))
+    {
+        return Err(ConfigError::one(
+            &format!("env_overridable.{i}"),
+            format!("{entry}: env names starting with {RESERVED_ENV_PREFIX} are reserved for the daemon"),
         ));
     }
     crate::image_ref::normalize(&c.image).map_err(|m| ConfigError::one("image", m))?;
@@ -778,6 +899,72 @@ mod tests {
             )),
             "env.orchestrator_allowed_tools"
         );
+    }
+
+    #[test]
+    fn names_that_change_how_a_process_starts_are_recognised_in_any_case() {
+        for name in [
+            "BASH_ENV",
+            "ENV",
+            "PATH",
+            "path",
+            "PROMPT_COMMAND",
+            "SHELLOPTS",
+            "PS4",
+            "LD_PRELOAD",
+            "ld_library_path",
+            "NODE_OPTIONS",
+            "PYTHONSTARTUP",
+            "PYTHONPATH",
+            "GIT_SSH_COMMAND",
+            "GIT_CONFIG_GLOBAL",
+            "PERL5OPT",
+            "RUBYOPT",
+            "JAVA_TOOL_OPTIONS",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "ANTHROPIC_BASE_URL",
+            "BASH_FUNC_x",
+            "HOME",
+        ] {
+            assert!(is_process_start_env(name), "{name}");
+        }
+        for name in [
+            "MODE",
+            "LOG_LEVEL",
+            "APP_COLOUR",
+            "ANTHROPIC_API_KEY",
+            "ENVIRONMENT",
+            "TZ",
+        ] {
+            assert!(!is_process_start_env(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn env_overridable_patterns_never_cover_process_start_names() {
+        let mut v = valid();
+        v["env_overridable"] = json!(["MODE", "APP_*", "L*", "PATH"]);
+        let c = ConfigSchema::new().validate(&v).unwrap();
+        assert!(c.env_overridable_allows("MODE"));
+        assert!(c.env_overridable_allows("APP_X"));
+        assert!(c.env_overridable_allows("LOG_LEVEL"));
+        assert!(!c.env_overridable_allows("LD_PRELOAD"), "a pattern");
+        assert!(c.env_overridable_allows("PATH"), "stated exactly");
+        assert!(!c.env_overridable_allows("MODEX"));
+        assert!(!c.env_overridable_allows("mode"), "names are exact");
+        for bad in [json!(["*"]), json!(["A B"]), json!(["A**"]), json!(["1A"])] {
+            let mut v = valid();
+            v["env_overridable"] = bad.clone();
+            assert_eq!(
+                field_of(v).split('.').next(),
+                Some("env_overridable"),
+                "{bad}"
+            );
+        }
+        let mut v = valid();
+        v["env_overridable"] = json!(["MODE", "ORCHESTRATOR_API_URL"]);
+        assert_eq!(field_of(v), "env_overridable.1");
     }
 
     #[test]

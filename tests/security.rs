@@ -72,6 +72,13 @@ fn security_presets() -> tempfile::TempDir {
                 json!({"security": {"cap_add": ["SYS_ADMIN"]}}),
             ),
         ),
+        (
+            "envx_v1",
+            shell_variant(
+                "envx_v1",
+                json!({"env": {"MODE": "a"}, "env_overridable": ["MODE", "APP_*", "B*", "L*"]}),
+            ),
+        ),
     ])
 }
 
@@ -1021,6 +1028,97 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
             "env.X",
         ),
         (
+            "env BASH_ENV",
+            "shell_v1",
+            json!({"env": {"BASH_ENV": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.BASH_ENV",
+        ),
+        (
+            "env ENV",
+            "shell_v1",
+            json!({"env": {"ENV": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.ENV",
+        ),
+        (
+            "env LD_PRELOAD",
+            "shell_v1",
+            json!({"env": {"LD_PRELOAD": "/workspace/evil.so"}}),
+            "x",
+            "env.LD_PRELOAD",
+        ),
+        (
+            "env PATH",
+            "shell_v1",
+            json!({"env": {"PATH": "/workspace"}}),
+            "x",
+            "env.PATH",
+        ),
+        (
+            "env PROMPT_COMMAND",
+            "shell_v1",
+            json!({"env": {"PROMPT_COMMAND": "id"}}),
+            "x",
+            "env.PROMPT_COMMAND",
+        ),
+        (
+            "env NODE_OPTIONS",
+            "shell_v1",
+            json!({"env": {"NODE_OPTIONS": "--require /workspace/x.js"}}),
+            "x",
+            "env.NODE_OPTIONS",
+        ),
+        (
+            "env PYTHONSTARTUP",
+            "shell_v1",
+            json!({"env": {"PYTHONSTARTUP": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.PYTHONSTARTUP",
+        ),
+        (
+            "env PYTHONPATH",
+            "shell_v1",
+            json!({"env": {"PYTHONPATH": "/workspace"}}),
+            "x",
+            "env.PYTHONPATH",
+        ),
+        (
+            "env GIT_SSH_COMMAND",
+            "shell_v1",
+            json!({"env": {"GIT_SSH_COMMAND": "sh -c id"}}),
+            "x",
+            "env.GIT_SSH_COMMAND",
+        ),
+        (
+            "env HTTPS_PROXY",
+            "shell_v1",
+            json!({"env": {"HTTPS_PROXY": "http://192.0.2.1:3128"}}),
+            "x",
+            "env.HTTPS_PROXY",
+        ),
+        (
+            "env EXTRA",
+            "shell_v1",
+            json!({"env": {"EXTRA": "harmless but not handed out"}}),
+            "x",
+            "env.EXTRA",
+        ),
+        (
+            "env BASH_ENV through a pattern",
+            "envx_v1",
+            json!({"env": {"BASH_ENV": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.BASH_ENV",
+        ),
+        (
+            "env LD_PRELOAD through a pattern",
+            "envx_v1",
+            json!({"env": {"LD_PRELOAD": "/workspace/evil.so"}}),
+            "x",
+            "env.LD_PRELOAD",
+        ),
+        (
             "agent command",
             "shell_v1",
             json!({"agent": {"command": ["sh", "-c", "id; {prompt}"]}}),
@@ -1177,6 +1275,24 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
     publish_spawn(&d.prefix, &req).await;
     let r = wait_result(&d.prefix, &ok, RESULT_TIMEOUT).await;
     assert_eq!(r["status"], "succeeded", "{r:#}");
+}
+
+/// An override sets only env names its preset hands out; those reach the
+/// agent (the refusals are in `hostile`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_sets_the_env_names_its_preset_hands_out() {
+    let presets = security_presets();
+    let d = Daemon::start(DaemonOpts::new("sec-envx").presets_dir(presets.path()));
+    let rid = unique_request_id("envx");
+    let mut req = shell_request(&rid, "envx_v1", "echo \"mode=$MODE app=$APP_X\"");
+    req["worker_config_override"] = json!({"env": {"MODE": "b", "APP_X": "y"}});
+    publish_spawn(&d.prefix, &req).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(
+        r["output"].as_str().unwrap().contains("mode=b app=y"),
+        "{r:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1357,6 +1473,11 @@ proptest! {
             );
             prop_assert_eq!(&c.agent, &b.agent);
             prop_assert_eq!(&c.network, &b.network);
+            for k in b.env.keys().chain(c.env.keys()) {
+                if b.env.get(k) != c.env.get(k) {
+                    prop_assert!(b.env_overridable_allows(k), "env {} changed", k);
+                }
+            }
             for f in spec.files.iter().chain(&spec.request_files) {
                 prop_assert!(f.path.starts_with("/workspace/") || f.path.starts_with("/home/worker/"), "{}", f.path);
                 prop_assert!(!f.path.contains(".."), "{}", f.path);
