@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{RawPathParams, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -111,6 +111,30 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// Whether `s` may name a tool group or an action: `^[a-z][a-z0-9_-]{0,63}$`,
+/// checked on the raw (still percent-encoded) path segment, so no `%`, `.`,
+/// `/`, `?` or `#` ever reaches the upstream URL.
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
+}
+
+/// The upstream URL of a call: the configured base, then only the group's
+/// own name and an action that passed [`is_valid_name`].
+pub fn upstream_url(base: &str, group: Tool, action: &str) -> Option<String> {
+    is_valid_name(action).then(|| {
+        format!(
+            "{}/v1/tools/{}/{action}",
+            base.trim_end_matches('/'),
+            group.as_str()
+        )
+    })
+}
+
 fn reply(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = json!({"ok": false, "error": {"code": code, "message": message.into()}});
     (status, Json(body)).into_response()
@@ -124,10 +148,27 @@ struct CallBody {
 
 async fn call(
     State(gw): State<Arc<Gateway>>,
-    Path((group, action)): Path<(String, String)>,
+    params: RawPathParams,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // The raw segments: a decoded `%2e%2e%2f` or `%3f` must never become
+    // part of the upstream path or its query.
+    let raw = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default()
+    };
+    let (group, action) = (raw("group"), raw("action"));
+    if !is_valid_name(&group) || !is_valid_name(&action) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "invalid_action",
+            "group and action must each match ^[a-z][a-z0-9_-]{0,63}$",
+        );
+    }
     let Some(key) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -160,13 +201,13 @@ async fn call(
             );
         }
     };
-    if Tool::parse(&group).is_none() {
+    let Some(tool) = Tool::parse(&group) else {
         return reply(
             StatusCode::NOT_FOUND,
             "unknown_group",
             format!("unknown tool group {group:?}"),
         );
-    }
+    };
     if !record.tools.iter().any(|t| t == &group) {
         tracing::warn!(request_id = %record.request_id, group, "gateway refused a tool outside allowed_tools");
         return reply(
@@ -228,10 +269,15 @@ async fn call(
             "no orchestrator backend is configured (setting upstream_url)",
         );
     };
-    let url = format!(
-        "{}/v1/tools/{group}/{action}",
-        upstream.trim_end_matches('/')
-    );
+    let Some(url) = upstream_url(&upstream, tool, &action) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "invalid_action",
+            "invalid action name",
+        );
+    };
+    // Identity travels only here, set by the gateway from the key's record
+    // (a worker's args cannot override it: they stay inside `args`).
     let payload = json!({
         "args": args,
         "request_id": record.request_id,
@@ -269,4 +315,49 @@ fn forward(url: &str, payload: &Value) -> Result<(u16, Value), String> {
         .read_json()
         .unwrap_or_else(|_| json!({"ok": status < 400, "data": null}));
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_pass_as_group_or_action() {
+        for ok in ["list", "trigger", "get-status", "list_all", "a", "v2"] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "%2e%2e%2fdeploy%2ftrigger",
+            "../deploy/trigger",
+            "list%3fuser_id=victim%26request_id=other",
+            "list?user_id=victim",
+            "list#x",
+            "List",
+            "1list",
+            "-list",
+            "li st",
+            "list\n",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_url_is_built_from_validated_parts_only() {
+        assert_eq!(
+            upstream_url("http://backend:8080/", Tool::Project, "list").as_deref(),
+            Some("http://backend:8080/v1/tools/project/list")
+        );
+        assert_eq!(
+            upstream_url("http://backend:8080", Tool::Project, "../deploy/trigger"),
+            None
+        );
+        assert_eq!(
+            upstream_url("http://b", Tool::Project, "list?user_id=victim"),
+            None
+        );
+    }
 }

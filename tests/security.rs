@@ -723,6 +723,119 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     );
 }
 
+/// A stand-in orchestrator backend on loopback that records each call's
+/// raw request target and body, and answers `{"ok":true}`.
+fn upstream_recorder() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = calls.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= h + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            c.lock().unwrap().push((target, body));
+            let reply = "{\"ok\":true,\"data\":{}}";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), calls)
+}
+
+/// Shell (busybox) that defines `gw PATH BODY`: one raw HTTP/1.0 POST to
+/// the worker's gateway with its key, the path sent byte for byte (no
+/// client normalises it), printing the response. The request side stays
+/// open a moment: a half-closed connection ends the request.
+const GW_CALL_SH: &str = r#"HP=${ORCHESTRATOR_API_URL#http://}; GH=${HP%:*}; GP=${HP##*:}
+gw() { { printf 'POST %s HTTP/1.0\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$1" "$ORCHESTRATOR_API_KEY" "${#2}" "$2"; sleep 1; } | nc -w 10 "$GH" "$GP"; }
+"#;
+
+/// Status code of each `tag: HTTP/1.x NNN` line the worker printed.
+fn statuses(out: &str) -> HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| {
+            let (tag, rest) = l.split_once(": HTTP/1.")?;
+            Some((tag.to_string(), rest.split_whitespace().nth(1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Issue #14, 3: a worker allowed only `project` must not reach another
+/// group's upstream path (`%2e%2e%2f`) or smuggle a query string (`%3f`)
+/// through the action; only validated parts form the upstream URL, and the
+/// identity the upstream sees is the gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_only_validated_group_and_action_names() {
+    let (upstream, calls) = upstream_recorder();
+    let d = Daemon::start(DaemonOpts::new("sec-gw-path").setting("upstream_url", &upstream));
+    let rid = unique_request_id("gwpath");
+    let script = format!(
+        r#"{GW_CALL_SH}
+echo "walk: $(gw /v1/tools/project/%2e%2e%2fdeploy%2ftrigger '{{"args":{{}}}}' | head -1)"
+echo "query: $(gw '/v1/tools/project/list%3fuser_id=victim%26request_id=other' '{{"args":{{}}}}' | head -1)"
+echo "dots: $(gw /v1/tools/project/.. '{{"args":{{}}}}' | head -1)"
+echo "group: $(gw /v1/tools/%2e%2e/trigger '{{"args":{{}}}}' | head -1)"
+echo "upper: $(gw /v1/tools/project/LIST '{{"args":{{}}}}' | head -1)"
+echo "body: $(gw /v1/tools/project/%2e%2e%2fdeploy%2ftrigger '{{"args":{{}}}}' | tail -1)"
+echo "good: $(gw /v1/tools/project/list '{{"args":{{"x":1}},"user_id":"victim","request_id":"other"}}' | head -1)"
+"#
+    );
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    let st = statuses(out);
+    for tag in ["walk", "query", "dots", "group", "upper"] {
+        assert_eq!(st.get(tag).map(String::as_str), Some("400"), "{tag}: {out}");
+    }
+    assert!(out.contains("invalid_action"), "{out}");
+    assert_eq!(st.get("good").map(String::as_str), Some("200"), "{out}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the valid call went upstream: {calls:#?}"
+    );
+    let (target, body) = &calls[0];
+    assert_eq!(target, "/v1/tools/project/list");
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["request_id"], rid.as_str(), "{body}");
+    assert_eq!(body["user_id"], "test-user", "{body}");
+    assert_eq!(body["args"], json!({"x": 1}), "{body}");
+}
+
 // ---------------------------------------------------------------- secrets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
