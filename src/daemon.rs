@@ -574,20 +574,17 @@ impl Daemon {
 
             let name = request_container_name(&self.settings.stream_prefix, &rid);
             // A redelivered request whose container exists follows that
-            // container. A first delivery skips the look-up (one engine call
-            // less per request): the create conflict covers a name in use.
+            // container, found by its labels (whatever scheme named it: an
+            // older daemon's container is this request's too). A first
+            // delivery skips the look-up (one engine call less per request):
+            // the create conflict covers a name in use.
             let existing = if entry.deliveries > 1 {
-                self.env.engine.inspect(&name).await
+                self.request_container(&rid).await
             } else {
                 Err(EngineError::NotFound(name.clone()))
             };
             match existing {
                 Ok(facts) => {
-                    if !self.is_ours(&facts) {
-                        // Someone else's container holds the name: never touch it.
-                        self.answer_name_conflict(&entry.id, &rid, &name).await;
-                        return;
-                    }
                     if !facts.started && !facts.running && self.may_adopt(&facts).await {
                         // Created but never started (its daemon died in between):
                         // nothing ran, and the entry is at hand: start afresh.
@@ -687,16 +684,43 @@ impl Daemon {
         .await;
     }
 
-    /// Answers a request whose container name is held by a container this
-    /// daemon does not manage (which it never touches).
-    async fn answer_name_conflict(&self, entry_id: &str, rid: &str, name: &str) {
+    /// Answers a request whose container name is held by a container that
+    /// is not its own: one this daemon does not manage (which it never
+    /// touches), or one whose labels name another request.
+    async fn answer_name_conflict(&self, entry_id: &str, rid: &str, name: &str, foreign: bool) {
+        let message = if foreign {
+            format!("a container named {name} exists that this daemon does not manage")
+        } else {
+            format!("the container named {name} holds another request's work")
+        };
         let info = ErrorInfo {
             code: "name_conflict".into(),
             field: Some("request_id".into()),
-            message: format!("a container named {name} exists that this daemon does not manage"),
+            message,
         };
         self.answer(entry_id, ResultRecord::bare(rid, Status::Error, Some(info)))
             .await;
+    }
+
+    /// The one-shot container of request `rid`, found by its labels.
+    async fn request_container(&self, rid: &str) -> Result<ContainerFacts, EngineError> {
+        let found = self
+            .env
+            .engine
+            .list_labelled(&self.settings.stream_prefix, &[(labels::REQUEST_ID, rid)])
+            .await?;
+        // A session container carries its first request's id too.
+        let mut mine: Vec<ContainerFacts> = found
+            .into_iter()
+            .filter(|c| self.holds_request(c, rid))
+            .collect();
+        mine.sort_by_key(|c| !c.running);
+        let first = mine
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::NotFound(rid.to_string()))?;
+        // The listing holds no state details (exit code): inspect it.
+        self.env.engine.inspect(&first.id).await
     }
 
     /// Dead-letters an entry delivered more than `max_deliveries` times and
@@ -907,7 +931,15 @@ impl Daemon {
                 let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
                 match self.env.engine.inspect(&name).await {
                     Ok(facts) if !self.is_ours(&facts) => {
-                        self.answer_name_conflict(&entry.id, &rid, &name).await;
+                        self.answer_name_conflict(&entry.id, &rid, &name, true)
+                            .await;
+                    }
+                    // The name is this request's, the container another's:
+                    // never take it as a redelivery of this one.
+                    Ok(facts) if !self.holds_request(&facts, &rid) => {
+                        tracing::warn!(request_id = %rid, container = %name, holder = ?facts.labels.get(labels::REQUEST_ID), "container name held by another request");
+                        self.answer_name_conflict(&entry.id, &rid, &name, false)
+                            .await;
                     }
                     Ok(facts) => {
                         self.ack(&entry.id).await;
@@ -1546,9 +1578,27 @@ impl Daemon {
     }
 
     /// Whether `c` carries this setup's managed-by labels.
-    fn is_ours(&self, c: &ContainerFacts) -> bool {
+    pub(crate) fn is_ours(&self, c: &ContainerFacts) -> bool {
         c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
             && c.labels.get(labels::PREFIX) == Some(&self.settings.stream_prefix)
+    }
+
+    /// Whether `c` is request `rid`'s one-shot container by its labels (a
+    /// container found by name may hold another request's work).
+    fn holds_request(&self, c: &ContainerFacts, rid: &str) -> bool {
+        self.is_ours(c)
+            && c.labels.get(labels::REQUEST_ID).map(String::as_str) == Some(rid)
+            && !matches!(
+                c.labels.get(labels::KIND).map(String::as_str),
+                Some("session" | "pool")
+            )
+    }
+
+    /// Whether `c` is session `sid`'s container by its labels.
+    pub(crate) fn holds_session(&self, c: &ContainerFacts, sid: &str) -> bool {
+        self.is_ours(c)
+            && c.labels.get(labels::SESSION_ID).map(String::as_str) == Some(sid)
+            && c.labels.get(labels::KIND).map(String::as_str) == Some("session")
     }
 
     /// Whether this instance may supervise `c`: it is managed by this setup,

@@ -96,8 +96,14 @@ fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
-/// The container name of a request: `ws-<request id>`, with characters
-/// Docker refuses replaced and a hash suffix to keep names unique.
+/// The container name for `id`: `<kind>-<id made Docker-safe, at most 64
+/// chars>-<32 hex digits of SHA-256(id)>`.
+///
+/// Injective in `id`: the hash covers the exact id (128 bits of it), so two
+/// ids that read alike once `:` became `_` (`a:b`, `a_b`), or an id that
+/// spells another's hashed name (`a_b-6783a31e`), still get different
+/// names. The readable part is only for people. A container found under a
+/// name is still taken as the request's only when its labels say so.
 pub fn container_name(kind: &str, id: &str) -> String {
     let clean: String = id
         .chars()
@@ -108,22 +114,17 @@ pub fn container_name(kind: &str, id: &str) -> String {
                 '_'
             }
         })
+        .take(64)
         .collect();
-    if clean == id {
-        format!("{kind}-{id}")
-    } else {
-        let h = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
-        format!("{kind}-{clean}-{h}")
-    }
+    let h = hex::encode(&Sha256::digest(id.as_bytes())[..16]);
+    format!("{kind}-{clean}-{h}")
 }
 
 /// The container name of request `request_id` of the setup with stream
 /// prefix `prefix`. Setups sharing one engine must not share names: the
-/// daemon follows an existing container of the same name instead of
-/// spawning, and would never answer a request whose name another setup
-/// took. The default prefix keeps the plain `ws-<request id>`; any other
-/// gets `ws-<prefix>_<request id>-<hash>` (`/` cannot occur in either part,
-/// so the hashed pair is unambiguous).
+/// default prefix hashes the request id alone, any other hashes
+/// `<prefix>/<request id>` (`/` occurs in neither part, so the pair is
+/// unambiguous and never equals a bare id).
 pub fn request_container_name(prefix: &str, request_id: &str) -> String {
     if prefix == "workers" {
         container_name("ws", request_id)
@@ -831,14 +832,25 @@ impl Engine {
 
     /// Every container with the managed label of `prefix`, running or not.
     pub async fn list_managed(&self, prefix: &str) -> Result<Vec<ContainerFacts>, EngineError> {
+        self.list_labelled(prefix, &[]).await
+    }
+
+    /// Every managed container of `prefix` that also carries each label of
+    /// `with` (key, value), whatever its name: labels, not names, say whose
+    /// work a container holds (containers of older daemons have names of
+    /// an older scheme).
+    pub async fn list_labelled(
+        &self,
+        prefix: &str,
+        with: &[(&str, &str)],
+    ) -> Result<Vec<ContainerFacts>, EngineError> {
+        let mut wanted = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={prefix}", labels::PREFIX),
+        ];
+        wanted.extend(with.iter().map(|(k, v)| format!("{k}={v}")));
         let mut filters = HashMap::new();
-        filters.insert(
-            "label".to_string(),
-            vec![
-                format!("{}=true", labels::MANAGED),
-                format!("{}={prefix}", labels::PREFIX),
-            ],
-        );
+        filters.insert("label".to_string(), wanted);
         let opts = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -866,6 +878,10 @@ impl Engine {
             })
             // Belt and braces: never trust a filter with someone else's container.
             .filter(|c| c.labels.get(labels::MANAGED).map(String::as_str) == Some("true"))
+            .filter(|c| {
+                with.iter()
+                    .all(|(k, v)| c.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .collect())
     }
 }
@@ -874,23 +890,78 @@ impl Engine {
 mod tests {
     use super::*;
 
+    /// A name Docker accepts: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+    fn docker_safe(n: &str) -> bool {
+        let b = n.as_bytes();
+        b.len() > 1
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    }
+
     #[test]
     fn container_names_are_deterministic_and_docker_safe() {
-        assert_eq!(container_name("ws", "req_123"), "ws-req_123");
-        let a = container_name("ws", "a:b");
-        assert!(a.starts_with("ws-a_b-"));
-        assert_ne!(a, container_name("ws", "a_b"));
-        assert_eq!(a, container_name("ws", "a:b"));
+        let a = container_name("ws", "req_123");
+        assert!(a.starts_with("ws-req_123-"), "{a}");
+        assert_eq!(a.len(), "ws-req_123-".len() + 32);
+        assert_eq!(a, container_name("ws", "req_123"));
+        let long = "x".repeat(128);
+        for id in ["a:b", "req_123", long.as_str(), "a.b-c:d"] {
+            assert!(docker_safe(&container_name("ws", id)), "{id}");
+            assert!(
+                docker_safe(&request_container_name("wstest-x:y", id)),
+                "{id}"
+            );
+        }
+        assert!(container_name("ws", &long).len() <= 3 + 64 + 1 + 32);
+    }
+
+    /// Issue #14, 4: pairs that collided under the old scheme (the id with
+    /// `:` made `_` plus 4 bytes of hash) now get different names.
+    #[test]
+    fn container_names_are_injective_in_the_id() {
+        let pairs = [
+            ("a:b", "a_b-6783a31e"),
+            ("a:b", "a_b"),
+            ("col-__::___:___::__:__", "col-_:___::_:__:__:_:_"),
+        ];
+        for (x, y) in pairs {
+            assert_ne!(container_name("ws", x), container_name("ws", y), "{x} {y}");
+            assert_ne!(
+                request_container_name("workers", x),
+                request_container_name("workers", y)
+            );
+            assert_ne!(
+                request_container_name("p", x),
+                request_container_name("p", y)
+            );
+        }
+        // An id can never spell another id's name: the suffix is the hash
+        // of the whole id, which the readable part does not determine.
+        let spelled = container_name("ws", "a:b");
+        let as_id = spelled.strip_prefix("ws-").unwrap();
+        assert_ne!(container_name("ws", as_id), spelled);
+        // Every id of a large alphabet-alike family gets its own name.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            let id: String = (0..12)
+                .map(|b| if i >> b & 1 == 1 { ':' } else { '_' })
+                .collect();
+            assert!(seen.insert(request_container_name("col", &id)), "{id}");
+        }
     }
 
     #[test]
     fn setups_with_different_prefixes_get_different_container_names() {
-        assert_eq!(request_container_name("workers", "req_1"), "ws-req_1");
         let a = request_container_name("a", "b.c");
         let b = request_container_name("a.b", "c");
         assert!(a.starts_with("ws-a_b.c-"), "{a}");
         assert_ne!(a, b);
-        assert_ne!(a, request_container_name("workers", "req_1"));
+        assert_ne!(
+            request_container_name("workers", "req_1"),
+            request_container_name("other", "req_1")
+        );
+        assert!(request_container_name("workers", "req_1").starts_with("ws-req_1-"));
     }
 
     #[test]

@@ -836,6 +836,248 @@ echo "good: $(gw /v1/tools/project/list '{{"args":{{"x":1}},"user_id":"victim","
     assert_eq!(body["args"], json!({"x": 1}), "{body}");
 }
 
+// ---------------------------------------------------------------- container names
+
+/// The container name an older daemon gave request `rid` under a prefix
+/// other than the default: `ws-<prefix>_<rid, ':' as '_'>-<4 bytes of
+/// sha256("<prefix>/<rid>")>` (the scheme before issue #14).
+fn old_scheme_name(prefix: &str, rid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let id = format!("{prefix}/{rid}");
+    let clean: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let h = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
+    format!("ws-{clean}-{h}")
+}
+
+/// Two request ids that got the same container name under the old scheme
+/// for `prefix` (a birthday search over ids of `_` and `:`, which all read
+/// alike once `:` is `_`).
+fn old_scheme_collision(prefix: &str) -> (String, String) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for i in 0u64.. {
+        let rid: String = std::iter::once("col-".to_string())
+            .chain((0..24).map(|b| if i >> b & 1 == 1 { ":" } else { "_" }.to_string()))
+            .collect();
+        let name = old_scheme_name(prefix, &rid);
+        if let Some(other) = seen.insert(name, rid.clone()) {
+            return (other, rid);
+        }
+    }
+    unreachable!()
+}
+
+/// A managed container of `prefix` made the way a daemon would, started.
+async fn labelled_container(name: &str, labels: &[(&str, &str)], script: &str) -> String {
+    let d = docker().await;
+    let body = ContainerCreateBody {
+        image: Some(test_image()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        user: Some("1000:1000".into()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            cap_drop: Some(vec!["ALL".into()]),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = d
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .expect("create the labelled container")
+        .id;
+    d.start_container(
+        &id,
+        None::<bollard::query_parameters::StartContainerOptions>,
+    )
+    .await
+    .expect("start the labelled container");
+    id
+}
+
+/// Issue #14, 4: request ids whose container names collided under the old
+/// scheme each get their own container and their own answer (the second
+/// was acknowledged as a "redelivery" of the first and never answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_that_read_alike_get_their_own_containers_and_answers() {
+    let d = Daemon::start(DaemonOpts::new("sec-names"));
+    let (a, b) = old_scheme_collision(&d.prefix);
+    assert_ne!(a, b);
+    publish_spawn(
+        &d.prefix,
+        &shell_request(&a, "shell_v1", "echo mine=a; sleep 3"),
+    )
+    .await;
+    // The second arrives while the first's container exists.
+    inspect_worker(&d.prefix, &a).await;
+    publish_spawn(&d.prefix, &shell_request(&b, "shell_v1", "echo mine=b")).await;
+    let rb = wait_result(&d.prefix, &b, Duration::from_secs(60)).await;
+    let ra = wait_result(&d.prefix, &a, RESULT_TIMEOUT).await;
+    assert_eq!(ra["status"], "succeeded", "{ra:#}");
+    assert_eq!(rb["status"], "succeeded", "{rb:#}");
+    assert!(ra["output"].as_str().unwrap().contains("mine=a"), "{ra:#}");
+    assert!(rb["output"].as_str().unwrap().contains("mine=b"), "{rb:#}");
+    assert_ne!(ra["worker"]["container"], rb["worker"]["container"]);
+}
+
+/// Issue #14, 4: a managed container under a request's name whose labels
+/// name another request is not that request's container: `error`
+/// `name_conflict`, never a silent acknowledgement, and the container is
+/// left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_under_a_requests_name_holding_another_request_is_a_name_conflict() {
+    let d = Daemon::start(DaemonOpts::new("sec-name-held"));
+    let rid = unique_request_id("held");
+    let name = workers_spawner::docker::request_container_name(&d.prefix, &rid);
+    let holder = labelled_container(
+        &name,
+        &[
+            (MANAGED_LABEL, "true"),
+            (PREFIX_LABEL, &d.prefix),
+            ("io.workers-spawner.request-id", "some-other-request"),
+            ("io.workers-spawner.instance", &d.instance_id),
+            ("io.workers-spawner.deadline", "4000000000"),
+            ("io.workers-spawner.kind", "oneshot"),
+        ],
+        "sleep 60",
+    )
+    .await;
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", "echo hi")).await;
+    let r = wait_result(&d.prefix, &rid, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "error", "{r:#}");
+    assert_eq!(r["error"]["code"], "name_conflict", "{r:#}");
+    assert_eq!(r["error"]["field"], "request_id", "{r:#}");
+    let c = docker()
+        .await
+        .inspect_container(&holder, None::<InspectContainerOptions>)
+        .await
+        .expect("the holder is left alone");
+    assert_eq!(c.state.and_then(|s| s.running), Some(true));
+    assert_eq!(pending_count(&d.prefix).await, 0, "the entry was answered");
+}
+
+/// An upgraded daemon takes a container an older daemon named under the
+/// old scheme for its request by its labels: a redelivered entry follows
+/// it (no second container while its live owner runs it), and once the
+/// owner is gone it is adopted and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_named_by_an_older_daemon_are_followed_and_adopted_by_their_labels() {
+    let prefix = unique_prefix("sec-old-names");
+    let rid = unique_request_id("old");
+    let s = streams(&prefix);
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&s.spawn)
+        .arg("workers-spawner")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let entry = publish_spawn(&prefix, &shell_request(&rid, "shell_v1", "echo new-ran")).await;
+    // The older daemon read the entry (it stays pending on its consumer:
+    // its ack was lost) and created and started the worker.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers-spawner")
+        .arg("old-daemon")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&s.spawn)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let old = "old-daemon";
+    let hb = format!("{prefix}:instance:{old}");
+    let _: () = redis::cmd("SET")
+        .arg(&hb)
+        .arg("alive")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let old_name = old_scheme_name(&prefix, &rid);
+    assert_ne!(
+        old_name,
+        workers_spawner::docker::request_container_name(&prefix, &rid)
+    );
+    labelled_container(
+        &old_name,
+        &[
+            (MANAGED_LABEL, "true"),
+            (PREFIX_LABEL, &prefix),
+            ("io.workers-spawner.request-id", &rid),
+            ("io.workers-spawner.preset", "shell_v1"),
+            ("io.workers-spawner.instance", old),
+            ("io.workers-spawner.deadline", "4000000000"),
+            ("io.workers-spawner.kind", "oneshot"),
+            ("io.workers-spawner.entry-id", &entry),
+        ],
+        "echo old-ran; sleep 8",
+    )
+    .await;
+    let d = Daemon::start(
+        DaemonOpts::new("sec-old-names")
+            .prefix(&prefix)
+            .setting("reclaim_min_idle", "1s"),
+    );
+    // The redelivered entry is answered by the old container's existence.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending_count(&prefix).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the redelivered entry stayed pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        results_for(&prefix, &rid).await.is_empty(),
+        "its live owner answers"
+    );
+    // Its owner dies: the upgraded daemon adopts and answers it.
+    let _: () = redis::cmd("DEL")
+        .arg(&hb)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = wait_result(&prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(r["output"].as_str().unwrap().contains("old-ran"), "{r:#}");
+    assert_eq!(r["worker"]["container"], old_name.as_str(), "{r:#}");
+    let ev = events_for(&prefix, &rid).await;
+    assert!(
+        !ev.iter().any(|e| e["type"] == "container_created"),
+        "a second container was created: {ev:#?}"
+    );
+    assert_eq!(results_for(&prefix, &rid).await.len(), 1);
+    drop(d);
+}
+
 // ---------------------------------------------------------------- secrets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
