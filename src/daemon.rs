@@ -92,6 +92,8 @@ pub struct Daemon {
     pub(crate) sessions: Mutex<HashMap<String, crate::session::SessionState>>,
     pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
     pub(crate) pools: Mutex<HashMap<String, crate::pool::PoolState>>,
+    /// This instance's gateway holes in the host firewall, when it manages it.
+    pub(crate) firewall: Option<Arc<crate::firewall::GatewayRules>>,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -132,13 +134,28 @@ impl Daemon {
             .ensure_network(&int, true)
             .await
             .map_err(StartError::Docker)?;
-        if settings.manage_firewall {
-            for bridge in [&ext_bridge, &int_bridge] {
-                if let Err(e) = crate::firewall::isolate_bridge(bridge, settings.gateway_port) {
-                    tracing::warn!(bridge = %bridge, error = %e, "cannot isolate the workers' bridge from the host; workers may reach host services");
-                }
+        let firewall = settings.manage_firewall.then(|| {
+            let owner = crate::firewall::Owner::new(
+                &redis_url_for_logs(&settings.redis_url),
+                &settings.stream_prefix,
+                &settings.instance_id,
+            );
+            let rules = crate::firewall::GatewayRules::new(
+                owner,
+                vec![ext_bridge.clone(), int_bridge.clone()],
+                settings.gateway_port,
+            );
+            match rules.install() {
+                Ok(0) => {}
+                Ok(legacy) => tracing::warn!(
+                    chain = crate::firewall::CHAIN,
+                    legacy,
+                    "the firewall chain holds gateway rules of older daemon versions, which never expire; remove them once no older daemon runs on this host (docs/operations.md)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot isolate the workers' bridges from the host; workers may reach host services"),
             }
-        }
+            Arc::new(rules)
+        });
         let networks = Networks {
             external: (ext.clone(), ext_ip),
             internal: (int.clone(), int_ip),
@@ -181,6 +198,7 @@ impl Daemon {
             sessions: Mutex::new(HashMap::new()),
             early_cancels: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
+            firewall,
         }))
     }
 
@@ -228,6 +246,8 @@ impl Daemon {
         tasks.spawn(async move { d.maintenance_loop().await });
         let d = self.clone();
         tasks.spawn(async move { d.watch_loop().await });
+        let d = self.clone();
+        tasks.spawn(async move { d.firewall_loop().await });
         self.shutdown.cancelled().await;
         // Give each loop a moment to leave its blocking read.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -235,10 +255,8 @@ impl Daemon {
         })
         .await;
         tasks.abort_all();
-        if self.settings.manage_firewall {
-            for bridge in &self.networks.bridges {
-                crate::firewall::release_bridge(bridge, self.settings.gateway_port);
-            }
+        if let Some(fw) = self.firewall.clone() {
+            let _ = tokio::task::spawn_blocking(move || fw.release()).await;
         }
         tracing::info!("intake stopped; running workers are left to the next start");
     }
@@ -293,6 +311,40 @@ impl Daemon {
             self.refill_pools().await;
                 }
                 _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Rewrites this instance's gateway rules before they expire and
+    /// removes stale ones: expired, of a bridge that is gone, or of an
+    /// instance of this setup whose heartbeat is gone.
+    async fn firewall_loop(self: Arc<Self>) {
+        let Some(fw) = self.firewall.clone() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FIREWALL_REFRESH) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let f = fw.clone();
+            let peers = tokio::task::spawn_blocking(move || f.peers())
+                .await
+                .unwrap_or_default();
+            let mut dead = std::collections::HashSet::new();
+            for p in peers {
+                // Unknown (Redis trouble) counts as alive.
+                if matches!(self.bus.instance_alive(&p).await, Ok(false)) {
+                    dead.insert(p);
+                }
+            }
+            let f = fw.clone();
+            match tokio::task::spawn_blocking(move || f.refresh(&dead)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "refreshing the gateway firewall rules failed")
+                }
+                Err(_) => {}
             }
         }
     }
@@ -1621,6 +1673,9 @@ impl Daemon {
 
 /// How long an instance's heartbeat key lives (refreshed every 5 s).
 const HEARTBEAT_TTL_SECS: u64 = 30;
+
+/// How often the gateway firewall rules are looked after.
+const FIREWALL_REFRESH: Duration = Duration::from_secs(10);
 
 /// Marks a request id as being handled by this process until dropped.
 struct InflightGuard<'a> {

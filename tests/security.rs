@@ -644,6 +644,147 @@ async fn workers_reach_the_gateway_but_not_the_host_redis_or_other_networks() {
     }
 }
 
+/// The gateway rules of `prefix` in the WS-WORKERS chain (read only).
+fn gateway_rules_of(prefix: &str) -> Vec<workers_spawner::firewall::GatewayRule> {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-S", workers_spawner::firewall::CHAIN])
+        .output()
+        .expect("run iptables -S");
+    workers_spawner::firewall::parse_listing(&String::from_utf8_lossy(&out.stdout))
+        .rules
+        .into_iter()
+        .filter(|r| r.owner.prefix == prefix)
+        .collect()
+}
+
+async fn wait_rules(
+    prefix: &str,
+    what: &str,
+    pred: impl Fn(&[workers_spawner::firewall::GatewayRule]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let rules = gateway_rules_of(prefix);
+        if pred(&rules) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {rules:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The gateway address of the workers' internal network.
+async fn internal_gateway_ip() -> String {
+    let net = docker()
+        .await
+        .inspect_network(
+            "ws-workers-internal",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .expect("the daemon made ws-workers-internal");
+    net.ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .expect("a gateway address")
+}
+
+/// Issue #14, 5: a daemon's gateway hole in the host firewall does not
+/// outlive it. Each rule names its owner and stops matching a minute after
+/// its last rewrite; a `kill -9`ed daemon's rules go as soon as another
+/// instance of its setup sees its heartbeat gone; a listener opened later
+/// on the dead daemon's port is unreachable from workers; a clean shutdown
+/// removes the rules at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_firewall_rules_do_not_outlive_their_daemon() {
+    use workers_spawner::firewall::RULE_TTL;
+    let mut d1 = Daemon::start(DaemonOpts::new("sec-fw"));
+    let prefix = d1.prefix.clone();
+    let (i1, port1) = (d1.instance_id.clone(), d1.gateway_port);
+    wait_rules(&prefix, "the first daemon's rules", |r| {
+        r.iter()
+            .filter(|r| r.owner.instance == i1 && r.port == port1)
+            .count()
+            == 2
+    })
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    for r in gateway_rules_of(&prefix) {
+        assert!(
+            r.until <= now + RULE_TTL.as_secs() as i64 + 2,
+            "a rule that matches past its owner's next rewrite: {r:?}"
+        );
+    }
+    // kill -9: nothing removes its rules on the way out...
+    d1.cleanup_on_drop = false;
+    let pid = d1.pid().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gateway_rules_of(&prefix)
+            .iter()
+            .filter(|r| r.owner.instance == i1)
+            .count(),
+        2,
+        "still there right after the kill"
+    );
+    // ...until its heartbeat is gone (here at once instead of in 30 s) and
+    // another instance of the setup looks.
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:instance:{i1}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut d2 = Daemon::start(DaemonOpts::new("sec-fw").prefix(&prefix));
+    let (i2, port2) = (d2.instance_id.clone(), d2.gateway_port);
+    wait_rules(&prefix, "the dead daemon's rules are removed", |r| {
+        !r.iter().any(|r| r.owner.instance == i1)
+            && r.iter()
+                .filter(|r| r.owner.instance == i2 && r.port == port2)
+                .count()
+                == 2
+    })
+    .await;
+    // Someone listens on the dead daemon's port on the workers' bridge.
+    let ip = internal_gateway_ip().await;
+    let l = TcpListener::bind((ip.as_str(), port1)).expect("bind the dead daemon's port");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    TcpStream::connect_timeout(
+        &format!("{ip}:{port1}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .expect("positive control: the host reaches the listener");
+    let (_, lines) = probe(&d2, "shell_v1", &[format!("{ip}:{port1}")]).await;
+    assert!(
+        lines.contains(&format!("closed {ip}:{port1}")),
+        "a worker reached the dead daemon's port: {lines:#?}"
+    );
+    let gw = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("gateway="))
+        .unwrap_or_default();
+    assert!(
+        gw.contains("\"ok\":true"),
+        "its own gateway works: {lines:#?}"
+    );
+    // A clean shutdown removes its rules at once.
+    assert!(d2.terminate().is_some());
+    assert!(
+        gateway_rules_of(&prefix).is_empty(),
+        "{:#?}",
+        gateway_rules_of(&prefix)
+    );
+    cleanup_containers(&prefix).await;
+}
+
 // ---------------------------------------------------------------- gateway
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -723,12 +864,12 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     );
 }
 
+/// Calls an upstream recorder received: (request target, body).
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A stand-in orchestrator backend on loopback that records each call's
 /// raw request target and body, and answers `{"ok":true}`.
-fn upstream_recorder() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
+fn upstream_recorder() -> (String, Recorded) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
