@@ -931,7 +931,8 @@ impl Daemon {
         // (and revoke): two Redis round trips less on its way to start.
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         if gateway_key.is_some() {
-            let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone());
+            let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone())
+                .in_container(&name);
             if let Err(e) = crate::gateway::register_key(
                 &self.bus,
                 &api_key,
@@ -1297,12 +1298,22 @@ impl Daemon {
     /// The gateway's shared state.
     pub fn gateway(self: &Arc<Self>) -> Arc<crate::gateway::Gateway> {
         let d = self.clone();
-        Arc::new(crate::gateway::Gateway {
-            bus: self.bus.clone(),
-            sink: self.env.sink.clone(),
-            upstream: Some(self.settings.upstream_url.clone()).filter(|u| !u.is_empty()),
-            redactor_for: Box::new(move |preset| d.redactor_for(preset)),
-        })
+        let s = &self.settings;
+        Arc::new(crate::gateway::Gateway::new(
+            self.bus.clone(),
+            self.env.sink.clone(),
+            Some(s.upstream_url.clone()).filter(|u| !u.is_empty()),
+            Box::new(move |preset| d.redactor_for(preset)),
+            self.env.engine.clone(),
+            crate::gateway::GatewayLimits {
+                header_timeout: s.gateway_header_timeout,
+                body_timeout: s.gateway_body_timeout,
+                max_inflight_per_key: s.gateway_max_inflight_per_key,
+                max_connections_per_caller: s.gateway_max_connections_per_caller,
+                respond_per_minute: s.respond_per_minute,
+                respond_bytes_per_minute: s.respond_bytes_per_minute,
+            },
+        ))
     }
 
     /// A redactor with the secrets of every preset (for entries that

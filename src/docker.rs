@@ -372,6 +372,8 @@ pub struct ContainerFacts {
     pub image: String,
     /// The worker's gateway key, read back from its env (inspect only).
     pub api_key: Option<String>,
+    /// Its addresses on the networks it is attached to (inspect only).
+    pub ips: Vec<String>,
 }
 
 /// Which output stream a chunk came from.
@@ -596,6 +598,16 @@ impl Engine {
             .map_err(|e| self.not_found(e, id))?;
         let state = r.state.unwrap_or_default();
         let config = r.config.unwrap_or_default();
+        let ips = r
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|nets| {
+                nets.into_values()
+                    .filter_map(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let started_at = state.started_at.filter(|s| !s.starts_with("0001-"));
         Ok(ContainerFacts {
             id: r.id.unwrap_or_default(),
@@ -621,6 +633,7 @@ impl Engine {
                 .iter()
                 .find_map(|e| e.strip_prefix("ORCHESTRATOR_API_KEY=").map(str::to_string)),
             image: config.image.unwrap_or_default(),
+            ips,
         })
     }
 

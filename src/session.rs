@@ -577,7 +577,8 @@ impl Daemon {
                 .iter()
                 .find(|v| v.name == "ORCHESTRATOR_USER_ID")
                 .map(|v| v.value.clone()),
-        );
+        )
+        .in_container(&container.name);
         if crate::gateway::register_key(
             &self.bus,
             &api_key,

@@ -796,6 +796,8 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
                   \"$ORCHESTRATOR_API_URL/v1/tools/infra/list\" 2>&1; echo \"infra-exit=$?\"; \
                   wget -qO- --post-data '{\"args\":{}}' --header \"Authorization: Bearer wsk_not_a_key\" \
                   \"$ORCHESTRATOR_API_URL/v1/tools/respond/send\" 2>&1; echo \"badkey-exit=$?\"; \
+                  echo \"respond=$(wget -qO- --post-data '{\"args\":{\"message\":\"hello from the key holder\"}}' \
+                  --header \"Authorization: Bearer $ORCHESTRATOR_API_KEY\" \"$ORCHESTRATOR_API_URL/v1/tools/respond/send\")\"; \
                   echo probe-done; sleep 60";
     publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
     let c = inspect_worker(&d.prefix, &rid).await;
@@ -812,17 +814,22 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
         !all.contains("infra-exit=0") && !all.contains("badkey-exit=0"),
         "{all}"
     );
-
-    // The same calls with bodies, from the host, with the worker's key.
-    let (st, body) = http_post(
-        &format!("{url}/v1/tools/infra/list"),
-        Some(&key),
-        "{\"args\":{}}",
+    assert!(
+        all.contains("respond={\"data\":{\"delivered\":true},\"ok\":true}"),
+        "{all}"
     );
-    assert_eq!(st, 403, "{body}");
-    assert_eq!(body["error"]["code"], "permission_denied", "{body}");
-    let (st, body) = http_post(&format!("{url}/v1/tools/admin/nuke"), Some(&key), "{}");
-    assert!(st == 403 || st == 404, "{st} {body}");
+
+    // From the host, the worker's key is worth nothing (it is bound to the
+    // worker's container); a wrong or missing key is refused first.
+    for (path, body) in [
+        ("infra/list", "{\"args\":{}}"),
+        ("admin/nuke", "{}"),
+        ("respond/send", "{\"args\":{\"message\":\"from the host\"}}"),
+    ] {
+        let (st, reply) = http_post(&format!("{url}/v1/tools/{path}"), Some(&key), body);
+        assert_eq!(st, 403, "{path}: {reply}");
+        assert_eq!(reply["error"]["code"], "wrong_caller", "{path}: {reply}");
+    }
     let (st, body) = http_post(
         &format!("{url}/v1/tools/respond/send"),
         Some("wsk_0000"),
@@ -832,13 +839,6 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     assert_eq!(body["error"]["code"], "unauthorized");
     let (st, body) = http_post(&format!("{url}/v1/tools/respond/send"), None, "{}");
     assert_eq!(st, 401, "{body}");
-    let (st, body) = http_post(
-        &format!("{url}/v1/tools/respond/send"),
-        Some(&key),
-        "{\"args\":{\"message\":\"hello from the key holder\"}}",
-    );
-    assert_eq!(st, 200, "{body}");
-    assert_eq!(body["ok"], true);
     let ev = wait_event_where(&d.prefix, &rid, Duration::from_secs(10), |e| {
         e["type"] == "respond"
     })
@@ -847,6 +847,10 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     assert_eq!(respond["request_id"], rid.as_str());
     assert_eq!(respond["data"]["message"], "hello from the key holder");
     assert_eq!(respond["data"]["user_id"], "test-user");
+    assert!(
+        !ev.iter().any(|e| e["data"]["message"] == "from the host"),
+        "{ev:#?}"
+    );
 
     // Once the worker has ended, its key is worthless.
     let r = cancel(&d.prefix, &rid).await;
@@ -862,6 +866,194 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
         !late.iter().any(|e| e["data"]["message"] == "too late"),
         "{late:#?}"
     );
+}
+
+/// Decision (issue #14): a worker's key is bound to its container. Another
+/// worker (or the host) holding a copy gets 403 `wrong_caller`; the
+/// gateway compares the caller's address with the key's container's
+/// address on the workers' network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_key_works_only_from_its_own_container() {
+    let d = Daemon::start(DaemonOpts::new("sec-key-bound"));
+    let owner = unique_request_id("key-owner");
+    publish_spawn(&d.prefix, &shell_request(&owner, "shell_v1", "sleep 60")).await;
+    let c = inspect_worker(&d.prefix, &owner).await;
+    let key = env_value(&c, "ORCHESTRATOR_API_KEY");
+    let thief = unique_request_id("key-thief");
+    // First with its own key (the positive control), then with the owner's.
+    let script = format!(
+        r#"{GW_CALL_SH}
+echo "own: $(gw /v1/tools/respond/send '{{"args":{{"message":"the thief own"}}}}' | head -1)"
+ORCHESTRATOR_API_KEY={key}
+echo "stolen: $(gw /v1/tools/respond/send '{{"args":{{"message":"sent with a stolen key"}}}}' | head -1)"
+echo "stolen-body: $(gw /v1/tools/respond/send '{{"args":{{"message":"sent with a stolen key"}}}}' | tail -1)"
+"#
+    );
+    publish_spawn(&d.prefix, &shell_request(&thief, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &thief, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    let st = statuses(out);
+    assert_eq!(st.get("own").map(String::as_str), Some("200"), "{out}");
+    assert_eq!(st.get("stolen").map(String::as_str), Some("403"), "{out}");
+    assert!(
+        out.contains("stolen-body: ") && out.contains("wrong_caller"),
+        "{out}"
+    );
+    let ev = events_for(&d.prefix, &owner).await;
+    assert!(
+        !ev.iter().any(|e| e["type"] == "respond"),
+        "a message reached the owner's events: {ev:#?}"
+    );
+    let r = cancel(&d.prefix, &owner).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+}
+
+/// Decision (issue #14): the gateway bounds what one caller can hold. A
+/// connection that sends no (or too slow) headers is closed after
+/// `gateway_header_timeout`; a body that does not arrive in
+/// `gateway_body_timeout` gets 408; one address keeps at most
+/// `gateway_max_connections_per_caller` connections, one key at most
+/// `gateway_max_inflight_per_key` requests in progress (429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_bounds_idle_slow_and_greedy_callers() {
+    let d = Daemon::start(
+        DaemonOpts::new("sec-gw-bounds")
+            .setting("gateway_header_timeout", "3s")
+            .setting("gateway_body_timeout", "3s")
+            .setting("gateway_max_inflight_per_key", "2")
+            .setting("gateway_max_connections_per_caller", "4"),
+    );
+    let rid = unique_request_id("greedy");
+    // Three requests with the key whose bodies never come: two hold the
+    // key's slots until the body timeout (408), the third is refused.
+    let script = r#"HP=${ORCHESTRATOR_API_URL#http://}; GH=${HP%:*}; GP=${HP##*:}
+hold() { { printf 'POST /v1/tools/respond/send HTTP/1.0\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n' "$ORCHESTRATOR_API_KEY"; sleep 8; } | nc -w 12 "$GH" "$GP" > "/tmp/$1" 2>&1; }
+hold a & sleep 0.5; hold b & sleep 0.5; hold c & sleep 0.5
+wait
+for f in a b c; do echo "$f: $(head -1 /tmp/$f)"; done
+cat /tmp/a /tmp/b /tmp/c
+echo hold-done; sleep 30
+"#;
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let url = env_value(&c, "ORCHESTRATOR_API_URL");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+
+    // From the host: an idle connection is closed after the header timeout.
+    // How long until the server ends a connection that sends nothing.
+    let idle_closed_after = |mut s: TcpStream| {
+        let t = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 256];
+        let n = s.read(&mut b).unwrap_or(usize::MAX);
+        assert_ne!(n, usize::MAX, "still open after 10 s");
+        t.elapsed()
+    };
+    let after = idle_closed_after(TcpStream::connect(addr).unwrap());
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(7),
+        "an idle connection lived {after:?}"
+    );
+    // Headers at one byte a second do not keep it open either.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    let head = b"POST /v1/tools/respond/send HTTP/1.1\r\nHost: x\r\n";
+    let mut closed = None;
+    for byte in head {
+        if s.write_all(&[*byte]).is_err() {
+            closed = Some(t.elapsed());
+            break;
+        }
+        let mut b = [0u8; 256];
+        match s.read(&mut b) {
+            Ok(_) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(950));
+    }
+    let closed = closed.expect("a 1 byte/s client kept its connection");
+    assert!(
+        closed < Duration::from_secs(8),
+        "slow headers lived {closed:?}"
+    );
+    // One address holds at most 4 connections: the fifth is closed at once.
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = idle_closed_after(TcpStream::connect(addr).unwrap());
+    assert!(
+        after < Duration::from_secs(2),
+        "the fifth connection lived {after:?}"
+    );
+    drop(held);
+
+    // From the worker: two slow bodies hold the key's two slots.
+    let lines = wait_output(&d.prefix, &rid, "hold-done").await;
+    let all = lines.join("\n");
+    let st = statuses(&all);
+    assert_eq!(st.get("a").map(String::as_str), Some("408"), "{all}");
+    assert_eq!(st.get("b").map(String::as_str), Some("408"), "{all}");
+    assert_eq!(st.get("c").map(String::as_str), Some("429"), "{all}");
+    assert!(all.contains("too_many_requests"), "{all}");
+    let r = cancel(&d.prefix, &rid).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+}
+
+/// Decision (issue #14): `respond` is rate-bound per worker like output:
+/// past `respond_per_minute` (or `respond_bytes_per_minute`) a call gets
+/// 429 `rate_limited`, nothing reaches Redis, and a `respond_dropped` event
+/// counts what was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respond_is_rate_bound_per_worker_and_refusals_are_counted() {
+    let d = Daemon::start(
+        DaemonOpts::new("sec-respond-rate")
+            .setting("respond_per_minute", "5")
+            .setting("respond_bytes_per_minute", "1000000"),
+    );
+    let rid = unique_request_id("chatty");
+    let script = format!(
+        r#"{GW_CALL_SH}
+for i in 1 2 3 4 5 6 7 8; do echo "r$i: $(gw /v1/tools/respond/send '{{"args":{{"message":"message '$i'"}}}}' | head -1)"; done
+"#
+    );
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    let st = statuses(out);
+    let ok = (1..=8)
+        .filter(|i| st.get(&format!("r{i}")).map(String::as_str) == Some("200"))
+        .count();
+    let limited = (1..=8)
+        .filter(|i| st.get(&format!("r{i}")).map(String::as_str) == Some("429"))
+        .count();
+    // Five at once, maybe one more refilled over the seconds the calls took.
+    assert!((5..=6).contains(&ok), "{ok} accepted: {out}");
+    assert_eq!(ok + limited, 8, "{out}");
+    let ev = wait_event_where(&d.prefix, &rid, Duration::from_secs(15), |e| {
+        e["type"] == "respond_dropped"
+    })
+    .await;
+    let responds = ev.iter().filter(|e| e["type"] == "respond").count();
+    assert_eq!(responds, ok, "{ev:#?}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dropped: u64 = events_for(&d.prefix, &rid)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "respond_dropped")
+        .map(|e| e["data"]["messages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped as usize, limited, "every refusal is counted");
 }
 
 /// Calls an upstream recorder received: (request target, body).
