@@ -126,14 +126,36 @@ impl Daemon {
             })?;
         let ext = settings.worker_network.clone();
         let int = format!("{}-internal", settings.worker_network);
-        let (ext_ip, ext_bridge) = engine
+        let ext_net = engine
             .ensure_network(&ext, false)
             .await
             .map_err(StartError::Docker)?;
-        let (int_ip, int_bridge) = engine
+        let int_net = engine
             .ensure_network(&int, true)
             .await
             .map_err(StartError::Docker)?;
+        for (name, net) in [(&ext, &ext_net), (&int, &int_net)] {
+            if !net.icc {
+                continue;
+            }
+            // Created by an older daemon (or outside it) with Docker's
+            // default: its options cannot change while containers use it.
+            let closed = settings.manage_firewall
+                && match crate::firewall::block_intra_bridge(&net.bridge) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(network = %name, error = %e, "cannot turn inter-container communication off by firewall");
+                        false
+                    }
+                };
+            if closed {
+                tracing::info!(network = %name, "network made without enable_icc=false: workers on it are kept apart by a firewall rule instead");
+            } else {
+                tracing::warn!(network = %name, "workers on this network can reach each other; remove the network while no container uses it and the daemon makes it again with com.docker.network.bridge.enable_icc=false");
+            }
+        }
+        let (ext_ip, ext_bridge) = (ext_net.gateway, ext_net.bridge);
+        let (int_ip, int_bridge) = (int_net.gateway, int_net.bridge);
         let firewall = settings.manage_firewall.then(|| {
             let owner = crate::firewall::Owner::new(
                 &redis_url_for_logs(&settings.redis_url),

@@ -347,6 +347,34 @@ pub fn files_tar_at(root: &str, files: &[RenderedFile]) -> Vec<u8> {
     crate::delivery::worker_tar(&dirs, &files)
 }
 
+/// Docker's bridge option that turns inter-container communication off.
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// Driver options of the workers' networks: containers on them reach the
+/// gateway (on the host's side of the bridge) and, with `has_internet`,
+/// the internet, but not each other.
+pub fn worker_network_options() -> HashMap<String, String> {
+    HashMap::from([(ICC_OPTION.to_string(), "false".to_string())])
+}
+
+/// Whether a bridge network with these driver options lets its containers
+/// reach each other (Docker's default when the option is absent).
+pub fn icc_enabled(options: &HashMap<String, String>) -> bool {
+    options.get(ICC_OPTION).map(String::as_str) != Some("false")
+}
+
+/// A workers' network as the daemon uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerNetwork {
+    /// The host's address on it (where the gateway listens).
+    pub gateway: String,
+    /// Its bridge interface.
+    pub bridge: String,
+    /// Whether its containers reach each other (a network created before
+    /// the daemon turned that off keeps its options).
+    pub icc: bool,
+}
+
 /// The facts of a container that matter to the supervisor.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerFacts {
@@ -733,13 +761,13 @@ impl Engine {
     }
 
     /// Creates the bridge network `name` if missing (`internal` = no route
-    /// out) and returns the host's gateway address on it and its bridge
-    /// interface name.
+    /// out; inter-container communication off, see
+    /// [`worker_network_options`]) and returns what the daemon needs of it.
     pub async fn ensure_network(
         &self,
         name: &str,
         internal: bool,
-    ) -> Result<(String, String), EngineError> {
+    ) -> Result<WorkerNetwork, EngineError> {
         use bollard::models::NetworkCreateRequest;
         let mut found = self.networks_named(name).await?;
         if found.is_empty() {
@@ -750,6 +778,7 @@ impl Engine {
                 driver: Some("bridge".to_string()),
                 internal: Some(internal),
                 labels: Some(labels),
+                options: Some(worker_network_options()),
                 ..Default::default()
             };
             match self.docker.create_network(req).await {
@@ -801,12 +830,17 @@ impl Engine {
                         .collect::<String>()
                 )
             });
+        let icc = icc_enabled(&net.options.clone().unwrap_or_default());
         let gateway = net
             .ipam
             .and_then(|i| i.config)
             .and_then(|c| c.into_iter().find_map(|c| c.gateway))
             .unwrap_or_default();
-        Ok((gateway, bridge))
+        Ok(WorkerNetwork {
+            gateway,
+            bridge,
+            icc,
+        })
     }
 
     /// Ids of the networks named exactly `name`.
@@ -1020,6 +1054,14 @@ mod tests {
         ] {
             assert_eq!(engine_limits(&l(1.0, "64m", pids)).pids, want, "{pids:?}");
         }
+    }
+
+    #[test]
+    fn workers_networks_are_made_without_inter_container_communication() {
+        assert!(!icc_enabled(&worker_network_options()));
+        assert!(icc_enabled(&HashMap::new()), "Docker's default");
+        let on = HashMap::from([(ICC_OPTION.to_string(), "true".to_string())]);
+        assert!(icc_enabled(&on));
     }
 
     #[test]

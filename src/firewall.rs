@@ -313,6 +313,74 @@ pub fn isolate_bridge(bridge: &str) -> Result<(), String> {
     ensure(&[CHAIN, "-i", bridge, "-j", "DROP"], "-A")
 }
 
+/// Docker's chain for rules of its users, evaluated first in FORWARD.
+pub const DOCKER_USER: &str = "DOCKER-USER";
+
+/// Comment of the rules that keep containers on one workers' bridge apart.
+const ICC_TAG: &str = "ws-workers-icc";
+
+/// Drops traffic between containers on `bridge`: what Docker's
+/// `enable_icc=false` does, for a network made without that option.
+/// Idempotent; the rule stays while the bridge exists.
+pub fn block_intra_bridge(bridge: &str) -> Result<(), String> {
+    ensure(
+        &[
+            DOCKER_USER,
+            "-i",
+            bridge,
+            "-o",
+            bridge,
+            "-m",
+            "comment",
+            "--comment",
+            ICC_TAG,
+            "-j",
+            "DROP",
+        ],
+        "-I",
+    )
+}
+
+/// The isolation and ICC rules of bridges that no longer exist (inert):
+/// `(chain, spec)` pairs to delete, from `iptables -S` of both chains.
+pub fn orphaned_static_rules(
+    workers: &str,
+    docker_user: &str,
+    bridge_exists: &dyn Fn(&str) -> bool,
+) -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    for (chain, text) in [(CHAIN, workers), (DOCKER_USER, docker_user)] {
+        for line in text.lines() {
+            let words: Vec<String> = line
+                .split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect();
+            if words.len() < 2 || words[0] != "-A" || words[1] != chain {
+                continue;
+            }
+            let spec = words[2..].to_vec();
+            let ours = if chain == CHAIN {
+                spec.len() == 4 && spec[0] == "-i" && spec[2] == "-j" && spec[3] == "DROP"
+            } else {
+                value_after(&spec, "--comment") == Some(ICC_TAG)
+            };
+            match value_after(&spec, "-i") {
+                Some(b) if ours && !bridge_exists(b) => out.push((chain, spec)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn list_chain(chain: &str) -> String {
+    Command::new("iptables")
+        .args(["-w", "-S", chain])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// The chain as `iptables -S` prints it.
 pub fn list() -> Result<String, String> {
     let out = Command::new("iptables")
@@ -459,6 +527,15 @@ impl GatewayRules {
     }
 
     fn sweep(&self, listing: &Listing, dead: &HashSet<String>) {
+        for (chain, spec) in
+            orphaned_static_rules(&list_chain(CHAIN), &list_chain(DOCKER_USER), &bridge_exists)
+        {
+            let mut args = vec!["-D", chain];
+            args.extend(spec.iter().map(String::as_str));
+            if iptables(&args).unwrap_or(false) {
+                tracing::info!(chain, rule = %spec.join(" "), "removed the rule of a bridge that is gone");
+            }
+        }
         let keep: Vec<(String, u16, i64)> = self
             .current
             .lock()
@@ -565,5 +642,43 @@ mod tests {
             ]
         );
         assert_eq!(peers(&l, &me()), vec!["host-b", "host-c"]);
+    }
+
+    #[test]
+    fn only_our_static_rules_of_vanished_bridges_are_orphaned() {
+        let workers = format!(
+            "-N {CHAIN}\n-A {CHAIN} -i br-gone -j DROP\n-A {CHAIN} -i br-here -j DROP\n-A {CHAIN} -i br-gone -p tcp -m tcp --dport 1 -j ACCEPT\n"
+        );
+        let user = format!(
+            "-N {DOCKER_USER}\n-A {DOCKER_USER} -i br-gone -o br-gone -m comment --comment \"{ICC_TAG}\" -j DROP\n-A {DOCKER_USER} -i br-gone -o br-gone -j DROP\n-A {DOCKER_USER} -j RETURN\n"
+        );
+        let exists = |b: &str| b == "br-here";
+        let got = orphaned_static_rules(&workers, &user, &exists);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    CHAIN,
+                    ["-i", "br-gone", "-j", "DROP"].map(String::from).to_vec()
+                ),
+                (
+                    DOCKER_USER,
+                    [
+                        "-i",
+                        "br-gone",
+                        "-o",
+                        "br-gone",
+                        "-m",
+                        "comment",
+                        "--comment",
+                        ICC_TAG,
+                        "-j",
+                        "DROP"
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                ),
+            ]
+        );
     }
 }

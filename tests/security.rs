@@ -785,6 +785,176 @@ async fn gateway_firewall_rules_do_not_outlive_their_daemon() {
     cleanup_containers(&prefix).await;
 }
 
+/// Inter-container communication on `network`: (its `enable_icc` option,
+/// its bridge interface).
+async fn network_icc(network: &str) -> (Option<String>, String) {
+    let net = docker()
+        .await
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("network {network}: {e}"));
+    let opts = net.options.unwrap_or_default();
+    let bridge = opts
+        .get("com.docker.network.bridge.name")
+        .cloned()
+        .unwrap_or_else(|| format!("br-{}", &net.id.unwrap_or_default()[..12]));
+    (
+        opts.get("com.docker.network.bridge.enable_icc").cloned(),
+        bridge,
+    )
+}
+
+fn docker_user_rules() -> String {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-S", "DOCKER-USER"])
+        .output()
+        .expect("iptables -S DOCKER-USER");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Worker A listens on 8080 (and shows it answers on loopback: the host
+/// cannot be the positive control, the INPUT chain drops what a worker
+/// sends it); worker B, on the same network, tries to reach it. Returns
+/// B's output.
+async fn worker_to_worker(d: &Daemon) -> String {
+    let a = unique_request_id("icc-a");
+    let listen = "(while :; do nc -l -p 8080 -e echo pong; done) & \
+                  until echo | nc -w 1 127.0.0.1 8080 2>/dev/null | grep -q pong; do sleep 0.2; done; \
+                  echo listening-ok; wait";
+    publish_spawn(&d.prefix, &shell_request(&a, "shell_v1", listen)).await;
+    let c = inspect_worker(&d.prefix, &a).await;
+    let ip = c
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| {
+            n.into_values()
+                .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+        })
+        .expect("worker A has an address");
+    wait_output(&d.prefix, &a, "listening-ok").await;
+    let b = unique_request_id("icc-b");
+    let script = format!(
+        "if echo | nc -w 3 {ip} 8080 >/dev/null 2>&1; then echo \"reached {ip}\"; else echo \"closed {ip}\"; fi"
+    );
+    publish_spawn(&d.prefix, &shell_request(&b, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &b, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    cancel(&d.prefix, &a).await;
+    r["output"].as_str().unwrap().to_string()
+}
+
+/// Removes the test's networks (no container uses them any more).
+async fn remove_networks(names: &[String]) {
+    let d = docker().await;
+    for n in names {
+        let _ = d.remove_network(n).await;
+    }
+}
+
+/// Removes the networks a test made when it ends, however it ends
+/// (declared before the daemon, so it drops after the daemon's clean-up).
+struct Networks(Vec<String>);
+
+impl Drop for Networks {
+    fn drop(&mut self) {
+        let names = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(remove_networks(&names));
+            }
+        })
+        .join();
+    }
+}
+
+/// Decision (issue #14): workers on one network do not reach each other.
+/// The daemon makes its networks with `enable_icc=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_one_network_do_not_reach_each_other() {
+    let base = format!("wstest-icc-{}", random_suffix());
+    let nets = vec![base.clone(), format!("{base}-internal")];
+    let _cleanup = Networks(nets.clone());
+    let d = Daemon::start(DaemonOpts::new("sec-icc").setting("worker_network", &base));
+    for n in &nets {
+        assert_eq!(network_icc(n).await.0.as_deref(), Some("false"), "{n}");
+    }
+    let out = worker_to_worker(&d).await;
+    assert!(out.contains("closed "), "worker B reached worker A: {out}");
+}
+
+/// Decision (issue #14): a workers' network an older daemon made (Docker's
+/// default, ICC on) keeps its options, so the daemon drops traffic between
+/// its containers in DOCKER-USER instead; the rule goes with the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_made_with_icc_on_gets_its_workers_kept_apart_by_the_firewall() {
+    let base = format!("wstest-icc-old-{}", random_suffix());
+    let nets = vec![base.clone(), format!("{base}-internal")];
+    let _cleanup = Networks(nets.clone());
+    let docker = docker().await;
+    for (n, internal) in [(&nets[0], false), (&nets[1], true)] {
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: n.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(internal),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let d = Daemon::start(DaemonOpts::new("sec-icc-old").setting("worker_network", &base));
+    let mut bridges = Vec::new();
+    for n in &nets {
+        let (icc, bridge) = network_icc(n).await;
+        assert_eq!(icc, None, "{n} keeps its options");
+        let rules = docker_user_rules();
+        assert!(
+            rules
+                .lines()
+                .any(|l| l.contains(&format!("-i {bridge} -o {bridge}")) && l.ends_with("-j DROP")),
+            "no DOCKER-USER rule for {bridge}:\n{rules}"
+        );
+        bridges.push(bridge);
+    }
+    let out = worker_to_worker(&d).await;
+    assert!(out.contains("closed "), "worker B reached worker A: {out}");
+    // Once the network is gone, the daemon sweeps the rules of its bridge
+    // (its own gateway rules go when it stops).
+    cleanup_containers(&d.prefix).await;
+    remove_networks(&nets).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let user = docker_user_rules();
+        let workers = String::from_utf8_lossy(
+            &std::process::Command::new("iptables")
+                .args(["-w", "-S", "WS-WORKERS"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        let static_rule =
+            |l: &str, b: &str| l.contains(&format!("-i {b} ")) && l.ends_with("-j DROP");
+        if !bridges.iter().any(|b| {
+            user.lines().any(|l| static_rule(l, b)) || workers.lines().any(|l| static_rule(l, b))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rules of the removed bridges {bridges:?} stayed:\n{user}\n{workers}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(d);
+}
+
 // ---------------------------------------------------------------- gateway
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
