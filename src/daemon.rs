@@ -150,6 +150,10 @@ impl Daemon {
                 };
             if closed {
                 tracing::info!(network = %name, "network made without enable_icc=false: workers on it are kept apart by a firewall rule instead");
+            } else if !settings.gateway_host.is_empty() {
+                // The compose layout: the gateway is a container on these
+                // networks, which must reach it.
+                tracing::info!(network = %name, "network has inter-container communication on (the gateway is a container on it): workers on it can reach each other");
             } else {
                 tracing::warn!(network = %name, "workers on this network can reach each other; remove the network while no container uses it and the daemon makes it again with com.docker.network.bridge.enable_icc=false");
             }
