@@ -348,6 +348,8 @@ impl Daemon {
         let Some(fw) = self.firewall.clone() else {
             return;
         };
+        // Said once per distinct failure (no iptables, no permission, ...).
+        let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(FIREWALL_REFRESH) => {}
@@ -366,9 +368,12 @@ impl Daemon {
             }
             let f = fw.clone();
             match tokio::task::spawn_blocking(move || f.refresh(&dead)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => last_error = None,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "refreshing the gateway firewall rules failed")
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "refreshing the gateway firewall rules failed");
+                    }
+                    last_error = Some(e);
                 }
                 Err(_) => {}
             }
