@@ -49,6 +49,14 @@ echo "redis:  $WS_TEST_REDIS_URL (dir $WS_TEST_REDIS_DIR)"
 echo "image:  $WS_TEST_IMAGE"
 echo "docker: $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?')"
 
+# The host firewall chain of the workers' bridges, as a sorted list of rules
+# with the gateway rules' expiry times left out (a daemon running beside the
+# suite rewrites its own rules with a new expiry).
+firewall_chain() {
+    iptables -w -S WS-WORKERS 2>/dev/null | sed -E 's/ --datestop [^ ]+//' | sort || true
+}
+fw_before="$(firewall_chain)"
+
 # Managed containers that existed before the run (e.g. a real daemon on a dev
 # machine) are not blamed on the tests.
 preexisting="$(managed_containers | cut -f1 | sort)"
@@ -108,5 +116,18 @@ if [ -n "$leaked" ]; then
     exit 1
 fi
 echo "no managed containers left behind"
+
+section "firewall chain check"
+# Every rule the tests' daemons added must be gone: gateway holes outlive no
+# daemon. Only the chain itself and the per-bridge DROP rules (which keep
+# workers off the host while no daemon runs) may remain.
+fw_added="$(comm -13 <(echo "$fw_before") <(firewall_chain) \
+    | grep -v -E '^-N WS-WORKERS$|^-A WS-WORKERS -i [^ ]+ -j DROP$' || true)"
+if [ -n "$fw_added" ]; then
+    echo "FAIL: rules the tests added remain in the WS-WORKERS chain:" >&2
+    echo "$fw_added" >&2
+    exit 1
+fi
+echo "the WS-WORKERS chain is as the tests found it"
 
 section "all tests passed"

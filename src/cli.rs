@@ -315,18 +315,12 @@ pub async fn serve(settings: Settings) -> i32 {
         }
     };
     let shutdown = daemon.shutdown_token();
-    let gateway = crate::gateway::router(daemon.gateway());
+    let gateway = daemon.gateway();
     for addr in daemon.gateway_addrs() {
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
                 tracing::info!(addr = %addr, "gateway listening");
-                let router = gateway.clone();
-                let s = shutdown.clone();
-                tokio::spawn(async move {
-                    let _ = axum::serve(l, router)
-                        .with_graceful_shutdown(async move { s.cancelled().await })
-                        .await;
-                });
+                tokio::spawn(crate::gateway::serve(l, gateway.clone(), shutdown.clone()));
             }
             Err(e) => {
                 eprintln!("workers-spawner: cannot listen for the gateway on {addr}: {e}");

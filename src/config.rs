@@ -108,6 +108,12 @@ pub struct WorkerConfig {
     /// Environment of the agent.
     #[serde(default)]
     pub env: BTreeMap<String, EnvValue>,
+    /// Env names a request's override may set, change or remove: exact
+    /// names, or prefixes ending in `*` (`APP_*`). A name that changes how
+    /// a process starts ([`is_process_start_env`]) matches an exact entry
+    /// only. Nothing listed: an override may not touch `env` at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_overridable: Vec<String>,
     /// Resource and time limits.
     pub limits: Limits,
     /// Container hardening knobs a preset may set.
@@ -183,6 +189,21 @@ pub struct Limits {
 /// Default `pids` limit when a preset sets none.
 pub const DEFAULT_PIDS: u32 = 512;
 
+/// Smallest `limits.cpu` the engine can enforce: runc refuses a CFS quota
+/// under 1 ms per 100 ms period (0.001 fails at start), and a NanoCpus of 0
+/// means no limit at all.
+pub const MIN_CPU: f64 = 0.01;
+/// Largest `limits.cpu` a config may ask for (the schema's maximum).
+pub const MAX_CPU: f64 = 64.0;
+/// Smallest memory limit Docker accepts (6 MiB); 0 would mean no limit.
+pub const MIN_MEMORY_BYTES: u64 = 6 << 20;
+/// Largest memory limit a config may ask for (1 PiB).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Smallest `limits.pids` (the schema's minimum); 0 or -1 would mean no limit.
+pub const MIN_PIDS: u32 = 16;
+/// Largest `limits.pids` (the schema's maximum).
+pub const MAX_PIDS: u32 = 65536;
+
 impl Limits {
     /// Effective pids limit.
     pub fn pids(&self) -> u32 {
@@ -244,13 +265,11 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         return Err(format!("memory {s:?} must be more than 0"));
     }
     let bytes = n * mult as f64;
-    if bytes < (6u64 << 20) as f64 {
+    if bytes < MIN_MEMORY_BYTES as f64 {
         return Err(format!("memory {s:?} is below Docker's minimum of 6m"));
     }
-    if bytes > (1u64 << 50) as f64 {
-        return Err(format!(
-            "memory {s:?} is implausibly large (at most 1024 TiB)"
-        ));
+    if bytes > MAX_MEMORY_BYTES as f64 {
+        return Err(format!("memory {s:?} is implausibly large"));
     }
     Ok(bytes as u64)
 }
@@ -265,6 +284,110 @@ pub fn is_valid_slug(s: &str) -> bool {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
         })
         && !s.contains("..")
+}
+
+/// Env names that change how a process starts, loads code or reaches the
+/// network rather than what it works on: the shell's start-up files and
+/// prompt hooks (`BASH_ENV` makes bash run a file before `bash -c`, such as
+/// the prompt file), the dynamic loader, interpreters' start-up and module
+/// paths, git's hooks and helpers, `PATH`, proxies and API base URLs (the
+/// agent's own API key would follow them). Compared without regard to case.
+const PROCESS_START_ENV: &[&str] = &[
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS0",
+    "PS1",
+    "PS2",
+    "PS3",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "CDPATH",
+    "GLOBIGNORE",
+    "ZDOTDIR",
+    "INPUTRC",
+    "PATH",
+    "HOME",
+    "SHELL",
+    "TMPDIR",
+    "LOCPATH",
+    "NLSPATH",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "LOCALDOMAIN",
+    "CLASSPATH",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "MANPAGER",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "BROWSER",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "CURL_HOME",
+    "CURL_CA_BUNDLE",
+    "WGETRC",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+];
+
+/// Prefixes of [`PROCESS_START_ENV`]-like names (`LD_PRELOAD`,
+/// `PYTHONSTARTUP`, `NODE_OPTIONS`, `GIT_SSH_COMMAND`, ...).
+const PROCESS_START_ENV_PREFIXES: &[&str] = &[
+    "LD_",
+    "DYLD_",
+    "BASH_FUNC_",
+    "PYTHON",
+    "NODE_",
+    "NPM_CONFIG_",
+    "YARN_",
+    "GIT_",
+    "PERL",
+    "RUBY",
+    "GEM_",
+    "BUNDLE_",
+    "JAVA_",
+    "_JAVA_",
+    "JDK_",
+    "MALLOC_",
+    "XDG_",
+    "DOCKER_",
+];
+
+/// Suffixes of such names (`HTTPS_PROXY`, `ANTHROPIC_BASE_URL`, ...).
+const PROCESS_START_ENV_SUFFIXES: &[&str] = &["_PROXY", "_BASE_URL", "_API_BASE"];
+
+/// Whether the env name `name` changes how a process starts (see
+/// [`PROCESS_START_ENV`]): such a name is set only where a preset states it
+/// exactly, never through a pattern or an inline config.
+pub fn is_process_start_env(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    PROCESS_START_ENV.contains(&n.as_str())
+        || PROCESS_START_ENV_PREFIXES.iter().any(|p| n.starts_with(p))
+        || PROCESS_START_ENV_SUFFIXES.iter().any(|s| n.ends_with(s))
+}
+
+impl WorkerConfig {
+    /// Whether this preset lets an override set, change or remove the env
+    /// name `name`: it is listed exactly in `env_overridable`, or matches a
+    /// `PREFIX*` entry there and does not change how a process starts.
+    pub fn env_overridable_allows(&self, name: &str) -> bool {
+        self.env_overridable
+            .iter()
+            .any(|entry| match entry.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix) && !is_process_start_env(name),
+                None => entry == name,
+            })
+    }
 }
 
 /// Whether `s` is a valid environment variable name.
@@ -391,13 +514,44 @@ impl Default for ConfigSchema {
     }
 }
 
+/// Whether `cpu` is a CPU limit the engine enforces as given: finite and
+/// within [`MIN_CPU`]..=[`MAX_CPU`] (so never 0, -0, a subnormal or NaN,
+/// which the engine would take as "no limit" or refuse at start).
+pub fn cpu_in_range(cpu: f64) -> bool {
+    cpu.is_finite() && (MIN_CPU..=MAX_CPU).contains(&cpu)
+}
+
 /// Rules the JSON Schema cannot express.
 fn check_semantics(c: &WorkerConfig) -> Result<(), ConfigError> {
     let mut errors = Vec::new();
+    // The schema has the same bounds; this holds them for configs that did
+    // not come through it, and against float edge cases.
+    if !cpu_in_range(c.limits.cpu) {
+        errors.push(FieldError {
+            field: "limits.cpu".into(),
+            message: format!(
+                "limits.cpu {} is outside {MIN_CPU}..={MAX_CPU} (below {MIN_CPU} the engine cannot enforce it)",
+                c.limits.cpu
+            ),
+        });
+    }
     if let Err(m) = parse_memory(&c.limits.memory) {
         errors.push(FieldError {
             field: "limits.memory".into(),
             message: format!("limits.{m}"),
+        });
+    }
+    for (i, entry) in c
+        .env_overridable
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX))
+    {
+        errors.push(FieldError {
+            field: format!("env_overridable.{i}"),
+            message: format!(
+                "env_overridable.{i}: {entry}: env names starting with {RESERVED_ENV_PREFIX} are reserved for the daemon"
+            ),
         });
     }
     for name in c
@@ -637,6 +791,77 @@ mod tests {
         );
     }
 
+    /// Every numeric limit at its edges: tiny, zero, negative zero,
+    /// subnormal, negative, huge. None may reach the engine as 0 ("no
+    /// limit") or as a value the runtime refuses at start.
+    #[test]
+    fn every_numeric_limit_is_refused_at_its_edges() {
+        let cases = [
+            ("/limits/cpu", json!(1e-10), "limits.cpu"),
+            ("/limits/cpu", json!(0.001), "limits.cpu"),
+            ("/limits/cpu", json!(0.0099), "limits.cpu"),
+            ("/limits/cpu", json!(0), "limits.cpu"),
+            ("/limits/cpu", json!(-0.0), "limits.cpu"),
+            ("/limits/cpu", json!(5e-324), "limits.cpu"),
+            ("/limits/cpu", json!(-1), "limits.cpu"),
+            ("/limits/cpu", json!(64.5), "limits.cpu"),
+            ("/limits/cpu", json!(1e308), "limits.cpu"),
+            ("/limits/memory", json!("0"), "limits.memory"),
+            ("/limits/memory", json!("0g"), "limits.memory"),
+            ("/limits/memory", json!("0.0000001g"), "limits.memory"),
+            ("/limits/memory", json!("5m"), "limits.memory"),
+            ("/limits/memory", json!("-1g"), "limits.memory"),
+            ("/limits/memory", json!("1e-10g"), "limits.memory"),
+            ("/limits/memory", json!("99999999g"), "limits.memory"),
+            ("/limits/pids", json!(0), "limits.pids"),
+            ("/limits/pids", json!(-0.0), "limits.pids"),
+            ("/limits/pids", json!(-1), "limits.pids"),
+            ("/limits/pids", json!(15), "limits.pids"),
+            ("/limits/pids", json!(65537), "limits.pids"),
+            ("/limits/pids", json!(1e300), "limits.pids"),
+            ("/limits/timeout_sec", json!(0), "limits.timeout_sec"),
+            ("/limits/timeout_sec", json!(-0.0), "limits.timeout_sec"),
+            ("/limits/timeout_sec", json!(5e-324), "limits.timeout_sec"),
+            ("/limits/timeout_sec", json!(604801), "limits.timeout_sec"),
+            ("/limits/ttl_sec", json!(0), "limits.ttl_sec"),
+            ("/limits/ttl_sec", json!(-1), "limits.ttl_sec"),
+            ("/limits/ttl_sec", json!(1e20), "limits.ttl_sec"),
+        ];
+        for (pointer, value, field) in cases {
+            let mut v = valid();
+            v["limits"]["pids"] = json!(64);
+            assert_eq!(
+                field_of(with(v, pointer, value.clone())),
+                field,
+                "{pointer} = {value}"
+            );
+        }
+        // The floors themselves are accepted.
+        let mut v = valid();
+        v["limits"] = json!({"cpu": MIN_CPU, "memory": "6m", "timeout_sec": 1, "ttl_sec": 1, "pids": MIN_PIDS});
+        ConfigSchema::new().validate(&v).unwrap();
+    }
+
+    #[test]
+    fn the_cpu_range_check_holds_for_float_edge_cases() {
+        for bad in [
+            0.0,
+            -0.0,
+            5e-324,
+            1e-10,
+            0.001,
+            f64::NAN,
+            f64::INFINITY,
+            -1.0,
+            64.01,
+        ] {
+            assert!(!cpu_in_range(bad), "{bad}");
+        }
+        for good in [MIN_CPU, 0.5, 1.0, MAX_CPU] {
+            assert!(cpu_in_range(good), "{good}");
+        }
+    }
+
     #[test]
     fn env_values_must_be_strings_or_from_env() {
         assert_eq!(field_of(with(valid(), "/env", json!({"A": 1}))), "env.A");
@@ -662,6 +887,72 @@ mod tests {
             )),
             "env.orchestrator_allowed_tools"
         );
+    }
+
+    #[test]
+    fn names_that_change_how_a_process_starts_are_recognised_in_any_case() {
+        for name in [
+            "BASH_ENV",
+            "ENV",
+            "PATH",
+            "path",
+            "PROMPT_COMMAND",
+            "SHELLOPTS",
+            "PS4",
+            "LD_PRELOAD",
+            "ld_library_path",
+            "NODE_OPTIONS",
+            "PYTHONSTARTUP",
+            "PYTHONPATH",
+            "GIT_SSH_COMMAND",
+            "GIT_CONFIG_GLOBAL",
+            "PERL5OPT",
+            "RUBYOPT",
+            "JAVA_TOOL_OPTIONS",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "ANTHROPIC_BASE_URL",
+            "BASH_FUNC_x",
+            "HOME",
+        ] {
+            assert!(is_process_start_env(name), "{name}");
+        }
+        for name in [
+            "MODE",
+            "LOG_LEVEL",
+            "APP_COLOUR",
+            "ANTHROPIC_API_KEY",
+            "ENVIRONMENT",
+            "TZ",
+        ] {
+            assert!(!is_process_start_env(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn env_overridable_patterns_never_cover_process_start_names() {
+        let mut v = valid();
+        v["env_overridable"] = json!(["MODE", "APP_*", "L*", "PATH"]);
+        let c = ConfigSchema::new().validate(&v).unwrap();
+        assert!(c.env_overridable_allows("MODE"));
+        assert!(c.env_overridable_allows("APP_X"));
+        assert!(c.env_overridable_allows("LOG_LEVEL"));
+        assert!(!c.env_overridable_allows("LD_PRELOAD"), "a pattern");
+        assert!(c.env_overridable_allows("PATH"), "stated exactly");
+        assert!(!c.env_overridable_allows("MODEX"));
+        assert!(!c.env_overridable_allows("mode"), "names are exact");
+        for bad in [json!(["*"]), json!(["A B"]), json!(["A**"]), json!(["1A"])] {
+            let mut v = valid();
+            v["env_overridable"] = bad.clone();
+            assert_eq!(
+                field_of(v).split('.').next(),
+                Some("env_overridable"),
+                "{bad}"
+            );
+        }
+        let mut v = valid();
+        v["env_overridable"] = json!(["MODE", "ORCHESTRATOR_API_URL"]);
+        assert_eq!(field_of(v), "env_overridable.1");
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Daemon {
     pub(crate) sessions: Mutex<HashMap<String, crate::session::SessionState>>,
     pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
     pub(crate) pools: Mutex<HashMap<String, crate::pool::PoolState>>,
+    /// This instance's gateway holes in the host firewall, when it manages it.
+    pub(crate) firewall: Option<Arc<crate::firewall::GatewayRules>>,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -124,21 +126,62 @@ impl Daemon {
             })?;
         let ext = settings.worker_network.clone();
         let int = format!("{}-internal", settings.worker_network);
-        let (ext_ip, ext_bridge) = engine
+        let ext_net = engine
             .ensure_network(&ext, false)
             .await
             .map_err(StartError::Docker)?;
-        let (int_ip, int_bridge) = engine
+        let int_net = engine
             .ensure_network(&int, true)
             .await
             .map_err(StartError::Docker)?;
-        if settings.manage_firewall {
-            for bridge in [&ext_bridge, &int_bridge] {
-                if let Err(e) = crate::firewall::isolate_bridge(bridge, settings.gateway_port) {
-                    tracing::warn!(bridge = %bridge, error = %e, "cannot isolate the workers' bridge from the host; workers may reach host services");
-                }
+        for (name, net) in [(&ext, &ext_net), (&int, &int_net)] {
+            if !net.icc {
+                continue;
+            }
+            // Created by an older daemon (or outside it) with Docker's
+            // default: its options cannot change while containers use it.
+            let closed = settings.manage_firewall
+                && match crate::firewall::block_intra_bridge(&net.bridge) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(network = %name, error = %e, "cannot turn inter-container communication off by firewall");
+                        false
+                    }
+                };
+            if closed {
+                tracing::info!(network = %name, "network made without enable_icc=false: workers on it are kept apart by a firewall rule instead");
+            } else if !settings.gateway_host.is_empty() {
+                // The compose layout: the gateway is a container on these
+                // networks, which must reach it.
+                tracing::info!(network = %name, "network has inter-container communication on (the gateway is a container on it): workers on it can reach each other");
+            } else {
+                tracing::warn!(network = %name, "workers on this network can reach each other; remove the network while no container uses it and the daemon makes it again with com.docker.network.bridge.enable_icc=false");
             }
         }
+        let (ext_ip, ext_bridge) = (ext_net.gateway, ext_net.bridge);
+        let (int_ip, int_bridge) = (int_net.gateway, int_net.bridge);
+        let firewall = settings.manage_firewall.then(|| {
+            let owner = crate::firewall::Owner::new(
+                &redis_url_for_logs(&settings.redis_url),
+                &settings.stream_prefix,
+                &settings.instance_id,
+            );
+            let rules = crate::firewall::GatewayRules::new(
+                owner,
+                vec![ext_bridge.clone(), int_bridge.clone()],
+                settings.gateway_port,
+            );
+            match rules.install() {
+                Ok(0) => {}
+                Ok(legacy) => tracing::warn!(
+                    chain = crate::firewall::CHAIN,
+                    legacy,
+                    "the firewall chain holds gateway rules of older daemon versions, which never expire; remove them once no older daemon runs on this host (docs/operations.md)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot isolate the workers' bridges from the host; workers may reach host services"),
+            }
+            Arc::new(rules)
+        });
         let networks = Networks {
             external: (ext.clone(), ext_ip),
             internal: (int.clone(), int_ip),
@@ -182,6 +225,7 @@ impl Daemon {
             sessions: Mutex::new(HashMap::new()),
             early_cancels: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
+            firewall,
         }))
     }
 
@@ -229,6 +273,8 @@ impl Daemon {
         tasks.spawn(async move { d.maintenance_loop().await });
         let d = self.clone();
         tasks.spawn(async move { d.watch_loop().await });
+        let d = self.clone();
+        tasks.spawn(async move { d.firewall_loop().await });
         self.shutdown.cancelled().await;
         // Give each loop a moment to leave its blocking read.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -236,10 +282,8 @@ impl Daemon {
         })
         .await;
         tasks.abort_all();
-        if self.settings.manage_firewall {
-            for bridge in &self.networks.bridges {
-                crate::firewall::release_bridge(bridge, self.settings.gateway_port);
-            }
+        if let Some(fw) = self.firewall.clone() {
+            let _ = tokio::task::spawn_blocking(move || fw.release()).await;
         }
         tracing::info!("intake stopped; running workers are left to the next start");
     }
@@ -295,6 +339,45 @@ impl Daemon {
             self.refill_pools().await;
                 }
                 _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Rewrites this instance's gateway rules before they expire and
+    /// removes stale ones: expired, of a bridge that is gone, or of an
+    /// instance of this setup whose heartbeat is gone.
+    async fn firewall_loop(self: Arc<Self>) {
+        let Some(fw) = self.firewall.clone() else {
+            return;
+        };
+        // Said once per distinct failure (no iptables, no permission, ...).
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FIREWALL_REFRESH) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let f = fw.clone();
+            let peers = tokio::task::spawn_blocking(move || f.peers())
+                .await
+                .unwrap_or_default();
+            let mut dead = std::collections::HashSet::new();
+            for p in peers {
+                // Unknown (Redis trouble) counts as alive.
+                if matches!(self.bus.instance_alive(&p).await, Ok(false)) {
+                    dead.insert(p);
+                }
+            }
+            let f = fw.clone();
+            match tokio::task::spawn_blocking(move || f.refresh(&dead)).await {
+                Ok(Ok(())) => last_error = None,
+                Ok(Err(e)) => {
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "refreshing the gateway firewall rules failed");
+                    }
+                    last_error = Some(e);
+                }
+                Err(_) => {}
             }
         }
     }
@@ -580,20 +663,17 @@ impl Daemon {
 
             let name = request_container_name(&self.settings.stream_prefix, &rid);
             // A redelivered request whose container exists follows that
-            // container. A first delivery skips the look-up (one engine call
-            // less per request): the create conflict covers a name in use.
+            // container, found by its labels (whatever scheme named it: an
+            // older daemon's container is this request's too). A first
+            // delivery skips the look-up (one engine call less per request):
+            // the create conflict covers a name in use.
             let existing = if entry.deliveries > 1 {
-                self.env.engine.inspect(&name).await
+                self.request_container(&rid).await
             } else {
                 Err(EngineError::NotFound(name.clone()))
             };
             match existing {
                 Ok(facts) => {
-                    if !self.is_ours(&facts) {
-                        // Someone else's container holds the name: never touch it.
-                        self.answer_name_conflict(&entry.id, &rid, &name).await;
-                        return;
-                    }
                     if !facts.started && !facts.running && self.may_adopt(&facts).await {
                         // Created but never started (its daemon died in between):
                         // nothing ran, and the entry is at hand: start afresh.
@@ -717,16 +797,43 @@ impl Daemon {
         self.dead_letter(entry, &e.to_string()).await;
     }
 
-    /// Answers a request whose container name is held by a container this
-    /// daemon does not manage (which it never touches).
-    async fn answer_name_conflict(&self, entry_id: &str, rid: &str, name: &str) {
+    /// Answers a request whose container name is held by a container that
+    /// is not its own: one this daemon does not manage (which it never
+    /// touches), or one whose labels name another request.
+    async fn answer_name_conflict(&self, entry_id: &str, rid: &str, name: &str, foreign: bool) {
+        let message = if foreign {
+            format!("a container named {name} exists that this daemon does not manage")
+        } else {
+            format!("the container named {name} holds another request's work")
+        };
         let info = ErrorInfo {
             code: "name_conflict".into(),
             field: Some("request_id".into()),
-            message: format!("a container named {name} exists that this daemon does not manage"),
+            message,
         };
         self.answer(entry_id, ResultRecord::bare(rid, Status::Error, Some(info)))
             .await;
+    }
+
+    /// The one-shot container of request `rid`, found by its labels.
+    async fn request_container(&self, rid: &str) -> Result<ContainerFacts, EngineError> {
+        let found = self
+            .env
+            .engine
+            .list_labelled(&self.settings.stream_prefix, &[(labels::REQUEST_ID, rid)])
+            .await?;
+        // A session container carries its first request's id too.
+        let mut mine: Vec<ContainerFacts> = found
+            .into_iter()
+            .filter(|c| self.holds_request(c, rid))
+            .collect();
+        mine.sort_by_key(|c| !c.running);
+        let first = mine
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::NotFound(rid.to_string()))?;
+        // The listing holds no state details (exit code): inspect it.
+        self.env.engine.inspect(&first.id).await
     }
 
     /// Dead-letters an entry delivered more than `max_deliveries` times and
@@ -870,7 +977,8 @@ impl Daemon {
         // (and revoke): two Redis round trips less on its way to start.
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         if gateway_key.is_some() {
-            let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone());
+            let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone())
+                .in_container(&name);
             if let Err(e) = crate::gateway::register_key(
                 &self.bus,
                 &api_key,
@@ -940,7 +1048,15 @@ impl Daemon {
                 let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
                 match self.env.engine.inspect(&name).await {
                     Ok(facts) if !self.is_ours(&facts) => {
-                        self.answer_name_conflict(&entry.id, &rid, &name).await;
+                        self.answer_name_conflict(&entry.id, &rid, &name, true)
+                            .await;
+                    }
+                    // The name is this request's, the container another's:
+                    // never take it as a redelivery of this one.
+                    Ok(facts) if !self.holds_request(&facts, &rid) => {
+                        tracing::warn!(request_id = %rid, container = %name, holder = ?facts.labels.get(labels::REQUEST_ID), "container name held by another request");
+                        self.answer_name_conflict(&entry.id, &rid, &name, false)
+                            .await;
                     }
                     Ok(facts) => {
                         self.ack(&entry.id).await;
@@ -1246,12 +1362,22 @@ impl Daemon {
     /// The gateway's shared state.
     pub fn gateway(self: &Arc<Self>) -> Arc<crate::gateway::Gateway> {
         let d = self.clone();
-        Arc::new(crate::gateway::Gateway {
-            bus: self.bus.clone(),
-            sink: self.env.sink.clone(),
-            upstream: Some(self.settings.upstream_url.clone()).filter(|u| !u.is_empty()),
-            redactor_for: Box::new(move |preset| d.redactor_for(preset)),
-        })
+        let s = &self.settings;
+        Arc::new(crate::gateway::Gateway::new(
+            self.bus.clone(),
+            self.env.sink.clone(),
+            Some(s.upstream_url.clone()).filter(|u| !u.is_empty()),
+            Box::new(move |preset| d.redactor_for(preset)),
+            self.env.engine.clone(),
+            crate::gateway::GatewayLimits {
+                header_timeout: s.gateway_header_timeout,
+                body_timeout: s.gateway_body_timeout,
+                max_inflight_per_key: s.gateway_max_inflight_per_key,
+                max_connections_per_caller: s.gateway_max_connections_per_caller,
+                respond_per_minute: s.respond_per_minute,
+                respond_bytes_per_minute: s.respond_bytes_per_minute,
+            },
+        ))
     }
 
     /// A redactor with the secrets of every preset (for entries that
@@ -1579,9 +1705,27 @@ impl Daemon {
     }
 
     /// Whether `c` carries this setup's managed-by labels.
-    fn is_ours(&self, c: &ContainerFacts) -> bool {
+    pub(crate) fn is_ours(&self, c: &ContainerFacts) -> bool {
         c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
             && c.labels.get(labels::PREFIX) == Some(&self.settings.stream_prefix)
+    }
+
+    /// Whether `c` is request `rid`'s one-shot container by its labels (a
+    /// container found by name may hold another request's work).
+    fn holds_request(&self, c: &ContainerFacts, rid: &str) -> bool {
+        self.is_ours(c)
+            && c.labels.get(labels::REQUEST_ID).map(String::as_str) == Some(rid)
+            && !matches!(
+                c.labels.get(labels::KIND).map(String::as_str),
+                Some("session" | "pool")
+            )
+    }
+
+    /// Whether `c` is session `sid`'s container by its labels.
+    pub(crate) fn holds_session(&self, c: &ContainerFacts, sid: &str) -> bool {
+        self.is_ours(c)
+            && c.labels.get(labels::SESSION_ID).map(String::as_str) == Some(sid)
+            && c.labels.get(labels::KIND).map(String::as_str) == Some("session")
     }
 
     /// Whether this instance may supervise `c`: it is managed by this setup,
@@ -1604,6 +1748,9 @@ impl Daemon {
 
 /// How long an instance's heartbeat key lives (refreshed every 5 s).
 const HEARTBEAT_TTL_SECS: u64 = 30;
+
+/// How often the gateway firewall rules are looked after.
+const FIREWALL_REFRESH: Duration = Duration::from_secs(10);
 
 /// Marks a request id as being handled by this process until dropped.
 struct InflightGuard<'a> {

@@ -96,8 +96,14 @@ fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
-/// The container name of a request: `ws-<request id>`, with characters
-/// Docker refuses replaced and a hash suffix to keep names unique.
+/// The container name for `id`: `<kind>-<id made Docker-safe, at most 64
+/// chars>-<32 hex digits of SHA-256(id)>`.
+///
+/// Injective in `id`: the hash covers the exact id (128 bits of it), so two
+/// ids that read alike once `:` became `_` (`a:b`, `a_b`), or an id that
+/// spells another's hashed name (`a_b-6783a31e`), still get different
+/// names. The readable part is only for people. A container found under a
+/// name is still taken as the request's only when its labels say so.
 pub fn container_name(kind: &str, id: &str) -> String {
     let clean: String = id
         .chars()
@@ -108,22 +114,17 @@ pub fn container_name(kind: &str, id: &str) -> String {
                 '_'
             }
         })
+        .take(64)
         .collect();
-    if clean == id {
-        format!("{kind}-{id}")
-    } else {
-        let h = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
-        format!("{kind}-{clean}-{h}")
-    }
+    let h = hex::encode(&Sha256::digest(id.as_bytes())[..16]);
+    format!("{kind}-{clean}-{h}")
 }
 
 /// The container name of request `request_id` of the setup with stream
 /// prefix `prefix`. Setups sharing one engine must not share names: the
-/// daemon follows an existing container of the same name instead of
-/// spawning, and would never answer a request whose name another setup
-/// took. The default prefix keeps the plain `ws-<request id>`; any other
-/// gets `ws-<prefix>_<request id>-<hash>` (`/` cannot occur in either part,
-/// so the hashed pair is unambiguous).
+/// default prefix hashes the request id alone, any other hashes
+/// `<prefix>/<request id>` (`/` occurs in neither part, so the pair is
+/// unambiguous and never equals a bare id).
 pub fn request_container_name(prefix: &str, request_id: &str) -> String {
     if prefix == "workers" {
         container_name("ws", request_id)
@@ -187,10 +188,42 @@ pub fn withheld_env(spec: &WorkerSpec, ctx: &LaunchContext) -> Vec<(String, Stri
     }
 }
 
+/// The resource limits as the engine takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// `NanoCpus`.
+    pub nano_cpus: i64,
+    /// `Memory` and `MemorySwap`, bytes.
+    pub memory: i64,
+    /// `PidsLimit`.
+    pub pids: i64,
+}
+
+/// `limits` in the engine's units, each clamped into the range the engine
+/// enforces. To the engine 0 (or -1) means "no limit", so no value here is
+/// ever 0, whatever reached this point: the schema and the policy refuse
+/// such configs, and this is the last line.
+pub fn engine_limits(limits: &crate::config::Limits) -> EngineLimits {
+    use crate::config::{MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES, MIN_PIDS};
+    let cpu = if limits.cpu.is_finite() {
+        limits.cpu.clamp(MIN_CPU, MAX_CPU)
+    } else {
+        MIN_CPU
+    };
+    let memory = limits
+        .memory_bytes()
+        .unwrap_or(MIN_MEMORY_BYTES)
+        .clamp(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES);
+    EngineLimits {
+        nano_cpus: (cpu * 1e9).round() as i64,
+        memory: memory as i64,
+        pids: limits.pids().clamp(MIN_PIDS, MAX_PIDS) as i64,
+    }
+}
+
 /// The create body for `spec` under `ctx`, with the hardened defaults.
 pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBody {
-    let limits = &spec.config.limits;
-    let memory = limits.memory_bytes().unwrap_or(512 << 20) as i64;
+    let limits = engine_limits(&spec.config.limits);
     let withheld = withheld_env(spec, ctx);
     let mut env: Vec<String> = spec
         .env
@@ -244,10 +277,10 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
         network_disabled: Some(ctx.network_mode == "none"),
         host_config: Some(HostConfig {
             init: Some(true),
-            nano_cpus: Some((limits.cpu * 1e9) as i64),
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            pids_limit: Some(limits.pids() as i64),
+            nano_cpus: Some(limits.nano_cpus),
+            memory: Some(limits.memory),
+            memory_swap: Some(limits.memory),
+            pids_limit: Some(limits.pids),
             cap_drop: Some(vec!["ALL".to_string()]),
             cap_add: Some(spec.config.security.cap_add.clone()),
             security_opt: Some(vec!["no-new-privileges:true".to_string()]),
@@ -314,6 +347,34 @@ pub fn files_tar_at(root: &str, files: &[RenderedFile]) -> Vec<u8> {
     crate::delivery::worker_tar(&dirs, &files)
 }
 
+/// Docker's bridge option that turns inter-container communication off.
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// Driver options of the workers' networks: containers on them reach the
+/// gateway (on the host's side of the bridge) and, with `has_internet`,
+/// the internet, but not each other.
+pub fn worker_network_options() -> HashMap<String, String> {
+    HashMap::from([(ICC_OPTION.to_string(), "false".to_string())])
+}
+
+/// Whether a bridge network with these driver options lets its containers
+/// reach each other (Docker's default when the option is absent).
+pub fn icc_enabled(options: &HashMap<String, String>) -> bool {
+    options.get(ICC_OPTION).map(String::as_str) != Some("false")
+}
+
+/// A workers' network as the daemon uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerNetwork {
+    /// The host's address on it (where the gateway listens).
+    pub gateway: String,
+    /// Its bridge interface.
+    pub bridge: String,
+    /// Whether its containers reach each other (a network created before
+    /// the daemon turned that off keeps its options).
+    pub icc: bool,
+}
+
 /// The facts of a container that matter to the supervisor.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerFacts {
@@ -339,6 +400,8 @@ pub struct ContainerFacts {
     pub image: String,
     /// The worker's gateway key, read back from its env (inspect only).
     pub api_key: Option<String>,
+    /// Its addresses on the networks it is attached to (inspect only).
+    pub ips: Vec<String>,
 }
 
 /// Which output stream a chunk came from.
@@ -385,6 +448,8 @@ fn output_chunks(
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// `NanoCpus` of every CPU the engine has (it refuses more).
+    max_nano_cpus: Option<i64>,
 }
 
 impl Engine {
@@ -396,7 +461,14 @@ impl Engine {
             .negotiate_version()
             .await?;
         docker.ping().await?;
-        Ok(Engine { docker })
+        let max_nano_cpus = match docker.info().await {
+            Ok(i) => i.ncpu.filter(|n| *n > 0).map(|n| n * 1_000_000_000),
+            Err(_) => None,
+        };
+        Ok(Engine {
+            docker,
+            max_nano_cpus,
+        })
     }
 
     /// `GET /_ping`.
@@ -419,12 +491,20 @@ impl Engine {
         }
     }
 
-    /// Creates the container; returns its id.
+    /// Creates the container; returns its id. A CPU limit above what the
+    /// engine has becomes all of its CPUs: the engine refuses more, and a
+    /// preset written for a bigger machine should still run here.
     pub async fn create(
         &self,
         name: &str,
         body: ContainerCreateBody,
     ) -> Result<String, EngineError> {
+        let mut body = body;
+        if let (Some(max), Some(hc)) = (self.max_nano_cpus, body.host_config.as_mut()) {
+            if let Some(n) = hc.nano_cpus.as_mut() {
+                *n = (*n).min(max);
+            }
+        }
         let image = body.image.clone().unwrap_or_default();
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
@@ -546,6 +626,16 @@ impl Engine {
             .map_err(|e| self.not_found(e, id))?;
         let state = r.state.unwrap_or_default();
         let config = r.config.unwrap_or_default();
+        let ips = r
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|nets| {
+                nets.into_values()
+                    .filter_map(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let started_at = state.started_at.filter(|s| !s.starts_with("0001-"));
         Ok(ContainerFacts {
             id: r.id.unwrap_or_default(),
@@ -571,6 +661,7 @@ impl Engine {
                 .iter()
                 .find_map(|e| e.strip_prefix("ORCHESTRATOR_API_KEY=").map(str::to_string)),
             image: config.image.unwrap_or_default(),
+            ips,
         })
     }
 
@@ -670,13 +761,13 @@ impl Engine {
     }
 
     /// Creates the bridge network `name` if missing (`internal` = no route
-    /// out) and returns the host's gateway address on it and its bridge
-    /// interface name.
+    /// out; inter-container communication off, see
+    /// [`worker_network_options`]) and returns what the daemon needs of it.
     pub async fn ensure_network(
         &self,
         name: &str,
         internal: bool,
-    ) -> Result<(String, String), EngineError> {
+    ) -> Result<WorkerNetwork, EngineError> {
         use bollard::models::NetworkCreateRequest;
         let mut found = self.networks_named(name).await?;
         if found.is_empty() {
@@ -687,6 +778,7 @@ impl Engine {
                 driver: Some("bridge".to_string()),
                 internal: Some(internal),
                 labels: Some(labels),
+                options: Some(worker_network_options()),
                 ..Default::default()
             };
             match self.docker.create_network(req).await {
@@ -738,12 +830,17 @@ impl Engine {
                         .collect::<String>()
                 )
             });
+        let icc = icc_enabled(&net.options.clone().unwrap_or_default());
         let gateway = net
             .ipam
             .and_then(|i| i.config)
             .and_then(|c| c.into_iter().find_map(|c| c.gateway))
             .unwrap_or_default();
-        Ok((gateway, bridge))
+        Ok(WorkerNetwork {
+            gateway,
+            bridge,
+            icc,
+        })
     }
 
     /// Ids of the networks named exactly `name`.
@@ -782,14 +879,25 @@ impl Engine {
 
     /// Every container with the managed label of `prefix`, running or not.
     pub async fn list_managed(&self, prefix: &str) -> Result<Vec<ContainerFacts>, EngineError> {
+        self.list_labelled(prefix, &[]).await
+    }
+
+    /// Every managed container of `prefix` that also carries each label of
+    /// `with` (key, value), whatever its name: labels, not names, say whose
+    /// work a container holds (containers of older daemons have names of
+    /// an older scheme).
+    pub async fn list_labelled(
+        &self,
+        prefix: &str,
+        with: &[(&str, &str)],
+    ) -> Result<Vec<ContainerFacts>, EngineError> {
+        let mut wanted = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={prefix}", labels::PREFIX),
+        ];
+        wanted.extend(with.iter().map(|(k, v)| format!("{k}={v}")));
         let mut filters = HashMap::new();
-        filters.insert(
-            "label".to_string(),
-            vec![
-                format!("{}=true", labels::MANAGED),
-                format!("{}={prefix}", labels::PREFIX),
-            ],
-        );
+        filters.insert("label".to_string(), wanted);
         let opts = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -817,6 +925,10 @@ impl Engine {
             })
             // Belt and braces: never trust a filter with someone else's container.
             .filter(|c| c.labels.get(labels::MANAGED).map(String::as_str) == Some("true"))
+            .filter(|c| {
+                with.iter()
+                    .all(|(k, v)| c.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .collect())
     }
 }
@@ -825,23 +937,131 @@ impl Engine {
 mod tests {
     use super::*;
 
+    /// A name Docker accepts: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+    fn docker_safe(n: &str) -> bool {
+        let b = n.as_bytes();
+        b.len() > 1
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    }
+
     #[test]
     fn container_names_are_deterministic_and_docker_safe() {
-        assert_eq!(container_name("ws", "req_123"), "ws-req_123");
-        let a = container_name("ws", "a:b");
-        assert!(a.starts_with("ws-a_b-"));
-        assert_ne!(a, container_name("ws", "a_b"));
-        assert_eq!(a, container_name("ws", "a:b"));
+        let a = container_name("ws", "req_123");
+        assert!(a.starts_with("ws-req_123-"), "{a}");
+        assert_eq!(a.len(), "ws-req_123-".len() + 32);
+        assert_eq!(a, container_name("ws", "req_123"));
+        let long = "x".repeat(128);
+        for id in ["a:b", "req_123", long.as_str(), "a.b-c:d"] {
+            assert!(docker_safe(&container_name("ws", id)), "{id}");
+            assert!(
+                docker_safe(&request_container_name("wstest-x:y", id)),
+                "{id}"
+            );
+        }
+        assert!(container_name("ws", &long).len() <= 3 + 64 + 1 + 32);
+    }
+
+    /// Issue #14, 4: pairs that collided under the old scheme (the id with
+    /// `:` made `_` plus 4 bytes of hash) now get different names.
+    #[test]
+    fn container_names_are_injective_in_the_id() {
+        let pairs = [
+            ("a:b", "a_b-6783a31e"),
+            ("a:b", "a_b"),
+            ("col-__::___:___::__:__", "col-_:___::_:__:__:_:_"),
+        ];
+        for (x, y) in pairs {
+            assert_ne!(container_name("ws", x), container_name("ws", y), "{x} {y}");
+            assert_ne!(
+                request_container_name("workers", x),
+                request_container_name("workers", y)
+            );
+            assert_ne!(
+                request_container_name("p", x),
+                request_container_name("p", y)
+            );
+        }
+        // An id can never spell another id's name: the suffix is the hash
+        // of the whole id, which the readable part does not determine.
+        let spelled = container_name("ws", "a:b");
+        let as_id = spelled.strip_prefix("ws-").unwrap();
+        assert_ne!(container_name("ws", as_id), spelled);
+        // Every id of a large alphabet-alike family gets its own name.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            let id: String = (0..12)
+                .map(|b| if i >> b & 1 == 1 { ':' } else { '_' })
+                .collect();
+            assert!(seen.insert(request_container_name("col", &id)), "{id}");
+        }
     }
 
     #[test]
     fn setups_with_different_prefixes_get_different_container_names() {
-        assert_eq!(request_container_name("workers", "req_1"), "ws-req_1");
         let a = request_container_name("a", "b.c");
         let b = request_container_name("a.b", "c");
         assert!(a.starts_with("ws-a_b.c-"), "{a}");
         assert_ne!(a, b);
-        assert_ne!(a, request_container_name("workers", "req_1"));
+        assert_ne!(
+            request_container_name("workers", "req_1"),
+            request_container_name("other", "req_1")
+        );
+        assert!(request_container_name("workers", "req_1").starts_with("ws-req_1-"));
+    }
+
+    #[test]
+    fn no_limit_reaches_the_engine_as_zero_or_below_its_floor() {
+        use crate::config::Limits;
+        let l = |cpu: f64, memory: &str, pids: Option<u32>| Limits {
+            cpu,
+            memory: memory.into(),
+            timeout_sec: 1,
+            ttl_sec: 1,
+            pids,
+        };
+        // Not a number at all: the floor, never "unlimited".
+        for cpu in [
+            1e-10,
+            0.0,
+            -0.0,
+            5e-324,
+            -1.0,
+            0.001,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            let e = engine_limits(&l(cpu, "64m", Some(64)));
+            assert_eq!(e.nano_cpus, 10_000_000, "cpu {cpu}");
+        }
+        assert_eq!(
+            engine_limits(&l(1e308, "64m", None)).nano_cpus,
+            64_000_000_000
+        );
+        assert_eq!(engine_limits(&l(1.0, "64m", None)).nano_cpus, 1_000_000_000);
+        assert_eq!(engine_limits(&l(0.5, "64m", None)).nano_cpus, 500_000_000);
+        for memory in ["0", "1k", "nonsense", "-1g"] {
+            let e = engine_limits(&l(1.0, memory, None));
+            assert_eq!(e.memory, 6 << 20, "memory {memory}");
+        }
+        assert_eq!(engine_limits(&l(1.0, "64m", None)).memory, 64 << 20);
+        for (pids, want) in [
+            (Some(0), 16),
+            (Some(1), 16),
+            (None, 512),
+            (Some(1 << 30), 65536),
+        ] {
+            assert_eq!(engine_limits(&l(1.0, "64m", pids)).pids, want, "{pids:?}");
+        }
+    }
+
+    #[test]
+    fn workers_networks_are_made_without_inter_container_communication() {
+        assert!(!icc_enabled(&worker_network_options()));
+        assert!(icc_enabled(&HashMap::new()), "Docker's default");
+        let on = HashMap::from([(ICC_OPTION.to_string(), "true".to_string())]);
+        assert!(icc_enabled(&on));
     }
 
     #[test]

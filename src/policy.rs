@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EnvValue, WorkerConfig, RESERVED_ENV_PREFIX};
+use crate::config::{
+    cpu_in_range, is_process_start_env, EnvValue, WorkerConfig, MAX_CPU, MIN_CPU,
+    RESERVED_ENV_PREFIX,
+};
 use crate::image_ref;
 
 /// Policy settings (part of the daemon's settings).
@@ -40,9 +43,20 @@ fn refuse(field: &str, message: impl Into<String>) -> Result<(), PolicyViolation
 }
 
 impl Policy {
-    /// Checks what every config must satisfy, preset or not: capabilities
-    /// within `allowed_cap_add`.
+    /// Checks what every config must satisfy, preset or not: limits the
+    /// engine can enforce, capabilities within `allowed_cap_add`.
     pub fn check_config(&self, c: &WorkerConfig) -> Result<(), PolicyViolation> {
+        // "Lower" is not always narrower: below the floor the engine would
+        // run the container without a CPU limit, or refuse to start it.
+        if !cpu_in_range(c.limits.cpu) {
+            return refuse(
+                "limits.cpu",
+                format!(
+                    "cpu {} is outside {MIN_CPU}..={MAX_CPU}; below {MIN_CPU} the engine cannot enforce it",
+                    c.limits.cpu
+                ),
+            );
+        }
         if let Some(cap) = c
             .security
             .cap_add
@@ -147,20 +161,55 @@ impl Policy {
         if merged.agent != preset.agent {
             return refuse("agent", "an override may not change the agent");
         }
-        for (name, value) in &merged.env {
+        if merged.env_overridable != preset.env_overridable {
+            return refuse(
+                "env_overridable",
+                "an override may not change env_overridable",
+            );
+        }
+        // Every name the override adds, changes or removes. The environment
+        // decides how the agent starts (BASH_ENV runs a file before `bash
+        // -c`, LD_PRELOAD loads a library, PATH picks the binary), so only
+        // names the preset hands out are open to a request.
+        let touched = preset
+            .env
+            .keys()
+            .chain(merged.env.keys())
+            .filter(|n| preset.env.get(*n) != merged.env.get(*n));
+        for name in touched {
+            let field = format!("env.{name}");
             if name.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
                 return refuse(
-                    &format!("env.{name}"),
+                    &field,
                     format!("env names starting with {RESERVED_ENV_PREFIX} are reserved"),
                 );
             }
             // A from_env reference reads the daemon's environment: only the
             // preset's own references may stand.
-            if matches!(value, EnvValue::FromEnv { .. }) && preset.env.get(name) != Some(value) {
+            if matches!(merged.env.get(name), Some(EnvValue::FromEnv { .. })) {
                 return refuse(
-                    &format!("env.{name}"),
+                    &field,
                     "an override may not add or change from_env references",
                 );
+            }
+            if !preset.env_overridable_allows(name) {
+                let why = if is_process_start_env(name) {
+                    format!(
+                        "{name} changes how processes start; an override may set it only where the preset lists it exactly in env_overridable"
+                    )
+                } else if preset.env_overridable.is_empty() {
+                    format!(
+                        "preset {} declares no env_overridable names, so an override may not set, change or remove env",
+                        preset.id
+                    )
+                } else {
+                    format!(
+                        "{name} is not in preset {}'s env_overridable ({})",
+                        preset.id,
+                        preset.env_overridable.join(", ")
+                    )
+                };
+                return refuse(&field, why);
             }
         }
         if preset.security.read_only_root && !merged.security.read_only_root {
@@ -218,6 +267,13 @@ impl Policy {
                 "inline configs may not use from_env references",
             );
         }
+        // No preset states these for an inline config.
+        if let Some(name) = c.env.keys().find(|n| is_process_start_env(n)) {
+            return refuse(
+                &format!("env.{name}"),
+                format!("{name} changes how processes start; only a preset may set it"),
+            );
+        }
         if !c.system_packages.is_empty() || !c.bootstrap_commands.is_empty() {
             return refuse(
                 if c.system_packages.is_empty() {
@@ -249,7 +305,8 @@ mod tests {
             "agent": {"type": "claude-code", "command": ["claude", "-p", "{prompt}"]},
             "allowed_tools": ["project", "deploy", "respond"],
             "has_internet": true,
-            "env": {"KEY": {"from_env": "KEY"}, "MODE": "a"},
+            "env": {"KEY": {"from_env": "KEY"}, "MODE": "a", "PATH": "/usr/bin:/bin"},
+            "env_overridable": ["MODE", "EXTRA", "KEY", "APP_*", "PYTHONPATH"],
             "limits": {"cpu": 2.0, "memory": "4g", "timeout_sec": 600, "ttl_sec": 7200, "pids": 256},
             "security": {"cap_add": ["CHOWN"], "read_only_root": true}
         })
@@ -286,10 +343,30 @@ mod tests {
             json!({"image": "docker.io/library/universal-worker-base:v2"}),
             json!({"env": {"MODE": "b", "EXTRA": "1"}}),
             json!({"env": {"KEY": null}}),
+            json!({"env": {"KEY": "plain instead of the secret"}}),
+            json!({"env": {"APP_COLOUR": "blue", "PYTHONPATH": "/workspace/lib"}}),
+            json!({"env": {"PATH": "/usr/bin:/bin"}}),
             json!({"role": "po", "locale": "ru"}),
             json!({"security": {"cap_add": []}}),
         ] {
             assert_eq!(check(patch.clone()), Ok(()), "{patch}");
+        }
+    }
+
+    #[test]
+    fn a_cpu_limit_below_the_engines_floor_is_refused_though_it_is_lower() {
+        // The schema refuses these first; the policy holds for configs that
+        // reach it another way.
+        let schema = ConfigSchema::new();
+        let preset = schema.validate(&preset_json()).unwrap();
+        for cpu in [1e-10, 0.001, 0.0, -0.0, 5e-324, f64::NAN] {
+            let mut merged = preset.clone();
+            merged.limits.cpu = cpu;
+            assert_eq!(
+                policy().check_override(&preset, &merged).unwrap_err().field,
+                "limits.cpu",
+                "{cpu}"
+            );
         }
     }
 
@@ -364,6 +441,81 @@ mod tests {
         assert_eq!(
             refused_field(json!({"env": {"KEY": {"from_env": "OTHER"}}})),
             "env.KEY"
+        );
+    }
+
+    #[test]
+    fn env_names_the_preset_does_not_hand_out_are_refused() {
+        for (patch, field) in [
+            (json!({"env": {"OTHER": "1"}}), "env.OTHER"),
+            (json!({"env": {"PATH": "/tmp"}}), "env.PATH"),
+            (json!({"env": {"PATH": null}}), "env.PATH"),
+            // Process-start names never match a pattern (APP_*, ...).
+            (
+                json!({"env": {"BASH_ENV": "/home/worker/.orchestrator/prompt.md"}}),
+                "env.BASH_ENV",
+            ),
+            (
+                json!({"env": {"ENV": "/home/worker/.orchestrator/prompt.md"}}),
+                "env.ENV",
+            ),
+            (
+                json!({"env": {"LD_PRELOAD": "/workspace/x.so"}}),
+                "env.LD_PRELOAD",
+            ),
+            (
+                json!({"env": {"PROMPT_COMMAND": "id"}}),
+                "env.PROMPT_COMMAND",
+            ),
+            (
+                json!({"env": {"NODE_OPTIONS": "--require /workspace/x.js"}}),
+                "env.NODE_OPTIONS",
+            ),
+            (
+                json!({"env": {"PYTHONSTARTUP": "/workspace/x.py"}}),
+                "env.PYTHONSTARTUP",
+            ),
+            (
+                json!({"env": {"GIT_SSH_COMMAND": "sh -c id"}}),
+                "env.GIT_SSH_COMMAND",
+            ),
+            (json!({"env": {"APP_PROXY": "x"}}), "env.APP_PROXY"),
+            (
+                json!({"env_overridable": ["MODE", "BASH_ENV"]}),
+                "env_overridable",
+            ),
+        ] {
+            assert_eq!(refused_field(patch.clone()), field, "{patch}");
+        }
+        // A preset without env_overridable hands out nothing.
+        let schema = ConfigSchema::new();
+        let mut p = preset_json();
+        p.as_object_mut().unwrap().remove("env_overridable");
+        let preset = schema.validate(&p).unwrap();
+        for patch in [json!({"env": {"MODE": "b"}}), json!({"env": {"KEY": null}})] {
+            let merged = schema.validate(&merge(&p, &patch)).unwrap();
+            let v = policy().check_override(&preset, &merged).unwrap_err();
+            assert!(v.field.starts_with("env."), "{patch}: {v}");
+            assert!(v.message.contains("env_overridable"), "{v}");
+        }
+    }
+
+    #[test]
+    fn inline_configs_may_not_set_process_start_env() {
+        let schema = ConfigSchema::new();
+        let p = Policy {
+            allow_inline_configs: true,
+            ..policy()
+        };
+        let mut v = preset_json();
+        v["system_packages"] = json!([]);
+        v["security"] = json!({});
+        v["env"] = json!({"MODE": "a", "BASH_ENV": "/x"});
+        assert_eq!(
+            p.check_inline(&schema.validate(&v).unwrap())
+                .unwrap_err()
+                .field,
+            "env.BASH_ENV"
         );
     }
 
@@ -499,6 +651,10 @@ mod tests {
                         "read_only_root",
                         "pool",
                         "size",
+                        "MODE",
+                        "BASH_ENV",
+                        "APP_X",
+                        "env_overridable",
                     ])
                     .prop_map(String::from),
                     inner,
@@ -531,6 +687,11 @@ mod tests {
                 for (k, v) in &merged.env {
                     if matches!(v, EnvValue::FromEnv { .. }) {
                         prop_assert_eq!(preset.env.get(k), Some(v));
+                    }
+                }
+                for k in preset.env.keys().chain(merged.env.keys()) {
+                    if preset.env.get(k) != merged.env.get(k) {
+                        prop_assert!(preset.env_overridable_allows(k), "{k}");
                     }
                 }
             }

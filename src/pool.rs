@@ -166,7 +166,7 @@ impl Daemon {
             .iter()
             .find(|v| v.name == "ORCHESTRATOR_USER_ID")
             .map(|v| v.value.clone());
-        let record = crate::gateway::KeyRecord::for_spec(spec, user);
+        let record = crate::gateway::KeyRecord::for_spec(spec, user).in_container(&container.name);
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         let registered = match &gateway_key {
             Some(key) => {

@@ -1020,6 +1020,8 @@ pub enum EventType {
     SessionExpired,
     /// A message the agent sent with `orchestrator respond`.
     Respond,
+    /// `respond` messages over the per-worker rate bound were refused.
+    RespondDropped,
     /// A preset, skill or template file was rejected on reload.
     CatalogError,
 }

@@ -182,8 +182,7 @@ impl Daemon {
             Ok(crate::bus::RunClaim::Mine | crate::bus::RunClaim::Elsewhere) => return,
             Ok(crate::bus::RunClaim::Interrupted) => {
                 // Its instance died mid-task: never run it a second time.
-                let name = self.session_container_name(sid);
-                if let Ok(f) = self.env.engine.inspect(&name).await {
+                if let Ok(Some(f)) = self.find_session_container(sid).await {
                     self.kill_task(&f.id).await;
                 }
                 let info = ErrorInfo { code: "interrupted".into(), field: None, message: "the daemon running this task stopped before it finished; publish the request again".into() };
@@ -260,15 +259,24 @@ impl Daemon {
         let name = self.session_container_name(sid);
         let existing = match known {
             Some(c) => Some(c),
-            None => match self.env.engine.inspect(&name).await {
-                Ok(f) if f.running => Some(session_from_facts(&f)),
-                Ok(f) => {
+            None => match self.find_session_container(sid).await {
+                Ok(Some(f)) if f.running => Some(session_from_facts(&f)),
+                Ok(Some(f)) => {
                     // A stopped session container is over: clear it away.
                     let _ = self.env.engine.remove(&f.id).await;
                     None
                 }
-                Err(EngineError::NotFound(_)) => None,
-                Err(_) => return Err(None),
+                Ok(None) => None,
+                Err(Some(holder)) => {
+                    return Err(Some(ErrorInfo {
+                        code: "name_conflict".into(),
+                        field: Some("task.session_id".into()),
+                        message: format!(
+                            "the container named {holder} is not session {sid}'s container"
+                        ),
+                    }))
+                }
+                Err(None) => return Err(None),
             },
         };
         if let Some(c) = existing {
@@ -557,7 +565,8 @@ impl Daemon {
                 .iter()
                 .find(|v| v.name == "ORCHESTRATOR_USER_ID")
                 .map(|v| v.value.clone()),
-        );
+        )
+        .in_container(&container.name);
         if crate::gateway::register_key(
             &self.bus,
             &api_key,
@@ -780,6 +789,45 @@ impl Daemon {
         run(killer("KILL")).await;
     }
 
+    /// Session `sid`'s container on the engine: the one under its name if
+    /// its labels say it is this session's (`Err(Some(name))` when another
+    /// container holds the name), else one labelled with the session under
+    /// any name (an older daemon's naming). `Err(None)`: Docker trouble.
+    pub(crate) async fn find_session_container(
+        &self,
+        sid: &str,
+    ) -> Result<Option<ContainerFacts>, Option<String>> {
+        let name = self.session_container_name(sid);
+        match self.env.engine.inspect(&name).await {
+            Ok(f) if self.holds_session(&f, sid) => return Ok(Some(f)),
+            Ok(_) => {
+                tracing::warn!(session_id = sid, container = %name, "session container name held by another container");
+                return Err(Some(name));
+            }
+            Err(EngineError::NotFound(_)) => {}
+            Err(_) => return Err(None),
+        }
+        let found = self
+            .env
+            .engine
+            .list_labelled(
+                &self.settings.stream_prefix,
+                &[(labels::SESSION_ID, sid), (labels::KIND, "session")],
+            )
+            .await
+            .map_err(|_| None)?;
+        match found.into_iter().max_by_key(|c| c.running) {
+            Some(c) => self
+                .env
+                .engine
+                .inspect(&c.id)
+                .await
+                .map(Some)
+                .map_err(|_| None),
+            None => Ok(None),
+        }
+    }
+
     /// The container name of a session in this setup.
     pub(crate) fn session_container_name(&self, sid: &str) -> String {
         if self.settings.stream_prefix == "workers" {
@@ -815,10 +863,15 @@ impl Daemon {
             });
             stop.cancel();
         }
-        let name = container
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| self.session_container_name(sid));
+        // Without a known container, only one whose labels say it is this
+        // session's is removed (never whatever holds the name).
+        let (name, target) = match &container {
+            Some(c) => (c.name.clone(), Some(c.id.clone())),
+            None => match self.find_session_container(sid).await {
+                Ok(Some(f)) => (f.name, Some(f.id)),
+                _ => (self.session_container_name(sid), None),
+            },
+        };
         // Wait for the running task to publish its result first.
         let _guard = if wait_for_task {
             tokio::time::timeout(
@@ -830,8 +883,10 @@ impl Daemon {
         } else {
             None
         };
-        if let Err(e) = self.env.engine.remove(&name).await {
-            tracing::warn!(session_id = sid, error = %e, "removing the session container failed");
+        if let Some(id) = &target {
+            if let Err(e) = self.env.engine.remove(id).await {
+                tracing::warn!(session_id = sid, error = %e, "removing the session container failed");
+            }
         }
         let _ = self
             .bus

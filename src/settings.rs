@@ -70,6 +70,22 @@ pub struct Settings {
     /// Orchestrator backend the gateway forwards tool calls to; empty means
     /// none (calls other than `respond` get a clear error).
     pub upstream_url: String,
+    /// Time for a gateway request's headers to arrive (also ends an idle
+    /// keep-alive connection).
+    #[serde(with = "humantime_serde")]
+    pub gateway_header_timeout: Duration,
+    /// Time for a gateway request's body to arrive.
+    #[serde(with = "humantime_serde")]
+    pub gateway_body_timeout: Duration,
+    /// Gateway requests in progress per worker key.
+    pub gateway_max_inflight_per_key: usize,
+    /// Open gateway connections per caller address.
+    pub gateway_max_connections_per_caller: usize,
+    /// `respond` messages per worker per minute (also the burst); more are
+    /// refused with 429 and counted in `respond_dropped` events.
+    pub respond_per_minute: u32,
+    /// `respond` bytes per worker per minute (also the burst).
+    pub respond_bytes_per_minute: u64,
     /// Add host firewall rules so workers reach only the gateway on the host.
     pub manage_firewall: bool,
     /// A session nobody used for this long ends (`0s` = never).
@@ -110,6 +126,12 @@ impl Default for Settings {
             gateway_bind: String::new(),
             upstream_url: String::new(),
             session_idle_timeout: Duration::ZERO,
+            gateway_header_timeout: Duration::from_secs(10),
+            gateway_body_timeout: Duration::from_secs(10),
+            gateway_max_inflight_per_key: 8,
+            gateway_max_connections_per_caller: 32,
+            respond_per_minute: 30,
+            respond_bytes_per_minute: 256 * 1024,
             manage_firewall: true,
             rescan_interval: Duration::from_secs(30),
             policy: Policy {
@@ -243,6 +265,16 @@ impl Settings {
     fn check(&self) -> Result<(), SettingsError> {
         if self.max_concurrent == 0 {
             return Err(SettingsError("max_concurrent must be at least 1".into()));
+        }
+        if self.gateway_header_timeout.is_zero() || self.gateway_body_timeout.is_zero() {
+            return Err(SettingsError(
+                "gateway_header_timeout and gateway_body_timeout must be positive".into(),
+            ));
+        }
+        if self.gateway_max_inflight_per_key == 0 || self.gateway_max_connections_per_caller == 0 {
+            return Err(SettingsError(
+                "gateway_max_inflight_per_key and gateway_max_connections_per_caller must be at least 1".into(),
+            ));
         }
         if self.rescan_interval.is_zero() {
             return Err(SettingsError("rescan_interval must be positive".into()));

@@ -212,16 +212,6 @@ impl Resolver<'_> {
                 (patch.clone(), config)
             }
         };
-        if config.env.len() > self.limits.max_env_entries {
-            return Err(ResolveError::Invalid {
-                field: "env".into(),
-                message: format!(
-                    "env has {} entries; at most {} are allowed",
-                    config.env.len(),
-                    self.limits.max_env_entries
-                ),
-            });
-        }
         let files = render(self.catalog, &config)?;
 
         let mut env = Vec::new();
@@ -292,10 +282,23 @@ impl Resolver<'_> {
         Ok(spec)
     }
 
+    /// The schema, then the input limit on env entries (before the policy:
+    /// an input limit is checked before what the entries mean).
     fn validate(&self, v: &Value) -> Result<WorkerConfig, ResolveError> {
-        self.schema.validate(v).map_err(|e| ResolveError::Invalid {
+        let config = self.schema.validate(v).map_err(|e| ResolveError::Invalid {
             field: e.field().to_string(),
             message: e.messages(),
-        })
+        })?;
+        if config.env.len() > self.limits.max_env_entries {
+            return Err(ResolveError::Invalid {
+                field: "env".into(),
+                message: format!(
+                    "env has {} entries; at most {} are allowed",
+                    config.env.len(),
+                    self.limits.max_env_entries
+                ),
+            });
+        }
+        Ok(config)
     }
 }

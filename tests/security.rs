@@ -74,6 +74,13 @@ fn security_presets() -> tempfile::TempDir {
                 json!({"security": {"cap_add": ["SYS_ADMIN"]}}),
             ),
         ),
+        (
+            "envx_v1",
+            shell_variant(
+                "envx_v1",
+                json!({"env": {"MODE": "a"}, "env_overridable": ["MODE", "APP_*", "B*", "L*"]}),
+            ),
+        ),
     ])
 }
 
@@ -639,6 +646,317 @@ async fn workers_reach_the_gateway_but_not_the_host_redis_or_other_networks() {
     }
 }
 
+/// The gateway rules of `prefix` in the WS-WORKERS chain (read only).
+fn gateway_rules_of(prefix: &str) -> Vec<workers_spawner::firewall::GatewayRule> {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-S", workers_spawner::firewall::CHAIN])
+        .output()
+        .expect("run iptables -S");
+    workers_spawner::firewall::parse_listing(&String::from_utf8_lossy(&out.stdout))
+        .rules
+        .into_iter()
+        .filter(|r| r.owner.prefix == prefix)
+        .collect()
+}
+
+async fn wait_rules(
+    prefix: &str,
+    what: &str,
+    pred: impl Fn(&[workers_spawner::firewall::GatewayRule]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let rules = gateway_rules_of(prefix);
+        if pred(&rules) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {rules:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The gateway address of the workers' internal network.
+async fn internal_gateway_ip() -> String {
+    let net = docker()
+        .await
+        .inspect_network(
+            "ws-workers-internal",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .expect("the daemon made ws-workers-internal");
+    net.ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .expect("a gateway address")
+}
+
+/// Issue #14, 5: a daemon's gateway hole in the host firewall does not
+/// outlive it. Each rule names its owner and stops matching a minute after
+/// its last rewrite; a `kill -9`ed daemon's rules go as soon as another
+/// instance of its setup sees its heartbeat gone; a listener opened later
+/// on the dead daemon's port is unreachable from workers; a clean shutdown
+/// removes the rules at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_firewall_rules_do_not_outlive_their_daemon() {
+    use workers_spawner::firewall::RULE_TTL;
+    let mut d1 = Daemon::start(DaemonOpts::new("sec-fw"));
+    let prefix = d1.prefix.clone();
+    let (i1, port1) = (d1.instance_id.clone(), d1.gateway_port);
+    wait_rules(&prefix, "the first daemon's rules", |r| {
+        r.iter()
+            .filter(|r| r.owner.instance == i1 && r.port == port1)
+            .count()
+            == 2
+    })
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    for r in gateway_rules_of(&prefix) {
+        assert!(
+            r.until <= now + RULE_TTL.as_secs() as i64 + 2,
+            "a rule that matches past its owner's next rewrite: {r:?}"
+        );
+    }
+    // kill -9: nothing removes its rules on the way out...
+    d1.cleanup_on_drop = false;
+    let pid = d1.pid().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gateway_rules_of(&prefix)
+            .iter()
+            .filter(|r| r.owner.instance == i1)
+            .count(),
+        2,
+        "still there right after the kill"
+    );
+    // ...until its heartbeat is gone (here at once instead of in 30 s) and
+    // another instance of the setup looks.
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:instance:{i1}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut d2 = Daemon::start(DaemonOpts::new("sec-fw").prefix(&prefix));
+    let (i2, port2) = (d2.instance_id.clone(), d2.gateway_port);
+    wait_rules(&prefix, "the dead daemon's rules are removed", |r| {
+        !r.iter().any(|r| r.owner.instance == i1)
+            && r.iter()
+                .filter(|r| r.owner.instance == i2 && r.port == port2)
+                .count()
+                == 2
+    })
+    .await;
+    // Someone listens on the dead daemon's port on the workers' bridge.
+    let ip = internal_gateway_ip().await;
+    let l = TcpListener::bind((ip.as_str(), port1)).expect("bind the dead daemon's port");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    TcpStream::connect_timeout(
+        &format!("{ip}:{port1}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .expect("positive control: the host reaches the listener");
+    let (_, lines) = probe(&d2, "shell_v1", &[format!("{ip}:{port1}")]).await;
+    assert!(
+        lines.contains(&format!("closed {ip}:{port1}")),
+        "a worker reached the dead daemon's port: {lines:#?}"
+    );
+    let gw = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("gateway="))
+        .unwrap_or_default();
+    assert!(
+        gw.contains("\"ok\":true"),
+        "its own gateway works: {lines:#?}"
+    );
+    // A clean shutdown removes its rules at once.
+    assert!(d2.terminate().is_some());
+    assert!(
+        gateway_rules_of(&prefix).is_empty(),
+        "{:#?}",
+        gateway_rules_of(&prefix)
+    );
+    cleanup_containers(&prefix).await;
+}
+
+/// Inter-container communication on `network`: (its `enable_icc` option,
+/// its bridge interface).
+async fn network_icc(network: &str) -> (Option<String>, String) {
+    let net = docker()
+        .await
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("network {network}: {e}"));
+    let opts = net.options.unwrap_or_default();
+    let bridge = opts
+        .get("com.docker.network.bridge.name")
+        .cloned()
+        .unwrap_or_else(|| format!("br-{}", &net.id.unwrap_or_default()[..12]));
+    (
+        opts.get("com.docker.network.bridge.enable_icc").cloned(),
+        bridge,
+    )
+}
+
+fn docker_user_rules() -> String {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-S", "DOCKER-USER"])
+        .output()
+        .expect("iptables -S DOCKER-USER");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Worker A listens on 8080 (and shows it answers on loopback: the host
+/// cannot be the positive control, the INPUT chain drops what a worker
+/// sends it); worker B, on the same network, tries to reach it. Returns
+/// B's output.
+async fn worker_to_worker(d: &Daemon) -> String {
+    let a = unique_request_id("icc-a");
+    let listen = "(while :; do nc -l -p 8080 -e echo pong; done) & \
+                  until echo | nc -w 1 127.0.0.1 8080 2>/dev/null | grep -q pong; do sleep 0.2; done; \
+                  echo listening-ok; wait";
+    publish_spawn(&d.prefix, &shell_request(&a, "shell_v1", listen)).await;
+    let c = inspect_worker(&d.prefix, &a).await;
+    let ip = c
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| {
+            n.into_values()
+                .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+        })
+        .expect("worker A has an address");
+    wait_output(&d.prefix, &a, "listening-ok").await;
+    let b = unique_request_id("icc-b");
+    let script = format!(
+        "if echo | nc -w 3 {ip} 8080 >/dev/null 2>&1; then echo \"reached {ip}\"; else echo \"closed {ip}\"; fi"
+    );
+    publish_spawn(&d.prefix, &shell_request(&b, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &b, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    cancel(&d.prefix, &a).await;
+    r["output"].as_str().unwrap().to_string()
+}
+
+/// Removes the test's networks (no container uses them any more).
+async fn remove_networks(names: &[String]) {
+    let d = docker().await;
+    for n in names {
+        let _ = d.remove_network(n).await;
+    }
+}
+
+/// Removes the networks a test made when it ends, however it ends
+/// (declared before the daemon, so it drops after the daemon's clean-up).
+struct Networks(Vec<String>);
+
+impl Drop for Networks {
+    fn drop(&mut self) {
+        let names = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(remove_networks(&names));
+            }
+        })
+        .join();
+    }
+}
+
+/// Decision (issue #14): workers on one network do not reach each other.
+/// The daemon makes its networks with `enable_icc=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_one_network_do_not_reach_each_other() {
+    let base = format!("wstest-icc-{}", random_suffix());
+    let nets = vec![base.clone(), format!("{base}-internal")];
+    let _cleanup = Networks(nets.clone());
+    let d = Daemon::start(DaemonOpts::new("sec-icc").setting("worker_network", &base));
+    for n in &nets {
+        assert_eq!(network_icc(n).await.0.as_deref(), Some("false"), "{n}");
+    }
+    let out = worker_to_worker(&d).await;
+    assert!(out.contains("closed "), "worker B reached worker A: {out}");
+}
+
+/// Decision (issue #14): a workers' network an older daemon made (Docker's
+/// default, ICC on) keeps its options, so the daemon drops traffic between
+/// its containers in DOCKER-USER instead; the rule goes with the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_made_with_icc_on_gets_its_workers_kept_apart_by_the_firewall() {
+    let base = format!("wstest-icc-old-{}", random_suffix());
+    let nets = vec![base.clone(), format!("{base}-internal")];
+    let _cleanup = Networks(nets.clone());
+    let docker = docker().await;
+    for (n, internal) in [(&nets[0], false), (&nets[1], true)] {
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: n.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(internal),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let d = Daemon::start(DaemonOpts::new("sec-icc-old").setting("worker_network", &base));
+    let mut bridges = Vec::new();
+    for n in &nets {
+        let (icc, bridge) = network_icc(n).await;
+        assert_eq!(icc, None, "{n} keeps its options");
+        let rules = docker_user_rules();
+        assert!(
+            rules
+                .lines()
+                .any(|l| l.contains(&format!("-i {bridge} -o {bridge}")) && l.ends_with("-j DROP")),
+            "no DOCKER-USER rule for {bridge}:\n{rules}"
+        );
+        bridges.push(bridge);
+    }
+    let out = worker_to_worker(&d).await;
+    assert!(out.contains("closed "), "worker B reached worker A: {out}");
+    // Once the network is gone, the daemon sweeps the rules of its bridge
+    // (its own gateway rules go when it stops).
+    cleanup_containers(&d.prefix).await;
+    remove_networks(&nets).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let user = docker_user_rules();
+        let workers = String::from_utf8_lossy(
+            &std::process::Command::new("iptables")
+                .args(["-w", "-S", "WS-WORKERS"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        let static_rule =
+            |l: &str, b: &str| l.contains(&format!("-i {b} ")) && l.ends_with("-j DROP");
+        if !bridges.iter().any(|b| {
+            user.lines().any(|l| static_rule(l, b)) || workers.lines().any(|l| static_rule(l, b))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rules of the removed bridges {bridges:?} stayed:\n{user}\n{workers}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(d);
+}
+
 // ---------------------------------------------------------------- gateway
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,6 +968,8 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
                   \"$ORCHESTRATOR_API_URL/v1/tools/infra/list\" 2>&1; echo \"infra-exit=$?\"; \
                   wget -qO- --post-data '{\"args\":{}}' --header \"Authorization: Bearer wsk_not_a_key\" \
                   \"$ORCHESTRATOR_API_URL/v1/tools/respond/send\" 2>&1; echo \"badkey-exit=$?\"; \
+                  echo \"respond=$(wget -qO- --post-data '{\"args\":{\"message\":\"hello from the key holder\"}}' \
+                  --header \"Authorization: Bearer $ORCHESTRATOR_API_KEY\" \"$ORCHESTRATOR_API_URL/v1/tools/respond/send\")\"; \
                   echo probe-done; sleep 60";
     publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
     let c = inspect_worker(&d.prefix, &rid).await;
@@ -666,17 +986,22 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
         !all.contains("infra-exit=0") && !all.contains("badkey-exit=0"),
         "{all}"
     );
-
-    // The same calls with bodies, from the host, with the worker's key.
-    let (st, body) = http_post(
-        &format!("{url}/v1/tools/infra/list"),
-        Some(&key),
-        "{\"args\":{}}",
+    assert!(
+        all.contains("respond={\"data\":{\"delivered\":true},\"ok\":true}"),
+        "{all}"
     );
-    assert_eq!(st, 403, "{body}");
-    assert_eq!(body["error"]["code"], "permission_denied", "{body}");
-    let (st, body) = http_post(&format!("{url}/v1/tools/admin/nuke"), Some(&key), "{}");
-    assert!(st == 403 || st == 404, "{st} {body}");
+
+    // From the host, the worker's key is worth nothing (it is bound to the
+    // worker's container); a wrong or missing key is refused first.
+    for (path, body) in [
+        ("infra/list", "{\"args\":{}}"),
+        ("admin/nuke", "{}"),
+        ("respond/send", "{\"args\":{\"message\":\"from the host\"}}"),
+    ] {
+        let (st, reply) = http_post(&format!("{url}/v1/tools/{path}"), Some(&key), body);
+        assert_eq!(st, 403, "{path}: {reply}");
+        assert_eq!(reply["error"]["code"], "wrong_caller", "{path}: {reply}");
+    }
     let (st, body) = http_post(
         &format!("{url}/v1/tools/respond/send"),
         Some("wsk_0000"),
@@ -686,13 +1011,6 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     assert_eq!(body["error"]["code"], "unauthorized");
     let (st, body) = http_post(&format!("{url}/v1/tools/respond/send"), None, "{}");
     assert_eq!(st, 401, "{body}");
-    let (st, body) = http_post(
-        &format!("{url}/v1/tools/respond/send"),
-        Some(&key),
-        "{\"args\":{\"message\":\"hello from the key holder\"}}",
-    );
-    assert_eq!(st, 200, "{body}");
-    assert_eq!(body["ok"], true);
     let ev = wait_event_where(&d.prefix, &rid, Duration::from_secs(10), |e| {
         e["type"] == "respond"
     })
@@ -701,6 +1019,10 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     assert_eq!(respond["request_id"], rid.as_str());
     assert_eq!(respond["data"]["message"], "hello from the key holder");
     assert_eq!(respond["data"]["user_id"], "test-user");
+    assert!(
+        !ev.iter().any(|e| e["data"]["message"] == "from the host"),
+        "{ev:#?}"
+    );
 
     // Once the worker has ended, its key is worthless.
     let r = cancel(&d.prefix, &rid).await;
@@ -716,6 +1038,549 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
         !late.iter().any(|e| e["data"]["message"] == "too late"),
         "{late:#?}"
     );
+}
+
+/// Decision (issue #14): a worker's key is bound to its container. Another
+/// worker (or the host) holding a copy gets 403 `wrong_caller`; the
+/// gateway compares the caller's address with the key's container's
+/// address on the workers' network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_key_works_only_from_its_own_container() {
+    let d = Daemon::start(DaemonOpts::new("sec-key-bound"));
+    let owner = unique_request_id("key-owner");
+    publish_spawn(&d.prefix, &shell_request(&owner, "shell_v1", "sleep 60")).await;
+    let c = inspect_worker(&d.prefix, &owner).await;
+    let key = env_value(&c, "ORCHESTRATOR_API_KEY");
+    let thief = unique_request_id("key-thief");
+    // First with its own key (the positive control), then with the owner's.
+    let script = format!(
+        r#"{GW_CALL_SH}
+echo "own: $(gw /v1/tools/respond/send '{{"args":{{"message":"the thief own"}}}}' | head -1)"
+ORCHESTRATOR_API_KEY={key}
+echo "stolen: $(gw /v1/tools/respond/send '{{"args":{{"message":"sent with a stolen key"}}}}' | head -1)"
+echo "stolen-body: $(gw /v1/tools/respond/send '{{"args":{{"message":"sent with a stolen key"}}}}' | tail -1)"
+"#
+    );
+    publish_spawn(&d.prefix, &shell_request(&thief, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &thief, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    let st = statuses(out);
+    assert_eq!(st.get("own").map(String::as_str), Some("200"), "{out}");
+    assert_eq!(st.get("stolen").map(String::as_str), Some("403"), "{out}");
+    assert!(
+        out.contains("stolen-body: ") && out.contains("wrong_caller"),
+        "{out}"
+    );
+    let ev = events_for(&d.prefix, &owner).await;
+    assert!(
+        !ev.iter().any(|e| e["type"] == "respond"),
+        "a message reached the owner's events: {ev:#?}"
+    );
+    let r = cancel(&d.prefix, &owner).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+}
+
+/// Decision (issue #14): the gateway bounds what one caller can hold. A
+/// connection that sends no (or too slow) headers is closed after
+/// `gateway_header_timeout`; a body that does not arrive in
+/// `gateway_body_timeout` gets 408; one address keeps at most
+/// `gateway_max_connections_per_caller` connections, one key at most
+/// `gateway_max_inflight_per_key` requests in progress (429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_bounds_idle_slow_and_greedy_callers() {
+    let d = Daemon::start(
+        DaemonOpts::new("sec-gw-bounds")
+            .setting("gateway_header_timeout", "3s")
+            .setting("gateway_body_timeout", "3s")
+            .setting("gateway_max_inflight_per_key", "2")
+            .setting("gateway_max_connections_per_caller", "4"),
+    );
+    let rid = unique_request_id("greedy");
+    // Three requests with the key whose bodies never come: two hold the
+    // key's slots until the body timeout (408), the third is refused.
+    let script = r#"HP=${ORCHESTRATOR_API_URL#http://}; GH=${HP%:*}; GP=${HP##*:}
+hold() { { printf 'POST /v1/tools/respond/send HTTP/1.0\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n' "$ORCHESTRATOR_API_KEY"; sleep 8; } | nc -w 12 "$GH" "$GP" > "/tmp/$1" 2>&1; }
+hold a & sleep 0.5; hold b & sleep 0.5; hold c & sleep 0.5
+wait
+for f in a b c; do echo "$f: $(head -1 /tmp/$f)"; done
+cat /tmp/a /tmp/b /tmp/c
+echo hold-done; sleep 30
+"#;
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
+    let c = inspect_worker(&d.prefix, &rid).await;
+    let url = env_value(&c, "ORCHESTRATOR_API_URL");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+
+    // From the host: an idle connection is closed after the header timeout.
+    // How long until the server ends a connection that sends nothing.
+    let idle_closed_after = |mut s: TcpStream| {
+        let t = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 256];
+        let n = s.read(&mut b).unwrap_or(usize::MAX);
+        assert_ne!(n, usize::MAX, "still open after 10 s");
+        t.elapsed()
+    };
+    let after = idle_closed_after(TcpStream::connect(addr).unwrap());
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(7),
+        "an idle connection lived {after:?}"
+    );
+    // Headers at one byte a second do not keep it open either.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    let head = b"POST /v1/tools/respond/send HTTP/1.1\r\nHost: x\r\n";
+    let mut closed = None;
+    for byte in head {
+        if s.write_all(&[*byte]).is_err() {
+            closed = Some(t.elapsed());
+            break;
+        }
+        let mut b = [0u8; 256];
+        match s.read(&mut b) {
+            Ok(_) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(950));
+    }
+    let closed = closed.expect("a 1 byte/s client kept its connection");
+    assert!(
+        closed < Duration::from_secs(8),
+        "slow headers lived {closed:?}"
+    );
+    // One address holds at most 4 connections: the fifth is closed at once.
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = idle_closed_after(TcpStream::connect(addr).unwrap());
+    assert!(
+        after < Duration::from_secs(2),
+        "the fifth connection lived {after:?}"
+    );
+    drop(held);
+
+    // From the worker: two slow bodies hold the key's two slots.
+    let lines = wait_output(&d.prefix, &rid, "hold-done").await;
+    let all = lines.join("\n");
+    let st = statuses(&all);
+    assert_eq!(st.get("a").map(String::as_str), Some("408"), "{all}");
+    assert_eq!(st.get("b").map(String::as_str), Some("408"), "{all}");
+    assert_eq!(st.get("c").map(String::as_str), Some("429"), "{all}");
+    assert!(all.contains("too_many_requests"), "{all}");
+    let r = cancel(&d.prefix, &rid).await;
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+}
+
+/// Decision (issue #14): `respond` is rate-bound per worker like output:
+/// past `respond_per_minute` (or `respond_bytes_per_minute`) a call gets
+/// 429 `rate_limited`, nothing reaches Redis, and a `respond_dropped` event
+/// counts what was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respond_is_rate_bound_per_worker_and_refusals_are_counted() {
+    let d = Daemon::start(
+        DaemonOpts::new("sec-respond-rate")
+            .setting("respond_per_minute", "5")
+            .setting("respond_bytes_per_minute", "1000000"),
+    );
+    let rid = unique_request_id("chatty");
+    let script = format!(
+        r#"{GW_CALL_SH}
+for i in 1 2 3 4 5 6 7 8; do echo "r$i: $(gw /v1/tools/respond/send '{{"args":{{"message":"message '$i'"}}}}' | head -1)"; done
+"#
+    );
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    let st = statuses(out);
+    let ok = (1..=8)
+        .filter(|i| st.get(&format!("r{i}")).map(String::as_str) == Some("200"))
+        .count();
+    let limited = (1..=8)
+        .filter(|i| st.get(&format!("r{i}")).map(String::as_str) == Some("429"))
+        .count();
+    // Five at once, maybe one more refilled over the seconds the calls took.
+    assert!((5..=6).contains(&ok), "{ok} accepted: {out}");
+    assert_eq!(ok + limited, 8, "{out}");
+    let ev = wait_event_where(&d.prefix, &rid, Duration::from_secs(15), |e| {
+        e["type"] == "respond_dropped"
+    })
+    .await;
+    let responds = ev.iter().filter(|e| e["type"] == "respond").count();
+    assert_eq!(responds, ok, "{ev:#?}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dropped: u64 = events_for(&d.prefix, &rid)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "respond_dropped")
+        .map(|e| e["data"]["messages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped as usize, limited, "every refusal is counted");
+}
+
+/// Calls an upstream recorder received: (request target, body).
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A stand-in orchestrator backend on loopback that records each call's
+/// raw request target and body, and answers `{"ok":true}`.
+fn upstream_recorder() -> (String, Recorded) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = calls.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= h + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            c.lock().unwrap().push((target, body));
+            let reply = "{\"ok\":true,\"data\":{}}";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), calls)
+}
+
+/// Shell (busybox) that defines `gw PATH BODY`: one raw HTTP/1.0 POST to
+/// the worker's gateway with its key, the path sent byte for byte (no
+/// client normalises it), printing the response. The request side stays
+/// open a moment: a half-closed connection ends the request.
+const GW_CALL_SH: &str = r#"HP=${ORCHESTRATOR_API_URL#http://}; GH=${HP%:*}; GP=${HP##*:}
+gw() { { printf 'POST %s HTTP/1.0\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$1" "$ORCHESTRATOR_API_KEY" "${#2}" "$2"; sleep 1; } | nc -w 10 "$GH" "$GP"; }
+"#;
+
+/// Status code of each `tag: HTTP/1.x NNN` line the worker printed.
+fn statuses(out: &str) -> HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| {
+            let (tag, rest) = l.split_once(": HTTP/1.")?;
+            Some((tag.to_string(), rest.split_whitespace().nth(1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Issue #14, 3: a worker allowed only `project` must not reach another
+/// group's upstream path (`%2e%2e%2f`) or smuggle a query string (`%3f`)
+/// through the action; only validated parts form the upstream URL, and the
+/// identity the upstream sees is the gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_only_validated_group_and_action_names() {
+    let (upstream, calls) = upstream_recorder();
+    let d = Daemon::start(DaemonOpts::new("sec-gw-path").setting("upstream_url", &upstream));
+    let rid = unique_request_id("gwpath");
+    let script = format!(
+        r#"{GW_CALL_SH}
+echo "walk: $(gw /v1/tools/project/%2e%2e%2fdeploy%2ftrigger '{{"args":{{}}}}' | head -1)"
+echo "query: $(gw '/v1/tools/project/list%3fuser_id=victim%26request_id=other' '{{"args":{{}}}}' | head -1)"
+echo "dots: $(gw /v1/tools/project/.. '{{"args":{{}}}}' | head -1)"
+echo "group: $(gw /v1/tools/%2e%2e/trigger '{{"args":{{}}}}' | head -1)"
+echo "upper: $(gw /v1/tools/project/LIST '{{"args":{{}}}}' | head -1)"
+echo "body: $(gw /v1/tools/project/%2e%2e%2fdeploy%2ftrigger '{{"args":{{}}}}' | tail -1)"
+echo "good: $(gw /v1/tools/project/list '{{"args":{{"x":1}},"user_id":"victim","request_id":"other"}}' | head -1)"
+"#
+    );
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", &script)).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap();
+    let st = statuses(out);
+    for tag in ["walk", "query", "dots", "group", "upper"] {
+        assert_eq!(st.get(tag).map(String::as_str), Some("400"), "{tag}: {out}");
+    }
+    assert!(out.contains("invalid_action"), "{out}");
+    assert_eq!(st.get("good").map(String::as_str), Some("200"), "{out}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the valid call went upstream: {calls:#?}"
+    );
+    let (target, body) = &calls[0];
+    assert_eq!(target, "/v1/tools/project/list");
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["request_id"], rid.as_str(), "{body}");
+    assert_eq!(body["user_id"], "test-user", "{body}");
+    assert_eq!(body["args"], json!({"x": 1}), "{body}");
+}
+
+// ---------------------------------------------------------------- container names
+
+/// The container name an older daemon gave request `rid` under a prefix
+/// other than the default: `ws-<prefix>_<rid, ':' as '_'>-<4 bytes of
+/// sha256("<prefix>/<rid>")>` (the scheme before issue #14).
+fn old_scheme_name(prefix: &str, rid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let id = format!("{prefix}/{rid}");
+    let clean: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let h = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
+    format!("ws-{clean}-{h}")
+}
+
+/// Two request ids that got the same container name under the old scheme
+/// for `prefix` (a birthday search over ids of `_` and `:`, which all read
+/// alike once `:` is `_`).
+fn old_scheme_collision(prefix: &str) -> (String, String) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for i in 0u64.. {
+        let rid: String = std::iter::once("col-".to_string())
+            .chain((0..24).map(|b| if i >> b & 1 == 1 { ":" } else { "_" }.to_string()))
+            .collect();
+        let name = old_scheme_name(prefix, &rid);
+        if let Some(other) = seen.insert(name, rid.clone()) {
+            return (other, rid);
+        }
+    }
+    unreachable!()
+}
+
+/// A managed container of `prefix` made the way a daemon would, started.
+async fn labelled_container(name: &str, labels: &[(&str, &str)], script: &str) -> String {
+    let d = docker().await;
+    let body = ContainerCreateBody {
+        image: Some(test_image()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        user: Some("1000:1000".into()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            cap_drop: Some(vec!["ALL".into()]),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = d
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .expect("create the labelled container")
+        .id;
+    d.start_container(
+        &id,
+        None::<bollard::query_parameters::StartContainerOptions>,
+    )
+    .await
+    .expect("start the labelled container");
+    id
+}
+
+/// Issue #14, 4: request ids whose container names collided under the old
+/// scheme each get their own container and their own answer (the second
+/// was acknowledged as a "redelivery" of the first and never answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_that_read_alike_get_their_own_containers_and_answers() {
+    let d = Daemon::start(DaemonOpts::new("sec-names"));
+    let (a, b) = old_scheme_collision(&d.prefix);
+    assert_ne!(a, b);
+    publish_spawn(
+        &d.prefix,
+        &shell_request(&a, "shell_v1", "echo mine=a; sleep 3"),
+    )
+    .await;
+    // The second arrives while the first's container exists.
+    inspect_worker(&d.prefix, &a).await;
+    publish_spawn(&d.prefix, &shell_request(&b, "shell_v1", "echo mine=b")).await;
+    let rb = wait_result(&d.prefix, &b, Duration::from_secs(60)).await;
+    let ra = wait_result(&d.prefix, &a, RESULT_TIMEOUT).await;
+    assert_eq!(ra["status"], "succeeded", "{ra:#}");
+    assert_eq!(rb["status"], "succeeded", "{rb:#}");
+    assert!(ra["output"].as_str().unwrap().contains("mine=a"), "{ra:#}");
+    assert!(rb["output"].as_str().unwrap().contains("mine=b"), "{rb:#}");
+    assert_ne!(ra["worker"]["container"], rb["worker"]["container"]);
+}
+
+/// Issue #14, 4: a managed container under a request's name whose labels
+/// name another request is not that request's container: `error`
+/// `name_conflict`, never a silent acknowledgement, and the container is
+/// left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_under_a_requests_name_holding_another_request_is_a_name_conflict() {
+    let d = Daemon::start(DaemonOpts::new("sec-name-held"));
+    let rid = unique_request_id("held");
+    let name = workers_spawner::docker::request_container_name(&d.prefix, &rid);
+    let holder = labelled_container(
+        &name,
+        &[
+            (MANAGED_LABEL, "true"),
+            (PREFIX_LABEL, &d.prefix),
+            ("io.workers-spawner.request-id", "some-other-request"),
+            ("io.workers-spawner.instance", &d.instance_id),
+            ("io.workers-spawner.deadline", "4000000000"),
+            ("io.workers-spawner.kind", "oneshot"),
+        ],
+        "sleep 60",
+    )
+    .await;
+    publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", "echo hi")).await;
+    let r = wait_result(&d.prefix, &rid, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "error", "{r:#}");
+    assert_eq!(r["error"]["code"], "name_conflict", "{r:#}");
+    assert_eq!(r["error"]["field"], "request_id", "{r:#}");
+    let c = docker()
+        .await
+        .inspect_container(&holder, None::<InspectContainerOptions>)
+        .await
+        .expect("the holder is left alone");
+    assert_eq!(c.state.and_then(|s| s.running), Some(true));
+    assert_eq!(pending_count(&d.prefix).await, 0, "the entry was answered");
+}
+
+/// An upgraded daemon takes a container an older daemon named under the
+/// old scheme for its request by its labels: a redelivered entry follows
+/// it (no second container while its live owner runs it), and once the
+/// owner is gone it is adopted and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_named_by_an_older_daemon_are_followed_and_adopted_by_their_labels() {
+    let prefix = unique_prefix("sec-old-names");
+    let rid = unique_request_id("old");
+    let s = streams(&prefix);
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&s.spawn)
+        .arg("workers-spawner")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let entry = publish_spawn(&prefix, &shell_request(&rid, "shell_v1", "echo new-ran")).await;
+    // The older daemon read the entry (it stays pending on its consumer:
+    // its ack was lost) and created and started the worker.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers-spawner")
+        .arg("old-daemon")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&s.spawn)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let old = "old-daemon";
+    let hb = format!("{prefix}:instance:{old}");
+    let _: () = redis::cmd("SET")
+        .arg(&hb)
+        .arg("alive")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let old_name = old_scheme_name(&prefix, &rid);
+    assert_ne!(
+        old_name,
+        workers_spawner::docker::request_container_name(&prefix, &rid)
+    );
+    labelled_container(
+        &old_name,
+        &[
+            (MANAGED_LABEL, "true"),
+            (PREFIX_LABEL, &prefix),
+            ("io.workers-spawner.request-id", &rid),
+            ("io.workers-spawner.preset", "shell_v1"),
+            ("io.workers-spawner.instance", old),
+            ("io.workers-spawner.deadline", "4000000000"),
+            ("io.workers-spawner.kind", "oneshot"),
+            ("io.workers-spawner.entry-id", &entry),
+        ],
+        "echo old-ran; sleep 8",
+    )
+    .await;
+    let d = Daemon::start(
+        DaemonOpts::new("sec-old-names")
+            .prefix(&prefix)
+            .setting("reclaim_min_idle", "1s"),
+    );
+    // The redelivered entry is answered by the old container's existence.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending_count(&prefix).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the redelivered entry stayed pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        results_for(&prefix, &rid).await.is_empty(),
+        "its live owner answers"
+    );
+    // Its owner dies: the upgraded daemon adopts and answers it.
+    let _: () = redis::cmd("DEL")
+        .arg(&hb)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = wait_result(&prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(r["output"].as_str().unwrap().contains("old-ran"), "{r:#}");
+    assert_eq!(r["worker"]["container"], old_name.as_str(), "{r:#}");
+    let ev = events_for(&prefix, &rid).await;
+    assert!(
+        !ev.iter().any(|e| e["type"] == "container_created"),
+        "a second container was created: {ev:#?}"
+    );
+    assert_eq!(results_for(&prefix, &rid).await.len(), 1);
+    drop(d);
 }
 
 // ---------------------------------------------------------------- secrets
@@ -894,6 +1759,57 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
             "x",
             "limits.cpu",
         ),
+        // Lower is not narrower below the engine's floor: NanoCpus 0 is
+        // "unlimited", 0.001 fails at start.
+        (
+            "cpu tiny (would be NanoCpus 0)",
+            "shell_v1",
+            json!({"limits": {"cpu": 1e-10}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "cpu below the runtime's floor",
+            "shell_v1",
+            json!({"limits": {"cpu": 0.001}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "cpu negative zero",
+            "shell_v1",
+            json!({"limits": {"cpu": -0.0}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "cpu subnormal",
+            "shell_v1",
+            json!({"limits": {"cpu": 5e-324}}),
+            "x",
+            "limits.cpu",
+        ),
+        (
+            "pids zero (unlimited)",
+            "shell_v1",
+            json!({"limits": {"pids": 0}}),
+            "x",
+            "limits.pids",
+        ),
+        (
+            "memory zero (unlimited)",
+            "shell_v1",
+            json!({"limits": {"memory": "0"}}),
+            "x",
+            "limits.memory",
+        ),
+        (
+            "timeout zero",
+            "shell_v1",
+            json!({"limits": {"timeout_sec": 0}}),
+            "x",
+            "limits.timeout_sec",
+        ),
         (
             "pids up",
             "shell_v1",
@@ -970,6 +1886,97 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
             json!({"env": {"X": {"from_env": "WS_TEST_REDIS_URL"}}}),
             "x",
             "env.X",
+        ),
+        (
+            "env BASH_ENV",
+            "shell_v1",
+            json!({"env": {"BASH_ENV": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.BASH_ENV",
+        ),
+        (
+            "env ENV",
+            "shell_v1",
+            json!({"env": {"ENV": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.ENV",
+        ),
+        (
+            "env LD_PRELOAD",
+            "shell_v1",
+            json!({"env": {"LD_PRELOAD": "/workspace/evil.so"}}),
+            "x",
+            "env.LD_PRELOAD",
+        ),
+        (
+            "env PATH",
+            "shell_v1",
+            json!({"env": {"PATH": "/workspace"}}),
+            "x",
+            "env.PATH",
+        ),
+        (
+            "env PROMPT_COMMAND",
+            "shell_v1",
+            json!({"env": {"PROMPT_COMMAND": "id"}}),
+            "x",
+            "env.PROMPT_COMMAND",
+        ),
+        (
+            "env NODE_OPTIONS",
+            "shell_v1",
+            json!({"env": {"NODE_OPTIONS": "--require /workspace/x.js"}}),
+            "x",
+            "env.NODE_OPTIONS",
+        ),
+        (
+            "env PYTHONSTARTUP",
+            "shell_v1",
+            json!({"env": {"PYTHONSTARTUP": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.PYTHONSTARTUP",
+        ),
+        (
+            "env PYTHONPATH",
+            "shell_v1",
+            json!({"env": {"PYTHONPATH": "/workspace"}}),
+            "x",
+            "env.PYTHONPATH",
+        ),
+        (
+            "env GIT_SSH_COMMAND",
+            "shell_v1",
+            json!({"env": {"GIT_SSH_COMMAND": "sh -c id"}}),
+            "x",
+            "env.GIT_SSH_COMMAND",
+        ),
+        (
+            "env HTTPS_PROXY",
+            "shell_v1",
+            json!({"env": {"HTTPS_PROXY": "http://192.0.2.1:3128"}}),
+            "x",
+            "env.HTTPS_PROXY",
+        ),
+        (
+            "env EXTRA",
+            "shell_v1",
+            json!({"env": {"EXTRA": "harmless but not handed out"}}),
+            "x",
+            "env.EXTRA",
+        ),
+        (
+            "env BASH_ENV through a pattern",
+            "envx_v1",
+            json!({"env": {"BASH_ENV": "/home/worker/.orchestrator/prompt.md"}}),
+            "x",
+            "env.BASH_ENV",
+        ),
+        (
+            "env LD_PRELOAD through a pattern",
+            "envx_v1",
+            json!({"env": {"LD_PRELOAD": "/workspace/evil.so"}}),
+            "x",
+            "env.LD_PRELOAD",
         ),
         (
             "agent command",
@@ -1120,10 +2127,12 @@ async fn hostile_requests_get_typed_answers_and_change_nothing() {
             "no dead letter mentions {want}: {reasons:#?}"
         );
     }
-    // Nothing ran, and the daemon still serves.
+    // Nothing ran, and the daemon still serves, also at the CPU floor.
     assert_eq!(container_count(&d.prefix).await, 0);
     let ok = unique_request_id("alive");
-    publish_spawn(&d.prefix, &shell_request(&ok, "shell_v1", "echo alive")).await;
+    let mut req = shell_request(&ok, "shell_v1", "echo alive");
+    req["worker_config_override"] = json!({"limits": {"cpu": 0.01}});
+    publish_spawn(&d.prefix, &req).await;
     let r = wait_result(&d.prefix, &ok, RESULT_TIMEOUT).await;
     assert_eq!(r["status"], "succeeded", "{r:#}");
 }
@@ -1269,6 +2278,24 @@ async fn unreadable_entries_with_an_id_get_one_rejected_result_and_a_dead_letter
         assert_eq!(traces(&d2.prefix, rid, entry_id).await, (1, 1, 1), "{rid}");
     }
     assert_eq!(container_count(&d2.prefix).await, 0);
+}
+
+/// An override sets only env names its preset hands out; those reach the
+/// agent (the refusals are in `hostile`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_sets_the_env_names_its_preset_hands_out() {
+    let presets = security_presets();
+    let d = Daemon::start(DaemonOpts::new("sec-envx").presets_dir(presets.path()));
+    let rid = unique_request_id("envx");
+    let mut req = shell_request(&rid, "envx_v1", "echo \"mode=$MODE app=$APP_X\"");
+    req["worker_config_override"] = json!({"env": {"MODE": "b", "APP_X": "y"}});
+    publish_spawn(&d.prefix, &req).await;
+    let r = wait_result(&d.prefix, &rid, RESULT_TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert!(
+        r["output"].as_str().unwrap().contains("mode=b app=y"),
+        "{r:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1473,6 +2500,11 @@ proptest! {
             );
             prop_assert_eq!(&c.agent, &b.agent);
             prop_assert_eq!(&c.network, &b.network);
+            for k in b.env.keys().chain(c.env.keys()) {
+                if b.env.get(k) != c.env.get(k) {
+                    prop_assert!(b.env_overridable_allows(k), "env {} changed", k);
+                }
+            }
             for f in spec.files.iter().chain(&spec.request_files) {
                 prop_assert!(f.path.starts_with("/workspace/") || f.path.starts_with("/home/worker/"), "{}", f.path);
                 prop_assert!(!f.path.contains(".."), "{}", f.path);

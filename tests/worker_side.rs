@@ -159,7 +159,9 @@ async fn a_worker_key_is_refused_once_its_worker_has_ended() {
     let presets = presets_dir_with(&[("uni_v1", universal_preset("uni_v1", &["respond"]))]);
     let d = Daemon::start(DaemonOpts::new("worker-side-key").presets_dir(presets.path()));
     let rid = unique_request_id("key");
-    publish_spawn(&d.prefix, &spawn_request(&rid, "uni_v1", "sleep 3")).await;
+    // The key works from its own container (a key is bound to it).
+    let script = r#"code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $ORCHESTRATOR_API_KEY" -d '{"args":{"message":"from the worker"}}' "$ORCHESTRATOR_API_URL/v1/tools/respond/send"); echo "live=$code"; sleep 3"#;
+    publish_spawn(&d.prefix, &spawn_request(&rid, "uni_v1", script)).await;
     // Read the key (and the gateway URL) from the running container.
     let docker = docker().await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -197,11 +199,18 @@ async fn a_worker_key_is_refused_once_its_worker_has_ended() {
     };
     assert_eq!(
         call(key.clone(), url.clone()),
-        "200",
-        "the key works while its worker lives"
+        "403",
+        "the live key is worth nothing outside its container"
     );
     let r = wait_result(&d.prefix, &rid, TIMEOUT).await;
     assert_eq!(r["status"], "succeeded");
+    assert!(
+        r["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("live=200"),
+        "the key works while its worker lives: {r}"
+    );
     assert_eq!(call(key, url), "401", "the key dies with its worker");
     cleanup_containers(&d.prefix).await;
 }
