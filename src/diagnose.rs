@@ -1678,7 +1678,7 @@ mod tests {
             (
                 "/limits/cpu",
                 json!(0),
-                "limits.cpu must be more than 0, got 0",
+                "limits.cpu must be at least 0.01, got 0",
             ),
             (
                 "/pool",
