@@ -167,14 +167,19 @@ async fn a_worker_key_is_refused_once_its_worker_has_ended() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (key, url) = loop {
         let list = containers(&d.prefix).await;
-        if let Some(c) = list.first() {
-            let i = docker
+        // A listed container may be gone by the time it is inspected (one
+        // that never started is replaced): look again.
+        let inspected = match list.first() {
+            Some(c) => docker
                 .inspect_container(
                     c.id.as_deref().unwrap(),
                     None::<bollard::query_parameters::InspectContainerOptions>,
                 )
                 .await
-                .unwrap();
+                .ok(),
+            None => None,
+        };
+        if let Some(i) = inspected {
             let env = i.config.unwrap().env.unwrap_or_default();
             let get = |k: &str| {
                 env.iter()
