@@ -1371,6 +1371,17 @@ async fn remove_fresh_images(docker: &Docker, fresh: &str) {
 
 // ---------------------------------------------------------------- report
 
+/// The median of unsorted samples (NaN for none).
+fn med(v: &[f64]) -> f64 {
+    let mut x = v.to_vec();
+    x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    if x.is_empty() {
+        f64::NAN
+    } else {
+        percentile(&x, 50.0)
+    }
+}
+
 fn machine() -> Vec<(String, String)> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
@@ -1601,15 +1612,6 @@ impl Report<'_> {
 
     fn fresh_table(&self, w: &mut String) {
         let Some(f) = &self.fresh else { return };
-        let med = |v: &[f64]| {
-            let mut x = v.to_vec();
-            x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-            if x.is_empty() {
-                f64::NAN
-            } else {
-                percentile(&x, 50.0)
-            }
-        };
         let _ = writeln!(w, "## A new image\n");
         let _ = writeln!(
             w,

@@ -26,7 +26,7 @@ use crate::docker::{Engine, EngineError};
 use crate::metrics::Metrics;
 
 /// Repository of derived images.
-pub const DERIVED_REPO: &str = "ws-derived";
+pub use crate::prepare::DERIVED_REPO;
 /// Label on every derived image and its build's intermediate images.
 pub const BUILD_LABEL: &str = "io.workers-spawner.build";
 

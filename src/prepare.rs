@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::render::{HOME, WORKSPACE};
 
+/// Repository of every image the daemon derives (setup and prepared images).
+pub const DERIVED_REPO: &str = "ws-derived";
+
 /// Version of the prepared layer's recipe; a new one prepares every image again.
 pub const RECIPE: &str = "prepare-v1";
 /// Label on a prepared image: the recipe it was made with.
@@ -29,11 +32,7 @@ pub fn prepared_tag(base_id: &str, shim: &[u8]) -> String {
     h.update(base_id.as_bytes());
     h.update(b"\0");
     h.update(Sha256::digest(shim));
-    format!(
-        "{}:p-{}",
-        crate::images::DERIVED_REPO,
-        &hex::encode(h.finalize())[..24]
-    )
+    format!("{DERIVED_REPO}:p-{}", &hex::encode(h.finalize())[..24])
 }
 
 /// The Docker architecture name of the machine the shim was built for.
