@@ -37,7 +37,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
-use workers_spawner::bus::{Bus, StreamNames};
+use workers_spawner::adapters::bus::{Bus, StreamNames};
 
 /// The command every method runs: `sh -c 'echo $0' ok`, like the preset.
 const CMD: [&str; 4] = ["sh", "-c", "echo $0", "ok"];
@@ -476,7 +476,7 @@ struct Ctx {
     /// Phases of the floor (create, start, wait, remove), ms.
     floor_phases: Mutex<Vec<[f64; 4]>>,
     /// The daemon's own Docker wrapper, for the replay.
-    engine: workers_spawner::docker::Engine,
+    engine: workers_spawner::adapters::engine::Engine,
     /// `--image` as the daemon prepares it (the replay runs the shim in it).
     prepared_image: String,
     /// The main daemon.
@@ -580,7 +580,7 @@ impl Ctx {
     /// stdin and output, start, write the files, read the output, wait, inspect,
     /// remove.
     async fn replay_one(&self) -> anyhow::Result<f64> {
-        use workers_spawner::render::RenderedFile;
+        use workers_spawner::model::render::RenderedFile;
         let name = self.next_id("replay");
         let t0 = Instant::now();
         anyhow::ensure!(self.engine.inspect(&name).await.is_err(), "{name} exists");
@@ -589,9 +589,9 @@ impl Ctx {
         let memory: i64 = 64 << 20;
         let body = ContainerCreateBody {
             image: Some(self.prepared_image.clone()),
-            cmd: Some(workers_spawner::delivery::shim_command(
+            cmd: Some(workers_spawner::model::delivery::shim_command(
                 &CMD.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                workers_spawner::delivery::ShimMode::Run,
+                workers_spawner::model::delivery::ShimMode::Run,
             )),
             attach_stdin: Some(true),
             open_stdin: Some(true),
@@ -629,10 +629,10 @@ impl Ctx {
             },
         ];
         let run = async {
-            let payload = workers_spawner::delivery::payload(&files, &[])?;
+            let payload = workers_spawner::model::delivery::payload(&files, &[])?;
             let (stdin, mut output) = self.engine.attach(&id).await?;
             self.engine.start(&id).await?;
-            workers_spawner::docker::Engine::deliver(stdin, &payload).await?;
+            workers_spawner::adapters::engine::Engine::deliver(stdin, &payload).await?;
             let follow = tokio::spawn(async move { while output.next().await.is_some() {} });
             let code = self.engine.wait(&id).await?;
             let _ = follow.await;
@@ -1266,7 +1266,8 @@ async fn fresh_image(ctx: &Ctx, cfg: &Config) -> anyhow::Result<FreshRun> {
         if round > 0 {
             // The daemon looks at a name again once its answer is older
             // than this: only then does it see the new image id.
-            tokio::time::sleep(workers_spawner::images::RECHECK + Duration::from_secs(1)).await;
+            tokio::time::sleep(workers_spawner::adapters::images::RECHECK + Duration::from_secs(1))
+                .await;
         }
         // A new image id: a commit of a container (never started) with a label of its own.
         let name = ctx.next_id("fresh-src");
@@ -1985,8 +1986,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     let bus = Bus::connect(&args.redis_url, names, 1_000_000).await?;
     let watcher = ResultWatcher::start(bus).await?;
     let daemon = args.daemon_pid.map(Proc::new);
-    let engine = workers_spawner::docker::Engine::connect().await?;
-    let prepared_image = workers_spawner::images::ImageBuilder::new(
+    let engine = workers_spawner::adapters::engine::Engine::connect().await?;
+    let prepared_image = workers_spawner::adapters::images::ImageBuilder::new(
         engine.clone(),
         Arc::new(workers_spawner::metrics::Metrics::new()),
     )

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::catalog::Catalog;
-use crate::config::ConfigSchema;
-use crate::loader::{self, CatalogDirs};
-use crate::protocol::{SpawnRequest, Task};
+use crate::adapters::loader::{self, CatalogDirs};
+use crate::model::catalog::Catalog;
+use crate::model::config::ConfigSchema;
+use crate::model::protocol::{SpawnRequest, Task};
+use crate::model::spec::Resolver;
 use crate::settings::{Origins, Settings, SettingsArgs};
-use crate::spec::Resolver;
 
 /// Runs CLI coding agents in isolated Docker containers, driven by Redis streams.
 #[derive(Debug, Parser)]
@@ -165,14 +165,14 @@ pub fn presets_validate(
         dirs.templates.display().to_string(),
     );
     for (id, preset) in &catalog.presets {
-        if let Err(e) = crate::render::render(&catalog, &preset.config) {
-            use crate::render::RenderError;
+        if let Err(e) = crate::model::render::render(&catalog, &preset.config) {
+            use crate::model::render::RenderError;
             match e {
                 RenderError::MissingSkill(_) if !skills_read => continue,
                 RenderError::UnknownAgentType(_) if !templates_read => continue,
                 _ => {}
             }
-            let p = crate::diagnose::render_problem(
+            let p = crate::model::diagnose::render_problem(
                 &catalog,
                 &preset.config,
                 &e,
@@ -186,10 +186,10 @@ pub fn presets_validate(
             ));
         }
     }
-    let ctx = crate::diagnose::Context {
+    let ctx = crate::model::diagnose::Context {
         max_concurrent: Some(settings.max_concurrent),
     };
-    for w in dirs.with_paths(crate::diagnose::catalog_warnings(&catalog, &ctx)) {
+    for w in dirs.with_paths(crate::model::diagnose::catalog_warnings(&catalog, &ctx)) {
         lines.push((w.file, true, w.message));
     }
     lines.sort_by(|a, b| a.0.cmp(&b.0));
@@ -297,7 +297,7 @@ pub fn init_logging() {
 
 /// `serve`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(settings: Settings) -> i32 {
-    let daemon = match crate::daemon::Daemon::start(settings.clone()).await {
+    let daemon = match crate::supervisor::Daemon::start(settings.clone()).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("workers-spawner: {e}");
@@ -320,7 +320,11 @@ pub async fn serve(settings: Settings) -> i32 {
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
                 tracing::info!(addr = %addr, "gateway listening");
-                tokio::spawn(crate::gateway::serve(l, gateway.clone(), shutdown.clone()));
+                tokio::spawn(crate::http::gateway::serve(
+                    l,
+                    gateway.clone(),
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 eprintln!("workers-spawner: cannot listen for the gateway on {addr}: {e}");
@@ -329,7 +333,7 @@ pub async fn serve(settings: Settings) -> i32 {
         }
     }
     let http_shutdown = shutdown.clone();
-    let router = crate::http::router(daemon.clone());
+    let router = crate::http::health::router(daemon.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
@@ -383,9 +387,9 @@ fn generated_request_id() -> String {
     format!("cli-{}-{n:016x}", chrono::Utc::now().format("%Y%m%d%H%M%S"))
 }
 
-async fn connect_bus(settings: &Settings) -> Result<crate::bus::Bus, String> {
-    let names = crate::bus::StreamNames::new(&settings.stream_prefix, &settings.group);
-    crate::bus::Bus::connect(&settings.redis_url, names, settings.stream_maxlen)
+async fn connect_bus(settings: &Settings) -> Result<crate::adapters::bus::Bus, String> {
+    let names = crate::adapters::bus::StreamNames::new(&settings.stream_prefix, &settings.group);
+    crate::adapters::bus::Bus::connect(&settings.redis_url, names, settings.stream_maxlen)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))
 }
@@ -527,8 +531,8 @@ pub async fn cancel(settings: &Settings, request_id: &str) -> i32 {
 
 /// `ps`: lists managed containers.
 pub async fn ps(settings: &Settings) -> i32 {
-    use crate::docker::labels;
-    let engine = match crate::docker::Engine::connect().await {
+    use crate::model::container::labels;
+    let engine = match crate::adapters::engine::Engine::connect().await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("workers-spawner: cannot reach the Docker engine: {e}");
@@ -585,7 +589,7 @@ pub async fn run(
     prompt: &str,
     override_json: Option<&str>,
 ) -> i32 {
-    use crate::docker::{create_body, request_container_name};
+    use crate::model::container::{create_body, request_container_name};
     use crate::worker::{self, Job, OutputLimits, WorkerEnv};
     let rid = generated_request_id();
     let json = match spawn_request_json(&rid, preset, prompt, None, override_json) {
@@ -595,7 +599,7 @@ pub async fn run(
             return 2;
         }
     };
-    let req = match crate::protocol::parse_spawn_request(json.as_bytes(), &settings.limits) {
+    let req = match crate::model::protocol::parse_spawn_request(json.as_bytes(), &settings.limits) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("workers-spawner: {e}");
@@ -619,7 +623,7 @@ pub async fn run(
             return 2;
         }
     };
-    let engine = match crate::docker::Engine::connect().await {
+    let engine = match crate::adapters::engine::Engine::connect().await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("workers-spawner: cannot reach the Docker engine: {e}");
@@ -629,7 +633,7 @@ pub async fn run(
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let env = WorkerEnv {
         engine: engine.clone(),
-        sink: crate::sink::Sink::print(),
+        sink: crate::adapters::sink::Sink::print(),
         metrics,
         stop_grace: settings.stop_grace,
         output: OutputLimits {
@@ -641,8 +645,8 @@ pub async fn run(
     };
     let name = request_container_name(&settings.stream_prefix, &rid);
     let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
-    let mut ctx = crate::daemon::launch_context(&spec, settings, &name, deadline, None, None);
-    let images = crate::images::ImageBuilder::new(engine.clone(), env.metrics.clone());
+    let mut ctx = crate::supervisor::launch_context(&spec, settings, &name, deadline, None, None);
+    let images = crate::adapters::images::ImageBuilder::new(engine.clone(), env.metrics.clone());
     ctx.image = match images
         .image_for(&spec.config, |line| eprintln!("{line}"))
         .await
@@ -670,7 +674,7 @@ pub async fn run(
         container_name: name,
         redactor: spec.redactor(),
         deadline_unix: deadline,
-        received_at: Some(crate::protocol::now_rfc3339()),
+        received_at: Some(crate::model::protocol::now_rfc3339()),
         queue_ms: None,
         received: Some(std::time::Instant::now()),
         stop: tokio_util::sync::CancellationToken::new(),
@@ -685,7 +689,7 @@ pub async fn run(
         &engine,
         &id,
         &files,
-        &crate::docker::withheld_env(&spec, &ctx),
+        &crate::model::container::withheld_env(&spec, &ctx),
         ctx.delivery,
     )
     .await
@@ -706,7 +710,7 @@ pub async fn run(
         stop.cancel();
     });
     let status = worker::supervise(&env, job, true).await;
-    if status == crate::protocol::Status::Succeeded {
+    if status == crate::model::protocol::Status::Succeeded {
         0
     } else {
         1

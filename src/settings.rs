@@ -12,8 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
-use crate::protocol::InputLimits;
+use crate::model::policy::Policy;
+use crate::model::protocol::InputLimits;
 
 /// Every setting of the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,7 +148,7 @@ pub fn default_instance_id() -> String {
     hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .filter(|h| crate::protocol::is_valid_token(h, 64))
+        .filter(|h| crate::model::protocol::is_valid_token(h, 64))
         .unwrap_or_else(|| "workers-spawner".into())
 }
 
@@ -279,12 +279,12 @@ impl Settings {
         if self.rescan_interval.is_zero() {
             return Err(SettingsError("rescan_interval must be positive".into()));
         }
-        if !crate::protocol::is_valid_token(&self.instance_id, 64) {
+        if !crate::model::protocol::is_valid_token(&self.instance_id, 64) {
             return Err(SettingsError(
                 "instance_id must be 1-64 chars of [A-Za-z0-9._:-]".into(),
             ));
         }
-        if !crate::protocol::is_valid_token(&self.stream_prefix, 64) {
+        if !crate::model::protocol::is_valid_token(&self.stream_prefix, 64) {
             return Err(SettingsError(
                 "stream_prefix must be 1-64 chars of [A-Za-z0-9._:-]".into(),
             ));

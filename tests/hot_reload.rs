@@ -1,6 +1,6 @@
 //! Hot reload of the catalog.
 //!
-//! The `watcher_*` tests drive `workers_spawner::watcher` directly in a temp
+//! The `watcher_*` tests drive `workers_spawner::adapters::watcher` directly in a temp
 //! dir. The `daemon_*` tests run the real daemon binary against the private
 //! redis of `scripts/test.sh` (`WS_TEST_REDIS_URL`) and the local Docker
 //! engine; they fail, not skip, when `WS_TEST_REDIS_URL` is unset.
@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
-use workers_spawner::loader::{self, CatalogDirs};
-use workers_spawner::watcher::spawn_watcher;
+use workers_spawner::adapters::loader::{self, CatalogDirs};
+use workers_spawner::adapters::watcher::spawn_watcher;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 const SIGNAL_WITHIN: Duration = Duration::from_secs(2);

@@ -505,7 +505,7 @@ async fn unlabelled_containers_and_those_of_live_instances_survive_every_cleanup
     let prefix = unique_prefix("foreign");
     // An unlabelled container holding the very name a real request needs.
     let clash = unique_request_id("clash");
-    let clash_name = workers_spawner::docker::request_container_name(&prefix, &clash);
+    let clash_name = workers_spawner::model::container::request_container_name(&prefix, &clash);
     let unlabelled = foreign_container(&clash_name, HashMap::new()).await;
     // A managed container of this prefix owned by another live instance,
     // already past its deadline (any adopter would stop and remove it).
@@ -546,7 +546,8 @@ async fn unlabelled_containers_and_those_of_live_instances_survive_every_cleanup
     l.insert("io.workers-spawner.instance".to_string(), other.to_string());
     l.insert("io.workers-spawner.deadline".to_string(), "1".to_string());
     l.insert("io.workers-spawner.kind".to_string(), "oneshot".to_string());
-    let theirs_name = workers_spawner::docker::request_container_name(&prefix, &theirs_rid);
+    let theirs_name =
+        workers_spawner::model::container::request_container_name(&prefix, &theirs_rid);
     let theirs = foreign_container(&theirs_name, l).await;
 
     let opts = DaemonOpts::new("foreign")
@@ -705,7 +706,7 @@ async fn a_container_its_dead_daemon_created_but_never_started_is_replaced_and_i
     ] {
         labels.insert(k.to_string(), v.to_string());
     }
-    let name = workers_spawner::docker::request_container_name(&prefix, &rid);
+    let name = workers_spawner::model::container::request_container_name(&prefix, &rid);
     let body = bollard::models::ContainerCreateBody {
         image: Some(test_image()),
         cmd: Some(vec!["echo".into(), "never-runs".into()]),

@@ -11,15 +11,17 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use workers_spawner::catalog::{Catalog, CatalogSources, BUILTIN_TEMPLATE};
-use workers_spawner::config::{ConfigSchema, Tool};
-use workers_spawner::image_ref;
-use workers_spawner::loader::{self, CatalogDirs};
-use workers_spawner::policy::Policy;
-use workers_spawner::protocol::{parse_spawn_request, InputLimits, SpawnRequest, Status, Task};
-use workers_spawner::render::{self, RenderError, PROMPT_FILE};
+use workers_spawner::adapters::loader::{self, CatalogDirs};
+use workers_spawner::model::catalog::{Catalog, CatalogSources, BUILTIN_TEMPLATE};
+use workers_spawner::model::config::{ConfigSchema, Tool};
+use workers_spawner::model::image_ref;
+use workers_spawner::model::policy::Policy;
+use workers_spawner::model::protocol::{
+    parse_spawn_request, InputLimits, SpawnRequest, Status, Task,
+};
+use workers_spawner::model::render::{self, RenderError, PROMPT_FILE};
+use workers_spawner::model::spec::{ResolveError, Resolver, WorkerSpec};
 use workers_spawner::settings::Settings;
-use workers_spawner::spec::{ResolveError, Resolver, WorkerSpec};
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -24,15 +24,15 @@ use common::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use workers_spawner::catalog::Catalog;
-use workers_spawner::config::ConfigSchema;
-use workers_spawner::image_ref;
-use workers_spawner::loader::{self, CatalogDirs};
-use workers_spawner::protocol::{
+use workers_spawner::adapters::loader::{self, CatalogDirs};
+use workers_spawner::model::catalog::Catalog;
+use workers_spawner::model::config::ConfigSchema;
+use workers_spawner::model::image_ref;
+use workers_spawner::model::protocol::{
     is_valid_request_id, parse_spawn_request, scan_entry, InputLimits,
 };
+use workers_spawner::model::spec::Resolver;
 use workers_spawner::settings::Settings;
-use workers_spawner::spec::Resolver;
 
 const RESULT_TIMEOUT: Duration = Duration::from_secs(90);
 const MASK: &str = "[REDACTED]";
@@ -647,12 +647,12 @@ async fn workers_reach_the_gateway_but_not_the_host_redis_or_other_networks() {
 }
 
 /// The gateway rules of `prefix` in the WS-WORKERS chain (read only).
-fn gateway_rules_of(prefix: &str) -> Vec<workers_spawner::firewall::GatewayRule> {
+fn gateway_rules_of(prefix: &str) -> Vec<workers_spawner::adapters::firewall::GatewayRule> {
     let out = std::process::Command::new("iptables")
-        .args(["-w", "-S", workers_spawner::firewall::CHAIN])
+        .args(["-w", "-S", workers_spawner::adapters::firewall::CHAIN])
         .output()
         .expect("run iptables -S");
-    workers_spawner::firewall::parse_listing(&String::from_utf8_lossy(&out.stdout))
+    workers_spawner::adapters::firewall::parse_listing(&String::from_utf8_lossy(&out.stdout))
         .rules
         .into_iter()
         .filter(|r| r.owner.prefix == prefix)
@@ -662,7 +662,7 @@ fn gateway_rules_of(prefix: &str) -> Vec<workers_spawner::firewall::GatewayRule>
 async fn wait_rules(
     prefix: &str,
     what: &str,
-    pred: impl Fn(&[workers_spawner::firewall::GatewayRule]) -> bool,
+    pred: impl Fn(&[workers_spawner::adapters::firewall::GatewayRule]) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -699,7 +699,7 @@ async fn internal_gateway_ip() -> String {
 /// removes the rules at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_firewall_rules_do_not_outlive_their_daemon() {
-    use workers_spawner::firewall::RULE_TTL;
+    use workers_spawner::adapters::firewall::RULE_TTL;
     let mut d1 = Daemon::start(DaemonOpts::new("sec-fw"));
     let prefix = d1.prefix.clone();
     let (i1, port1) = (d1.instance_id.clone(), d1.gateway_port);
@@ -1454,7 +1454,7 @@ async fn request_ids_that_read_alike_get_their_own_containers_and_answers() {
 async fn a_container_under_a_requests_name_holding_another_request_is_a_name_conflict() {
     let d = Daemon::start(DaemonOpts::new("sec-name-held"));
     let rid = unique_request_id("held");
-    let name = workers_spawner::docker::request_container_name(&d.prefix, &rid);
+    let name = workers_spawner::model::container::request_container_name(&d.prefix, &rid);
     let holder = labelled_container(
         &name,
         &[
@@ -1529,7 +1529,7 @@ async fn containers_named_by_an_older_daemon_are_followed_and_adopted_by_their_l
     let old_name = old_scheme_name(&prefix, &rid);
     assert_ne!(
         old_name,
-        workers_spawner::docker::request_container_name(&prefix, &rid)
+        workers_spawner::model::container::request_container_name(&prefix, &rid)
     );
     labelled_container(
         &old_name,

@@ -413,7 +413,7 @@ impl Drop for Daemon {
         // A killed daemon's gateway rules would stop matching within a
         // minute and be swept by the next daemon; the suite leaves the
         // firewall chain as it found it now (the daemon's own code).
-        workers_spawner::firewall::remove_rules_of(&self.prefix, &self.instance_id);
+        workers_spawner::adapters::firewall::remove_rules_of(&self.prefix, &self.instance_id);
         if self.cleanup_on_drop {
             let prefix = self.prefix.clone();
             // Drop may run inside a tokio runtime: use a thread with its own.

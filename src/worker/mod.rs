@@ -9,15 +9,16 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::SHIM_MESSAGE_PREFIX;
-use crate::docker::{ContainerFacts, Engine, EngineError, FileDelivery, OutputStream};
+use crate::adapters::engine::{ContainerFacts, Engine, EngineError, OutputStream};
+use crate::adapters::sink::Sink;
 use crate::metrics::Metrics;
-use crate::protocol::{
+use crate::model::container::FileDelivery;
+use crate::model::delivery::SHIM_MESSAGE_PREFIX;
+use crate::model::protocol::{
     normalize_rfc3339, now_rfc3339, ErrorInfo, EventType, ResultRecord, Status, Timings, WorkerInfo,
 };
-use crate::redact::Redactor;
-use crate::render::RenderedFile;
-use crate::sink::Sink;
+use crate::model::redact::Redactor;
+use crate::model::render::RenderedFile;
 
 /// Output handling limits.
 #[derive(Debug, Clone)]
@@ -91,7 +92,7 @@ pub struct Job {
     /// The container's output, attached before its start; `None` follows
     /// its logs instead (adopted containers, archive delivery). In a mutex
     /// only so that `&Job` is `Sync` across the supervisor's awaits.
-    pub output: std::sync::Mutex<Option<crate::docker::ExecOutput>>,
+    pub output: std::sync::Mutex<Option<crate::adapters::engine::ExecOutput>>,
 }
 
 /// Unix seconds now.
@@ -155,7 +156,7 @@ pub async fn start_container(
     files: &[RenderedFile],
     env: &[(String, String)],
     delivery: FileDelivery,
-) -> Result<Option<crate::docker::ExecOutput>, EngineError> {
+) -> Result<Option<crate::adapters::engine::ExecOutput>, EngineError> {
     match delivery {
         FileDelivery::Archive => {
             engine.upload(id, files).await?;
@@ -166,7 +167,7 @@ pub async fn start_container(
             // Attached before the start, as `docker run -i` does: the shim's
             // stdin is ours from its first read, and no line of output is
             // missed (nor read back from the log file later).
-            let payload = crate::delivery::payload(files, env)
+            let payload = crate::model::delivery::payload(files, env)
                 .map_err(|e| EngineError::Stdin(std::io::Error::other(e.to_string())))?;
             let (stdin, output) = engine.attach(id).await?;
             engine.start(id).await?;
@@ -177,10 +178,12 @@ pub async fn start_container(
 }
 
 /// The delivery a one-shot worker of `spec` uses.
-pub fn oneshot_delivery(spec: &crate::spec::WorkerSpec) -> FileDelivery {
+pub fn oneshot_delivery(spec: &crate::model::spec::WorkerSpec) -> FileDelivery {
     match spec.config.agent.delivery {
-        crate::config::Delivery::Stdin => FileDelivery::Stdin(crate::delivery::ShimMode::Run),
-        crate::config::Delivery::Archive => FileDelivery::Archive,
+        crate::model::config::Delivery::Stdin => {
+            FileDelivery::Stdin(crate::model::delivery::ShimMode::Run)
+        }
+        crate::model::config::Delivery::Archive => FileDelivery::Archive,
     }
 }
 
@@ -299,7 +302,7 @@ pub struct OutputTail {
     /// Whether the tail lost its start.
     pub truncated: bool,
     /// The last line the delivery shim printed on stderr about its own
-    /// failure (see [`crate::delivery::SHIM_MESSAGE_PREFIX`]), redacted.
+    /// failure (see [`crate::model::delivery::SHIM_MESSAGE_PREFIX`]), redacted.
     pub shim_message: Option<String>,
 }
 
@@ -309,7 +312,7 @@ pub async fn forward(
     env: &WorkerEnv,
     request_id: &str,
     redactor: &Redactor,
-    mut output: crate::docker::ExecOutput,
+    mut output: crate::adapters::engine::ExecOutput,
 ) -> OutputTail {
     let mut fwd = OutputForwarder {
         request_id: request_id.to_string(),
@@ -578,7 +581,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         (_, Some(f)) if f.oom_killed || f.exit_code != Some(0) => (
             Status::Failed,
             f.exit_code.and_then(|code| {
-                crate::delivery::shim_failure(code, followed.shim_message.as_deref())
+                crate::model::delivery::shim_failure(code, followed.shim_message.as_deref())
             }),
             EventType::Finished,
         ),
@@ -626,7 +629,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
 pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
     let never = CancellationToken::new();
     if let (Some(key), Sink::Redis(bus, _)) = (&job.api_key, &env.sink) {
-        if let Err(e) = crate::gateway::revoke_key(bus, key).await {
+        if let Err(e) = crate::http::gateway::revoke_key(bus, key).await {
             tracing::warn!(request_id = %job.request_id, error = %e, "revoking the worker key failed; it expires on its own");
         }
     }

@@ -1,18 +1,18 @@
 //! What the daemon adds to an image before any worker runs on it: the
 //! *prepared layer*. It holds the static delivery shim
-//! ([`crate::delivery::SHIM_PATH`]), `/workspace` and `/home/worker` owned
+//! ([`crate::model::delivery::SHIM_PATH`]), `/workspace` and `/home/worker` owned
 //! by the worker user (with whatever the image already had there, re-owned),
 //! a `/tmp` when the image has none, and passwd/group entries for uid and
 //! gid 1000 when the image has none. With it, any image that can run the
 //! agent's own binary can run a worker: it needs no shell, no `tar`, no
 //! prepared folders and no user of its own.
 //!
-//! This module does no I/O: `crate::images` reads the image's current
+//! This module does no I/O: `crate::adapters::images` reads the image's current
 //! files, hands them in, and commits the layer this module builds.
 
 use sha2::{Digest, Sha256};
 
-use crate::render::{HOME, WORKSPACE};
+use crate::model::render::{HOME, WORKSPACE};
 
 /// Repository of every image the daemon derives (setup and prepared images).
 pub const DERIVED_REPO: &str = "ws-derived";
@@ -64,7 +64,7 @@ pub fn platform_problem(image: &str, os: &str, arch: &str) -> Option<String> {
     None
 }
 
-/// What `crate::images` read from the image before preparing it.
+/// What `crate::adapters::images` read from the image before preparing it.
 #[derive(Debug, Default, Clone)]
 pub struct ImageFiles {
     /// `/etc/passwd`, if the image has one.
@@ -146,7 +146,7 @@ pub fn layer(files: &ImageFiles, shim: &[u8]) -> std::io::Result<Vec<u8>> {
         h.set_mtime(0);
         h
     };
-    let shim_dir = crate::delivery::SHIM_PATH
+    let shim_dir = crate::model::delivery::SHIM_PATH
         .rsplit_once('/')
         .map(|(d, _)| d.trim_start_matches('/'))
         .unwrap_or_default();
@@ -157,7 +157,7 @@ pub fn layer(files: &ImageFiles, shim: &[u8]) -> std::io::Result<Vec<u8>> {
     )?;
     b.append_data(
         &mut entry(tar::EntryType::Regular, 0o755, shim.len() as u64, 0),
-        crate::delivery::SHIM_PATH.trim_start_matches('/'),
+        crate::model::delivery::SHIM_PATH.trim_start_matches('/'),
         shim,
     )?;
     if !files.has_tmp {
@@ -264,9 +264,9 @@ mod tests {
         let tar = layer(&ImageFiles::default(), b"SHIM").unwrap();
         let e = entries(&tar);
         let find = |p: &str| e.iter().find(|x| x.0 == p).unwrap_or_else(|| panic!("{p}"));
-        assert_eq!(find(&crate::delivery::SHIM_PATH[1..]).3, "SHIM");
+        assert_eq!(find(&crate::model::delivery::SHIM_PATH[1..]).3, "SHIM");
         assert_eq!(
-            find(&crate::delivery::SHIM_PATH[1..]).1,
+            find(&crate::model::delivery::SHIM_PATH[1..]).1,
             0,
             "the shim is root's"
         );

@@ -236,7 +236,7 @@ fn parse_readable(data: &[u8], limits: &InputLimits) -> Result<SpawnRequest, Req
     let worker_config_id = match obj.remove("worker_config_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            if !crate::config::is_valid_slug(&s) {
+            if !crate::model::config::is_valid_slug(&s) {
                 return Err(err(
                     "invalid_field",
                     "worker_config_id",

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::daemon::Daemon;
+use crate::supervisor::Daemon;
 
 /// The router of the operator endpoints.
 pub fn router(daemon: Arc<Daemon>) -> Router {

@@ -7,12 +7,12 @@
 
 use serde_json::Value;
 
-use crate::catalog::Catalog;
-use crate::config::{config_hash, merge, ConfigSchema, EnvValue, WorkerConfig};
-use crate::policy::Policy;
-use crate::protocol::{ErrorInfo, FileView, InputLimits, SpawnRequest, Status};
-use crate::redact::Redactor;
-use crate::render::{render, RenderError, RenderedFile, PROMPT_FILE};
+use crate::model::catalog::Catalog;
+use crate::model::config::{config_hash, merge, ConfigSchema, EnvValue, WorkerConfig};
+use crate::model::policy::Policy;
+use crate::model::protocol::{ErrorInfo, FileView, InputLimits, SpawnRequest, Status};
+use crate::model::redact::Redactor;
+use crate::model::render::{render, RenderError, RenderedFile, PROMPT_FILE};
 
 /// An environment variable of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,16 +17,15 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bus::Entry;
-use crate::daemon::Daemon;
-use crate::docker::{
-    container_name, create_body, labels, ContainerFacts, EngineError, FileDelivery, LaunchContext,
-};
-use crate::protocol::{
+use crate::adapters::bus::Entry;
+use crate::adapters::engine::{ContainerFacts, EngineError};
+use crate::model::container::{container_name, create_body, labels, FileDelivery, LaunchContext};
+use crate::model::protocol::{
     now_rfc3339, parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status,
 };
-use crate::render::HOME;
-use crate::spec::WorkerSpec;
+use crate::model::render::HOME;
+use crate::model::spec::WorkerSpec;
+use crate::supervisor::Daemon;
 use crate::worker::{self, unix_now, StopReason};
 
 /// Sort key of a stream entry id (`<ms>-<seq>`).
@@ -177,10 +176,12 @@ impl Daemon {
             Err(_) => return,
         }
         match self.bus.claim_run(&rid, &self.settings.instance_id).await {
-            Ok(crate::bus::RunClaim::Taken) => {}
+            Ok(crate::adapters::bus::RunClaim::Taken) => {}
             // Running here or on a live instance: that run acknowledges it.
-            Ok(crate::bus::RunClaim::Mine | crate::bus::RunClaim::Elsewhere) => return,
-            Ok(crate::bus::RunClaim::Interrupted) => {
+            Ok(
+                crate::adapters::bus::RunClaim::Mine | crate::adapters::bus::RunClaim::Elsewhere,
+            ) => return,
+            Ok(crate::adapters::bus::RunClaim::Interrupted) => {
                 // Its instance died mid-task: never run it a second time.
                 if let Ok(Some(f)) = self.find_session_container(sid).await {
                     self.kill_task(&f.id).await;
@@ -335,7 +336,7 @@ impl Daemon {
                 vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
             },
             network_mode: net.network.clone(),
-            cmd: Some(crate::delivery::keeper_command()),
+            cmd: Some(crate::model::delivery::keeper_command()),
             delivery: FileDelivery::Archive,
         };
         match self.images.image_for(&spec.config, |_| {}).await {
@@ -557,9 +558,9 @@ impl Daemon {
         queue_ms: Option<u64>,
     ) {
         let rid = spec.request_id.clone();
-        let api_key = crate::gateway::new_key();
+        let api_key = crate::http::gateway::new_key();
         let net = self.worker_net(&spec.config, &api_key);
-        let record = crate::gateway::KeyRecord::for_spec(
+        let record = crate::http::gateway::KeyRecord::for_spec(
             spec,
             spec.env
                 .iter()
@@ -567,7 +568,7 @@ impl Daemon {
                 .map(|v| v.value.clone()),
         )
         .in_container(&container.name);
-        if crate::gateway::register_key(
+        if crate::http::gateway::register_key(
             &self.bus,
             &api_key,
             &record,
@@ -638,7 +639,7 @@ impl Daemon {
                     message: e.to_string(),
                 };
                 let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
-                let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+                let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
                 if self.env.sink.result(&r, &self.shutdown).await {
                     self.ack(&entry.id).await;
                 }
@@ -731,13 +732,13 @@ impl Daemon {
         result.exit_code = exit_code;
         result.output = tail.text;
         result.output_truncated = tail.truncated;
-        result.timings.started_at = Some(crate::protocol::rfc3339_millis(
+        result.timings.started_at = Some(crate::model::protocol::rfc3339_millis(
             (std::time::SystemTime::now() - started.elapsed()).into(),
         ));
         result.timings.finished_at = Some(now_rfc3339());
         result.timings.start_ms = Some(start_ms);
         result.timings.run_ms = Some(run_ms);
-        let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+        let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
             if let Some(st) = session.and_then(|sid| sessions.get_mut(sid)) {
@@ -753,7 +754,7 @@ impl Daemon {
 
     /// Stops every process of the running task (SIGTERM, grace, SIGKILL).
     async fn kill_task(&self, container_id: &str) {
-        let killer = crate::delivery::killer_command;
+        let killer = crate::model::delivery::killer_command;
         let run = |argv: Vec<String>| async move {
             match self
                 .env

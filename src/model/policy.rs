@@ -6,11 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{
+use crate::model::config::{
     cpu_in_range, is_process_start_env, EnvValue, WorkerConfig, MAX_CPU, MIN_CPU,
     RESERVED_ENV_PREFIX,
 };
-use crate::image_ref;
+use crate::model::image_ref;
 
 /// Policy settings (part of the daemon's settings).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -294,7 +294,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{merge, ConfigSchema};
+    use crate::model::config::{merge, ConfigSchema};
     use proptest::prelude::*;
     use serde_json::{json, Value};
 

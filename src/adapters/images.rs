@@ -4,7 +4,7 @@
 //! - *setup images*: a preset's `system_packages` and `bootstrap_commands`
 //!   baked into the base image (a Docker build), never re-run per spawn;
 //! - *prepared images*: every image a worker runs on, the setup image or the
-//!   preset's own, gets the prepared layer of [`crate::prepare`] (the shim,
+//!   preset's own, gets the prepared layer of [`crate::model::prepare`] (the shim,
 //!   the worker's folders, a user), put in with the archive API into a
 //!   container that never starts and committed; no shell, no registry and
 //!   nothing from the admin is needed.
@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::config::WorkerConfig;
-use crate::docker::{Engine, EngineError};
+use crate::adapters::engine::{Engine, EngineError};
 use crate::metrics::Metrics;
+use crate::model::config::WorkerConfig;
 
 /// Repository of derived images.
-pub use crate::prepare::DERIVED_REPO;
+pub use crate::model::prepare::DERIVED_REPO;
 /// Label on every derived image and its build's intermediate images.
 pub const BUILD_LABEL: &str = "io.workers-spawner.build";
 
@@ -95,9 +95,9 @@ impl BuildError {
     }
 
     /// The result's error for this failure.
-    pub fn info(&self) -> crate::protocol::ErrorInfo {
+    pub fn info(&self) -> crate::model::protocol::ErrorInfo {
         let (code, field) = self.code_and_field();
-        crate::protocol::ErrorInfo {
+        crate::model::protocol::ErrorInfo {
             code: code.into(),
             field: field.map(str::to_string),
             message: self.to_string(),
@@ -140,7 +140,7 @@ pub fn dockerfile(base_id: &str, base_name: &str, c: &WorkerConfig, build_id: &s
     for cmd in &c.bootstrap_commands {
         d.push_str(&format!("RUN [\"/bin/sh\", \"-c\", {}]\n", q(cmd)));
     }
-    d.push_str(&format!("USER {}\n", crate::docker::WORKER_USER));
+    d.push_str(&format!("USER {}\n", crate::model::container::WORKER_USER));
     d
 }
 
@@ -257,9 +257,9 @@ impl ImageBuilder {
         // A prepared image (named by an admin, or a setup image built on
         // one) needs nothing more.
         let tag = if labels
-            .get(crate::prepare::PREPARED_LABEL)
+            .get(crate::model::prepare::PREPARED_LABEL)
             .map(String::as_str)
-            == Some(crate::prepare::RECIPE)
+            == Some(crate::model::prepare::RECIPE)
         {
             name.to_string()
         } else {
@@ -273,14 +273,17 @@ impl ImageBuilder {
             match known {
                 Some(t) => t,
                 None => {
-                    if let Some(why) = crate::prepare::platform_problem(
+                    if let Some(why) = crate::model::prepare::platform_problem(
                         name,
                         info.os.as_deref().unwrap_or_default(),
                         info.architecture.as_deref().unwrap_or_default(),
                     ) {
                         return Err(BuildError::Platform(why));
                     }
-                    let tag = crate::prepare::prepared_tag(&base_id, crate::delivery::SHIM_BINARY);
+                    let tag = crate::model::prepare::prepared_tag(
+                        &base_id,
+                        crate::model::delivery::SHIM_BINARY,
+                    );
                     let lock = self.lock_for(&tag);
                     let _guard = lock.lock().await;
                     if !self.engine.image_exists(&tag).await? {
@@ -320,7 +323,10 @@ impl ImageBuilder {
         // Other daemons on the engine may prepare the same image at the same
         // moment: each uses a container of its own and commits the same
         // content to the same tag, whichever lands last.
-        let container = format!("ws-prepare-{short}-{}", &crate::gateway::new_key()[4..12]);
+        let container = format!(
+            "ws-prepare-{short}-{}",
+            &crate::http::gateway::new_key()[4..12]
+        );
         let config = info.config.clone().unwrap_or_default();
         let mut labels = config.labels.clone().unwrap_or_default();
         labels.insert(BUILD_LABEL.to_string(), short.clone());
@@ -329,8 +335,8 @@ impl ImageBuilder {
             name.to_string(),
         );
         labels.insert(
-            crate::prepare::PREPARED_LABEL.to_string(),
-            crate::prepare::RECIPE.to_string(),
+            crate::model::prepare::PREPARED_LABEL.to_string(),
+            crate::model::prepare::RECIPE.to_string(),
         );
         let mut container_labels = labels.clone();
         container_labels.insert(PREPARING_LABEL.to_string(), short.clone());
@@ -340,7 +346,7 @@ impl ImageBuilder {
             image: Some(base_id.to_string()),
             // An image without any command cannot even be created; the
             // container never starts, and a worker always brings its own.
-            cmd: no_command.then(|| vec![crate::delivery::SHIM_PATH.to_string()]),
+            cmd: no_command.then(|| vec![crate::model::delivery::SHIM_PATH.to_string()]),
             labels: Some(container_labels),
             network_disabled: Some(true),
             host_config: Some(bollard::models::HostConfig {
@@ -356,16 +362,18 @@ impl ImageBuilder {
             Err(e) => return Err(fail(format!("creating its preparation container: {e}"))),
         };
         let result = async {
-            let files = crate::prepare::ImageFiles {
+            let files = crate::model::prepare::ImageFiles {
                 passwd: self.read_file(&id, "/etc/passwd").await?,
                 group: self.read_file(&id, "/etc/group").await?,
                 has_tmp: self.download(&id, "/tmp", 1 << 20).await?.is_some(),
                 workspace: self
-                    .download(&id, crate::render::WORKSPACE, REOWN_LIMIT)
+                    .download(&id, crate::model::render::WORKSPACE, REOWN_LIMIT)
                     .await?,
-                home: self.download(&id, crate::render::HOME, REOWN_LIMIT).await?,
+                home: self
+                    .download(&id, crate::model::render::HOME, REOWN_LIMIT)
+                    .await?,
             };
-            let layer = crate::prepare::layer(&files, crate::delivery::SHIM_BINARY)
+            let layer = crate::model::prepare::layer(&files, crate::model::delivery::SHIM_BINARY)
                 .map_err(|e| fail(format!("building its layer: {e}")))?;
             let opts = bollard::query_parameters::UploadToContainerOptions {
                 path: "/".to_string(),
@@ -380,7 +388,7 @@ impl ImageBuilder {
                 container: Some(id.clone()),
                 repo: Some(repo.to_string()),
                 tag: Some(t.to_string()),
-                comment: Some(format!("workers-spawner {}", crate::prepare::RECIPE)),
+                comment: Some(format!("workers-spawner {}", crate::model::prepare::RECIPE)),
                 pause: false,
                 ..Default::default()
             };
@@ -579,7 +587,7 @@ impl ImageBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigSchema;
+    use crate::model::config::ConfigSchema;
     use serde_json::json;
 
     fn config(packages: &[&str], commands: &[&str]) -> WorkerConfig {

@@ -28,7 +28,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::loader::CatalogDirs;
+use crate::adapters::loader::CatalogDirs;
 
 /// How often the watcher thread looks for missing directories and for a
 /// dropped receiver.

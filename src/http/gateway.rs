@@ -29,11 +29,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::bus::Bus;
-use crate::config::Tool;
-use crate::protocol::EventType;
-use crate::redact::Redactor;
-use crate::sink::Sink;
+use crate::adapters::bus::Bus;
+use crate::adapters::sink::Sink;
+use crate::model::config::Tool;
+use crate::model::protocol::EventType;
+use crate::model::redact::Redactor;
 
 /// What a worker key stands for.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,7 +56,7 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     /// The record of a worker running `spec` for `user_id`.
-    pub fn for_spec(spec: &crate::spec::WorkerSpec, user_id: Option<String>) -> KeyRecord {
+    pub fn for_spec(spec: &crate::model::spec::WorkerSpec, user_id: Option<String>) -> KeyRecord {
         KeyRecord {
             request_id: spec.request_id.clone(),
             tools: spec
@@ -99,14 +99,14 @@ pub async fn register_key(
     key: &str,
     record: &KeyRecord,
     ttl: Duration,
-) -> Result<(), crate::bus::BusError> {
+) -> Result<(), crate::adapters::bus::BusError> {
     let json = serde_json::to_string(record).expect("key records serialize");
     bus.put_worker_key(&key_hash(key), &json, ttl.as_secs() + 60)
         .await
 }
 
 /// Revokes `key`.
-pub async fn revoke_key(bus: &Bus, key: &str) -> Result<(), crate::bus::BusError> {
+pub async fn revoke_key(bus: &Bus, key: &str) -> Result<(), crate::adapters::bus::BusError> {
     bus.delete_worker_key(&key_hash(key)).await
 }
 
@@ -267,7 +267,7 @@ pub struct Gateway {
     /// Secrets of a preset, to mask in `respond` messages.
     pub redactor_for: RedactorFor,
     /// The engine, to learn the address of a key's container.
-    pub engine: crate::docker::Engine,
+    pub engine: crate::adapters::engine::Engine,
     /// Per-caller bounds.
     pub limits: GatewayLimits,
     state: Mutex<GatewayState>,
@@ -280,7 +280,7 @@ impl Gateway {
         sink: Sink,
         upstream: Option<String>,
         redactor_for: RedactorFor,
-        engine: crate::docker::Engine,
+        engine: crate::adapters::engine::Engine,
         limits: GatewayLimits,
     ) -> Gateway {
         Gateway {
@@ -332,7 +332,7 @@ impl Gateway {
         &self,
         name: &str,
         peer: IpAddr,
-    ) -> Result<bool, crate::docker::EngineError> {
+    ) -> Result<bool, crate::adapters::engine::EngineError> {
         let cached = self
             .state()
             .callers
@@ -610,7 +610,7 @@ async fn call(
     if let Some(container) = &record.container {
         match gw.is_caller(container, peer.ip()).await {
             Ok(true) => {}
-            Ok(false) | Err(crate::docker::EngineError::NotFound(_)) => {
+            Ok(false) | Err(crate::adapters::engine::EngineError::NotFound(_)) => {
                 tracing::warn!(request_id = %record.request_id, caller = %peer.ip(), "gateway refused a key used outside its container");
                 return reply(
                     StatusCode::FORBIDDEN,

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bus::Bus;
+use crate::adapters::bus::Bus;
 use crate::metrics::Metrics;
-use crate::protocol::{now_rfc3339, Event, EventType, ResultRecord};
+use crate::model::protocol::{now_rfc3339, Event, EventType, ResultRecord};
 
 /// Destination of events and results.
 // One value per daemon (cloned per worker): its size does not matter.

@@ -343,7 +343,7 @@ impl Bus {
         let mut c = self.conn().await?;
         let _: Value = redis::cmd("SET")
             .arg(self.instance_key(instance))
-            .arg(crate::protocol::now_rfc3339())
+            .arg(crate::model::protocol::now_rfc3339())
             .arg("EX")
             .arg(ttl_secs)
             .query_async(&mut c)

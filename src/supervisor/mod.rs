@@ -10,6 +10,9 @@
 //! - results go through `Bus::publish_result`, which publishes at most one
 //!   result per request id.
 
+pub mod pool;
+pub mod session;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -19,22 +22,21 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bus::{Bus, BusError, Entry, StreamNames};
-use crate::catalog::Catalog;
-use crate::config::ConfigSchema;
-use crate::docker::{
-    create_body, labels, request_container_name, ContainerFacts, Engine, EngineError, LaunchContext,
-};
-use crate::loader::{self, CatalogDirs};
+use crate::adapters::bus::{Bus, BusError, Entry, StreamNames};
+use crate::adapters::engine::{ContainerFacts, Engine, EngineError};
+use crate::adapters::loader::{self, CatalogDirs};
+use crate::adapters::sink::Sink;
+use crate::adapters::watcher;
 use crate::metrics::Metrics;
-use crate::protocol::{
+use crate::model::catalog::Catalog;
+use crate::model::config::ConfigSchema;
+use crate::model::container::{create_body, labels, request_container_name, LaunchContext};
+use crate::model::protocol::{
     now_rfc3339, parse_control, parse_spawn_request, ControlCommand, ErrorInfo, EventType,
     ResultRecord, SpawnRequest, Status,
 };
+use crate::model::spec::{Resolver, WorkerSpec};
 use crate::settings::Settings;
-use crate::sink::Sink;
-use crate::spec::{Resolver, WorkerSpec};
-use crate::watcher;
 use crate::worker::{self, Job, OutputLimits, StopReason, WorkerEnv};
 
 /// Quiet time after a burst of catalog file changes before reloading.
@@ -88,12 +90,12 @@ pub struct Daemon {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ready: std::sync::atomic::AtomicBool,
     pub(crate) networks: Networks,
-    pub(crate) images: crate::images::ImageBuilder,
-    pub(crate) sessions: Mutex<HashMap<String, crate::session::SessionState>>,
+    pub(crate) images: crate::adapters::images::ImageBuilder,
+    pub(crate) sessions: Mutex<HashMap<String, crate::supervisor::session::SessionState>>,
     pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
-    pub(crate) pools: Mutex<HashMap<String, crate::pool::PoolState>>,
+    pub(crate) pools: Mutex<HashMap<String, crate::supervisor::pool::PoolState>>,
     /// This instance's gateway holes in the host firewall, when it manages it.
-    pub(crate) firewall: Option<Arc<crate::firewall::GatewayRules>>,
+    pub(crate) firewall: Option<Arc<crate::adapters::firewall::GatewayRules>>,
 }
 
 fn redis_url_for_logs(url: &str) -> String {
@@ -141,7 +143,7 @@ impl Daemon {
             // Created by an older daemon (or outside it) with Docker's
             // default: its options cannot change while containers use it.
             let closed = settings.manage_firewall
-                && match crate::firewall::block_intra_bridge(&net.bridge) {
+                && match crate::adapters::firewall::block_intra_bridge(&net.bridge) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!(network = %name, error = %e, "cannot turn inter-container communication off by firewall");
@@ -161,12 +163,12 @@ impl Daemon {
         let (ext_ip, ext_bridge) = (ext_net.gateway, ext_net.bridge);
         let (int_ip, int_bridge) = (int_net.gateway, int_net.bridge);
         let firewall = settings.manage_firewall.then(|| {
-            let owner = crate::firewall::Owner::new(
+            let owner = crate::adapters::firewall::Owner::new(
                 &redis_url_for_logs(&settings.redis_url),
                 &settings.stream_prefix,
                 &settings.instance_id,
             );
-            let rules = crate::firewall::GatewayRules::new(
+            let rules = crate::adapters::firewall::GatewayRules::new(
                 owner,
                 vec![ext_bridge.clone(), int_bridge.clone()],
                 settings.gateway_port,
@@ -174,7 +176,7 @@ impl Daemon {
             match rules.install() {
                 Ok(0) => {}
                 Ok(legacy) => tracing::warn!(
-                    chain = crate::firewall::CHAIN,
+                    chain = crate::adapters::firewall::CHAIN,
                     legacy,
                     "the firewall chain holds gateway rules of older daemon versions, which never expire; remove them once no older daemon runs on this host (docs/operations.md)"
                 ),
@@ -207,7 +209,8 @@ impl Daemon {
             },
             instance: settings.instance_id.clone(),
         };
-        let images = crate::images::ImageBuilder::new(env.engine.clone(), metrics.clone());
+        let images =
+            crate::adapters::images::ImageBuilder::new(env.engine.clone(), metrics.clone());
         Ok(Arc::new(Daemon {
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
             settings,
@@ -723,7 +726,7 @@ impl Daemon {
                 // redelivery that it ran, whether a pool container is ready
                 // now or not.
                 match self.bus.claim_run(&rid, &self.settings.instance_id).await {
-                    Ok(crate::bus::RunClaim::Taken) => {
+                    Ok(crate::adapters::bus::RunClaim::Taken) => {
                         if let Some(container) = self.claim_pooled(&spec) {
                             match self
                                 .run_pooled(&entry, &spec, container, permit, received, received_at.clone(), queue_ms)
@@ -735,12 +738,12 @@ impl Daemon {
                             }
                         }
                     }
-                    Ok(crate::bus::RunClaim::Interrupted) => {
+                    Ok(crate::adapters::bus::RunClaim::Interrupted) => {
                         // Its run died with its instance: never run it twice.
                         self.answer_interrupted(&entry, &rid).await;
                         return;
                     }
-                    Ok(crate::bus::RunClaim::Mine)
+                    Ok(crate::adapters::bus::RunClaim::Mine)
                         if !self.running.lock().expect("running lock").contains_key(&rid) =>
                     {
                         // Marked by this instance id in an earlier life (a
@@ -777,7 +780,12 @@ impl Daemon {
     /// bounded scan found: one `rejected` result, then the dead letter
     /// (which acknowledges it). A redelivery after a crash in between finds
     /// the result and adds only the dead letter.
-    async fn reject_unreadable(&self, entry: &Entry, rid: &str, e: &crate::protocol::RequestError) {
+    async fn reject_unreadable(
+        &self,
+        entry: &Entry,
+        rid: &str,
+        e: &crate::model::protocol::RequestError,
+    ) {
         tracing::info!(request_id = %rid, field = %e.field, "unreadable request rejected: {}", e.message);
         if !self.bus.has_result(rid).await.unwrap_or(false) {
             let info = ErrorInfo {
@@ -861,7 +869,7 @@ impl Daemon {
     pub(crate) fn resolve(
         &self,
         req: &SpawnRequest,
-    ) -> Result<WorkerSpec, crate::spec::ResolveError> {
+    ) -> Result<WorkerSpec, crate::model::spec::ResolveError> {
         let catalog = self.catalog();
         let env_lookup = |k: &str| std::env::var(k).ok();
         let resolver = Resolver {
@@ -971,15 +979,15 @@ impl Daemon {
             }
         };
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
-        let api_key = crate::gateway::new_key();
+        let api_key = crate::http::gateway::new_key();
         let net = self.worker_net(&spec.config, &api_key);
         // A worker without a route to the gateway gets no key to register
         // (and revoke): two Redis round trips less on its way to start.
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         if gateway_key.is_some() {
-            let record = crate::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone())
+            let record = crate::http::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone())
                 .in_container(&name);
-            if let Err(e) = crate::gateway::register_key(
+            if let Err(e) = crate::http::gateway::register_key(
                 &self.bus,
                 &api_key,
                 &record,
@@ -1045,7 +1053,7 @@ impl Daemon {
             Err(EngineError::Conflict(_)) => {
                 // Another delivery of this request won the race: its handler
                 // (or, if that instance dies, an adopter) owns the container.
-                let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+                let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
                 match self.env.engine.inspect(&name).await {
                     Ok(facts) if !self.is_ours(&facts) => {
                         self.answer_name_conflict(&entry.id, &rid, &name, true)
@@ -1094,7 +1102,7 @@ impl Daemon {
         let job = job(id.clone());
         let mut files = spec.files.clone();
         files.extend(spec.request_files.iter().cloned());
-        let withheld = crate::docker::withheld_env(&spec, &ctx);
+        let withheld = crate::model::container::withheld_env(&spec, &ctx);
         let start = async {
             if let Some(extra) = &spec.config.network {
                 self.env.engine.connect_network(extra, &id).await?;
@@ -1271,7 +1279,7 @@ impl Daemon {
         // the shim exited without running the agent, so nothing ran either.
         let undelivered = stdin_oneshot
             && !facts.running
-            && facts.exit_code == Some(crate::delivery::SHIM_UNDELIVERED);
+            && facts.exit_code == Some(crate::model::delivery::SHIM_UNDELIVERED);
         if !facts.started || undelivered {
             // Created but never started (crash between create and start),
             // or started without its files: nothing ran. With its request
@@ -1313,7 +1321,7 @@ impl Daemon {
     /// The network and gateway URL of a new worker.
     pub(crate) fn worker_net(
         &self,
-        config: &crate::config::WorkerConfig,
+        config: &crate::model::config::WorkerConfig,
         api_key: &str,
     ) -> WorkerNet {
         // A worker with no tools, no internet and no extra network needs no
@@ -1360,16 +1368,16 @@ impl Daemon {
     }
 
     /// The gateway's shared state.
-    pub fn gateway(self: &Arc<Self>) -> Arc<crate::gateway::Gateway> {
+    pub fn gateway(self: &Arc<Self>) -> Arc<crate::http::gateway::Gateway> {
         let d = self.clone();
         let s = &self.settings;
-        Arc::new(crate::gateway::Gateway::new(
+        Arc::new(crate::http::gateway::Gateway::new(
             self.bus.clone(),
             self.env.sink.clone(),
             Some(s.upstream_url.clone()).filter(|u| !u.is_empty()),
             Box::new(move |preset| d.redactor_for(preset)),
             self.env.engine.clone(),
-            crate::gateway::GatewayLimits {
+            crate::http::gateway::GatewayLimits {
                 header_timeout: s.gateway_header_timeout,
                 body_timeout: s.gateway_body_timeout,
                 max_inflight_per_key: s.gateway_max_inflight_per_key,
@@ -1382,8 +1390,8 @@ impl Daemon {
 
     /// A redactor with the secrets of every preset (for entries that
     /// belong to no known worker: dead letters).
-    pub(crate) fn all_secrets(&self) -> crate::redact::Redactor {
-        let mut r = crate::redact::Redactor::default();
+    pub(crate) fn all_secrets(&self) -> crate::model::redact::Redactor {
+        let mut r = crate::model::redact::Redactor::default();
         for id in self.catalog().presets.keys() {
             r.extend(&self.redactor_for(Some(id)));
         }
@@ -1391,11 +1399,11 @@ impl Daemon {
     }
 
     /// A redactor with the secrets a preset's env would carry.
-    fn redactor_for(&self, preset: Option<&str>) -> crate::redact::Redactor {
-        let mut r = crate::redact::Redactor::default();
+    fn redactor_for(&self, preset: Option<&str>) -> crate::model::redact::Redactor {
+        let mut r = crate::model::redact::Redactor::default();
         if let Some(p) = preset.and_then(|id| self.catalog().presets.get(id).cloned()) {
             for v in p.config.env.values() {
-                if let crate::config::EnvValue::FromEnv { from_env } = v {
+                if let crate::model::config::EnvValue::FromEnv { from_env } = v {
                     if let Ok(val) = std::env::var(from_env) {
                         r.add(&val);
                     }
@@ -1873,10 +1881,10 @@ pub struct Networks {
 /// preset from loading, so they are logged (when the catalog changes), not
 /// published as `catalog_error` events.
 fn log_catalog_warnings(settings: &Settings, catalog: &Catalog) {
-    let ctx = crate::diagnose::Context {
+    let ctx = crate::model::diagnose::Context {
         max_concurrent: Some(settings.max_concurrent),
     };
-    let warnings = crate::diagnose::catalog_warnings(catalog, &ctx);
+    let warnings = crate::model::diagnose::catalog_warnings(catalog, &ctx);
     for w in dirs(settings).with_paths(warnings) {
         tracing::warn!(file = %w.file, field = w.field.as_deref().unwrap_or(""), "catalog warning: {}", w.message);
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The worker config JSON Schema (Draft 2020-12), as shipped in the repo.
-pub const SCHEMA_JSON: &str = include_str!("../schema/worker-config.schema.json");
+pub const SCHEMA_JSON: &str = include_str!("../../schema/worker-config.schema.json");
 
 /// Env var prefix reserved for variables the daemon itself sets.
 pub const RESERVED_ENV_PREFIX: &str = "ORCHESTRATOR_";
@@ -466,7 +466,7 @@ impl ConfigError {
 /// about 1 MiB, which is why Cargo.toml asks for a recent version.
 pub struct ConfigSchema {
     validator: jsonschema::Validator,
-    /// The schema itself, for the messages of [`crate::diagnose`].
+    /// The schema itself, for the messages of [`crate::model::diagnose`].
     schema: Value,
 }
 
@@ -491,7 +491,7 @@ impl ConfigSchema {
         let mut errors: Vec<FieldError> = self
             .validator
             .iter_errors(value)
-            .flat_map(|e| crate::diagnose::describe(&self.schema, &e))
+            .flat_map(|e| crate::model::diagnose::describe(&self.schema, &e))
             .collect();
         if !errors.is_empty() {
             errors.sort_by_key(|e| std::cmp::Reverse(e.field.matches('.').count()));
@@ -566,7 +566,7 @@ fn check_semantics(c: &WorkerConfig) -> Result<(), ConfigError> {
             ),
         });
     }
-    if let Err(m) = crate::image_ref::normalize(&c.image) {
+    if let Err(m) = crate::model::image_ref::normalize(&c.image) {
         errors.push(FieldError {
             field: "image".into(),
             message: format!("image {:?} is not a valid image reference: {m}", c.image),

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use jsonschema::error::{ValidationError, ValidationErrorKind};
 use serde_json::Value;
 
-use crate::catalog::{Catalog, CatalogIssue};
-use crate::config::{EnvValue, FieldError, Tool, WorkerConfig};
+use crate::model::catalog::{Catalog, CatalogIssue};
+use crate::model::config::{EnvValue, FieldError, Tool, WorkerConfig};
 
 /// Where a violation sits: the instance path and the schema governing it.
 struct Site<'s> {
@@ -1205,7 +1205,7 @@ pub fn catalog_warnings(catalog: &Catalog, ctx: &Context) -> Vec<CatalogIssue> {
     for (id, preset) in &catalog.presets {
         let c = &preset.config;
         let mut ws = config_warnings(c, ctx);
-        let used = crate::render::pick_template(catalog, c);
+        let used = crate::model::render::pick_template(catalog, c);
         if let Some(role) = c.role.as_ref().filter(|_| templates) {
             if !roles.contains(role) {
                 let known: Vec<&str> = roles.iter().map(String::as_str).collect();
@@ -1268,11 +1268,11 @@ pub fn catalog_warnings(catalog: &Catalog, ctx: &Context) -> Vec<CatalogIssue> {
 pub fn render_problem(
     catalog: &Catalog,
     config: &WorkerConfig,
-    e: &crate::render::RenderError,
+    e: &crate::model::render::RenderError,
     skills_dir: &str,
     templates_dir: &str,
 ) -> FieldError {
-    use crate::render::RenderError;
+    use crate::model::render::RenderError;
     match e {
         RenderError::UnknownAgentType(t) => {
             let known: Vec<&str> = catalog.layouts.keys().map(String::as_str).collect();
@@ -1331,8 +1331,8 @@ fn join_path(dir: &str, rest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::CatalogSources;
-    use crate::config::ConfigSchema;
+    use crate::model::catalog::CatalogSources;
+    use crate::model::config::ConfigSchema;
     use serde_json::json;
 
     fn valid() -> Value {
@@ -2077,7 +2077,7 @@ mod tests {
     fn render_problems_name_the_file_looked_for() {
         let c = catalog_of(&[], &[]);
         let cfg = config(set(valid(), "/agent/type", json!("claude-cod")));
-        let e = crate::render::render(&c, &cfg).unwrap_err();
+        let e = crate::model::render::render(&c, &cfg).unwrap_err();
         assert_eq!(
             render_problem(&c, &cfg, &e, "skills", "/t/templates/"),
             FieldError {
@@ -2085,7 +2085,7 @@ mod tests {
                 message: r#"agent.type "claude-cod" is not an agent type: there is no /t/templates/claude-cod/agent.json (known agent types: claude-code; did you mean "claude-code"?)"#.into(),
             }
         );
-        let e = crate::render::RenderError::MissingSkill(Tool::Deploy);
+        let e = crate::model::render::RenderError::MissingSkill(Tool::Deploy);
         let cfg = config(valid());
         assert_eq!(
             render_problem(&c, &cfg, &e, "/s", "t").message,

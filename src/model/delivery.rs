@@ -1,6 +1,6 @@
 //! Delivery of a worker's files over its stdin: the container's main
 //! process is the daemon's static shim (`shim/ws-shim.rs`, put into every
-//! image when it is prepared, see [`crate::prepare`]), which unpacks a tar
+//! image when it is prepared, see [`crate::model::prepare`]), which unpacks a tar
 //! archive from stdin and then `exec`s the agent.
 //!
 //! Why: Docker's archive API (`PUT /containers/{id}/archive`) mounts the
@@ -16,11 +16,11 @@
 //! prompt and env values are data, and the argv is the preset's.
 
 #[cfg(test)]
-use crate::render::PROMPT_FILE;
+use crate::model::render::PROMPT_FILE;
 use std::collections::BTreeSet;
 
-use crate::protocol::ErrorInfo;
-use crate::render::{RenderedFile, HOME, WORKSPACE};
+use crate::model::protocol::ErrorInfo;
+use crate::model::render::{RenderedFile, HOME, WORKSPACE};
 
 /// Where a worker's request env is unpacked (read, then deleted, by the
 /// shim before the agent starts).
@@ -443,5 +443,5 @@ mod tests {
 /// against the daemon's payloads.
 #[cfg(test)]
 #[allow(dead_code)]
-#[path = "../shim/ws-shim.rs"]
+#[path = "../../shim/ws-shim.rs"]
 mod shim;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{is_valid_slug, ConfigSchema, Tool, WorkerConfig};
+use crate::model::config::{is_valid_slug, ConfigSchema, Tool, WorkerConfig};
 
 /// Name under which the compiled-in instruction template is registered.
 pub const BUILTIN_TEMPLATE: &str = "__builtin__/default.md.tera";
@@ -298,7 +298,7 @@ pub fn parse_preset(
         )]);
     }
     let json: Value = serde_json::from_slice(bytes)
-        .map_err(|e| vec![(None, crate::diagnose::json_error(bytes, &e))])?;
+        .map_err(|e| vec![(None, crate::model::diagnose::json_error(bytes, &e))])?;
     let config = schema.validate(&json).map_err(|e| {
         e.errors
             .into_iter()

@@ -1,6 +1,6 @@
 //! Warm pools: a preset with `pool.size: N` keeps N containers created,
 //! started with the preset's limits and the request-independent files in
-//! place, their main process the delivery shim ([`crate::delivery`]) waiting
+//! place, their main process the delivery shim ([`crate::model::delivery`]) waiting
 //! on an attached stdin. A request for that preset, with no override that
 //! changes its config, claims one: the daemon writes the request's parts
 //! (prompt, key, request id) to that stdin, the shim `exec`s the agent, and
@@ -20,14 +20,13 @@ use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Entry;
-use crate::daemon::Daemon;
-use crate::delivery::{self, ShimMode};
-use crate::docker::{
-    container_name, create_body, labels, Engine, ExecOutput, FileDelivery, LaunchContext, Stdin,
-};
-use crate::protocol::{ErrorInfo, EventType, SpawnRequest, Status, Task};
-use crate::spec::WorkerSpec;
+use crate::adapters::bus::Entry;
+use crate::adapters::engine::{Engine, ExecOutput, Stdin};
+use crate::model::container::{container_name, create_body, labels, FileDelivery, LaunchContext};
+use crate::model::delivery::{self, ShimMode};
+use crate::model::protocol::{ErrorInfo, EventType, SpawnRequest, Status, Task};
+use crate::model::spec::WorkerSpec;
+use crate::supervisor::Daemon;
 use crate::worker::{self, unix_now, Job};
 
 /// A ready container of a pool.
@@ -149,7 +148,7 @@ impl Daemon {
         queue_ms: Option<u64>,
     ) -> Result<(), OwnedSemaphorePermit> {
         let rid = spec.request_id.clone();
-        let api_key = crate::gateway::new_key();
+        let api_key = crate::http::gateway::new_key();
         let net = self.worker_net(&spec.config, &api_key);
         let env = request_env(spec, &net.api_url, &api_key);
         let payload = match delivery::payload(&spec.request_files, &env) {
@@ -166,11 +165,12 @@ impl Daemon {
             .iter()
             .find(|v| v.name == "ORCHESTRATOR_USER_ID")
             .map(|v| v.value.clone());
-        let record = crate::gateway::KeyRecord::for_spec(spec, user).in_container(&container.name);
+        let record =
+            crate::http::gateway::KeyRecord::for_spec(spec, user).in_container(&container.name);
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         let registered = match &gateway_key {
             Some(key) => {
-                crate::gateway::register_key(
+                crate::http::gateway::register_key(
                     &self.bus,
                     key,
                     &record,
@@ -211,7 +211,7 @@ impl Daemon {
             // The shim never received a whole archive, so the agent did not
             // start: this container is dead weight, the request starts cold.
             tracing::warn!(request_id = %rid, container = %container.name, error = %e, "pooled container did not take the request; starting cold");
-            let _ = crate::gateway::revoke_key(&self.bus, &api_key).await;
+            let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
             let _ = self.env.engine.remove(&container.id).await;
             return Err(permit);
         }
@@ -238,7 +238,7 @@ impl Daemon {
         };
         self.answer(
             &entry.id,
-            crate::protocol::ResultRecord::bare(rid, Status::Error, Some(info)),
+            crate::model::protocol::ResultRecord::bare(rid, Status::Error, Some(info)),
         )
         .await;
     }
@@ -332,7 +332,7 @@ impl Daemon {
                 return None;
             }
         };
-        let token = crate::gateway::new_key();
+        let token = crate::http::gateway::new_key();
         let name = container_name(
             "wsp",
             &format!("{}/{preset}/{}", self.settings.stream_prefix, &token[4..16]),
@@ -385,7 +385,7 @@ impl Daemon {
             engine.upload(&id, &spec.files).await?;
             let attached = engine.attach(&id).await?;
             engine.start(&id).await?;
-            Ok::<_, crate::docker::EngineError>(attached)
+            Ok::<_, crate::adapters::engine::EngineError>(attached)
         }
         .await;
         match ready {

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, CatalogIssue, CatalogSources};
-use crate::config::ConfigSchema;
+use crate::model::catalog::{Catalog, CatalogIssue, CatalogSources};
+use crate::model::config::ConfigSchema;
 
 /// Where the catalog's files live.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::catalog::{is_safe_container_path, tera_error_chain, Catalog, BUILTIN_TEMPLATE};
-use crate::config::{Tool, WorkerConfig};
+use crate::model::catalog::{is_safe_container_path, tera_error_chain, Catalog, BUILTIN_TEMPLATE};
+use crate::model::config::{Tool, WorkerConfig};
 
 /// The agent's working directory in the container.
 pub const WORKSPACE: &str = "/workspace";
