@@ -333,7 +333,7 @@ pub async fn serve(settings: Settings) -> i32 {
         }
     }
     let http_shutdown = shutdown.clone();
-    let router = crate::http::health::router(daemon.clone());
+    let router = crate::http::health::router(daemon.health());
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })

@@ -423,6 +423,29 @@ impl Bus {
         Ok(())
     }
 
+    /// Registers worker key `key` with its record until `ttl` (plus a
+    /// minute, so a worker's last call near its deadline still works).
+    pub async fn register_worker_key(
+        &self,
+        key: &str,
+        record: &crate::model::worker_key::KeyRecord,
+        ttl: std::time::Duration,
+    ) -> Result<(), BusError> {
+        let json = serde_json::to_string(record).expect("key records serialize");
+        self.put_worker_key(
+            &crate::model::worker_key::key_hash(key),
+            &json,
+            ttl.as_secs() + 60,
+        )
+        .await
+    }
+
+    /// Revokes worker key `key`.
+    pub async fn revoke_worker_key(&self, key: &str) -> Result<(), BusError> {
+        self.delete_worker_key(&crate::model::worker_key::key_hash(key))
+            .await
+    }
+
     fn run_key(&self, request_id: &str) -> String {
         format!("{}:run:{request_id}", self.names.prefix)
     }

@@ -325,7 +325,7 @@ impl ImageBuilder {
         // content to the same tag, whichever lands last.
         let container = format!(
             "ws-prepare-{short}-{}",
-            &crate::http::gateway::new_key()[4..12]
+            &crate::model::worker_key::new_key()[4..12]
         );
         let config = info.config.clone().unwrap_or_default();
         let mut labels = config.labels.clone().unwrap_or_default();

@@ -25,90 +25,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::adapters::bus::Bus;
 use crate::adapters::sink::Sink;
 use crate::model::config::Tool;
 use crate::model::protocol::EventType;
 use crate::model::redact::Redactor;
-
-/// What a worker key stands for.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct KeyRecord {
-    /// The request the worker serves.
-    pub request_id: String,
-    /// Allowed tool groups.
-    pub tools: Vec<String>,
-    /// End user, if any.
-    pub user_id: Option<String>,
-    /// Session, if any.
-    pub session_id: Option<String>,
-    /// Preset id, for redaction of its secrets.
-    pub preset: Option<String>,
-    /// The container the key belongs to: calls with the key are accepted
-    /// only from its addresses. Records of older daemons have none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-}
-
-impl KeyRecord {
-    /// The record of a worker running `spec` for `user_id`.
-    pub fn for_spec(spec: &crate::model::spec::WorkerSpec, user_id: Option<String>) -> KeyRecord {
-        KeyRecord {
-            request_id: spec.request_id.clone(),
-            tools: spec
-                .config
-                .allowed_tools
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
-            user_id,
-            session_id: spec.session_id.clone(),
-            preset: spec.preset_id.clone(),
-            container: None,
-        }
-    }
-
-    /// The record bound to the container named `name` (calls with the key
-    /// must come from its address).
-    pub fn in_container(mut self, name: &str) -> KeyRecord {
-        self.container = Some(name.to_string());
-        self
-    }
-}
-
-/// A fresh random worker key.
-pub fn new_key() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 24];
-    rand::rng().fill_bytes(&mut b);
-    format!("wsk_{}", hex::encode(b))
-}
-
-/// The hash under which a key's record is stored (the key itself never is).
-pub fn key_hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-/// Registers `key` for a worker until `ttl`.
-pub async fn register_key(
-    bus: &Bus,
-    key: &str,
-    record: &KeyRecord,
-    ttl: Duration,
-) -> Result<(), crate::adapters::bus::BusError> {
-    let json = serde_json::to_string(record).expect("key records serialize");
-    bus.put_worker_key(&key_hash(key), &json, ttl.as_secs() + 60)
-        .await
-}
-
-/// Revokes `key`.
-pub async fn revoke_key(bus: &Bus, key: &str) -> Result<(), crate::adapters::bus::BusError> {
-    bus.delete_worker_key(&key_hash(key)).await
-}
+use crate::model::worker_key::{key_hash, KeyRecord};
 
 /// Builds the redactor for a preset's secrets.
 pub type RedactorFor = Box<dyn Fn(Option<&str>) -> Redactor + Send + Sync>;

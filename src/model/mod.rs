@@ -17,3 +17,4 @@ pub mod protocol;
 pub mod redact;
 pub mod render;
 pub mod spec;
+pub mod worker_key;

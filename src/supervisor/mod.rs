@@ -88,7 +88,6 @@ pub struct Daemon {
     pub(crate) inflight: Mutex<HashMap<String, String>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) ready: std::sync::atomic::AtomicBool,
     pub(crate) networks: Networks,
     pub(crate) images: crate::adapters::images::ImageBuilder,
     pub(crate) sessions: Mutex<HashMap<String, crate::supervisor::session::SessionState>>,
@@ -222,7 +221,6 @@ impl Daemon {
             inflight: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             metrics,
-            ready: std::sync::atomic::AtomicBool::new(true),
             networks,
             images,
             sessions: Mutex::new(HashMap::new()),
@@ -237,13 +235,13 @@ impl Daemon {
         &self.metrics
     }
 
-    /// Whether Redis and Docker both answer now.
-    pub async fn check_ready(&self) -> bool {
-        let redis = tokio::time::timeout(Duration::from_secs(2), self.bus.ping()).await;
-        let docker = tokio::time::timeout(Duration::from_secs(2), self.env.engine.ping()).await;
-        let ok = matches!(redis, Ok(Ok(()))) && matches!(docker, Ok(Ok(())));
-        self.ready.store(ok, std::sync::atomic::Ordering::Relaxed);
-        ok
+    /// The handles of the operator endpoints.
+    pub fn health(&self) -> crate::http::health::Health {
+        crate::http::health::Health {
+            bus: self.bus.clone(),
+            engine: self.env.engine.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// The token that stops intake.
@@ -979,21 +977,23 @@ impl Daemon {
             }
         };
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
-        let api_key = crate::http::gateway::new_key();
+        let api_key = crate::model::worker_key::new_key();
         let net = self.worker_net(&spec.config, &api_key);
         // A worker without a route to the gateway gets no key to register
         // (and revoke): two Redis round trips less on its way to start.
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         if gateway_key.is_some() {
-            let record = crate::http::gateway::KeyRecord::for_spec(&spec, req.task.user_id.clone())
-                .in_container(&name);
-            if let Err(e) = crate::http::gateway::register_key(
-                &self.bus,
-                &api_key,
-                &record,
-                Duration::from_secs(spec.config.limits.timeout_sec),
-            )
-            .await
+            let record =
+                crate::model::worker_key::KeyRecord::for_spec(&spec, req.task.user_id.clone())
+                    .in_container(&name);
+            if let Err(e) = self
+                .bus
+                .register_worker_key(
+                    &api_key,
+                    &record,
+                    Duration::from_secs(spec.config.limits.timeout_sec),
+                )
+                .await
             {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; the entry stays pending");
@@ -1053,7 +1053,7 @@ impl Daemon {
             Err(EngineError::Conflict(_)) => {
                 // Another delivery of this request won the race: its handler
                 // (or, if that instance dies, an adopter) owns the container.
-                let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
+                let _ = self.bus.revoke_worker_key(&api_key).await;
                 match self.env.engine.inspect(&name).await {
                     Ok(facts) if !self.is_ours(&facts) => {
                         self.answer_name_conflict(&entry.id, &rid, &name, true)
@@ -1623,7 +1623,6 @@ impl Daemon {
                 last_rescan = Instant::now();
                 self.reload_catalog().await;
             }
-            self.check_ready().await;
             self.refill_pools().await;
             if last_adopt.elapsed() >= self.reclaim_interval() {
                 last_adopt = Instant::now();

@@ -148,7 +148,7 @@ impl Daemon {
         queue_ms: Option<u64>,
     ) -> Result<(), OwnedSemaphorePermit> {
         let rid = spec.request_id.clone();
-        let api_key = crate::http::gateway::new_key();
+        let api_key = crate::model::worker_key::new_key();
         let net = self.worker_net(&spec.config, &api_key);
         let env = request_env(spec, &net.api_url, &api_key);
         let payload = match delivery::payload(&spec.request_files, &env) {
@@ -166,17 +166,17 @@ impl Daemon {
             .find(|v| v.name == "ORCHESTRATOR_USER_ID")
             .map(|v| v.value.clone());
         let record =
-            crate::http::gateway::KeyRecord::for_spec(spec, user).in_container(&container.name);
+            crate::model::worker_key::KeyRecord::for_spec(spec, user).in_container(&container.name);
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         let registered = match &gateway_key {
             Some(key) => {
-                crate::http::gateway::register_key(
-                    &self.bus,
-                    key,
-                    &record,
-                    std::time::Duration::from_secs(spec.config.limits.timeout_sec),
-                )
-                .await
+                self.bus
+                    .register_worker_key(
+                        key,
+                        &record,
+                        std::time::Duration::from_secs(spec.config.limits.timeout_sec),
+                    )
+                    .await
             }
             None => Ok(()),
         };
@@ -211,7 +211,7 @@ impl Daemon {
             // The shim never received a whole archive, so the agent did not
             // start: this container is dead weight, the request starts cold.
             tracing::warn!(request_id = %rid, container = %container.name, error = %e, "pooled container did not take the request; starting cold");
-            let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
+            let _ = self.bus.revoke_worker_key(&api_key).await;
             let _ = self.env.engine.remove(&container.id).await;
             return Err(permit);
         }
@@ -332,7 +332,7 @@ impl Daemon {
                 return None;
             }
         };
-        let token = crate::http::gateway::new_key();
+        let token = crate::model::worker_key::new_key();
         let name = container_name(
             "wsp",
             &format!("{}/{preset}/{}", self.settings.stream_prefix, &token[4..16]),

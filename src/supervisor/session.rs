@@ -558,9 +558,9 @@ impl Daemon {
         queue_ms: Option<u64>,
     ) {
         let rid = spec.request_id.clone();
-        let api_key = crate::http::gateway::new_key();
+        let api_key = crate::model::worker_key::new_key();
         let net = self.worker_net(&spec.config, &api_key);
-        let record = crate::http::gateway::KeyRecord::for_spec(
+        let record = crate::model::worker_key::KeyRecord::for_spec(
             spec,
             spec.env
                 .iter()
@@ -568,14 +568,15 @@ impl Daemon {
                 .map(|v| v.value.clone()),
         )
         .in_container(&container.name);
-        if crate::http::gateway::register_key(
-            &self.bus,
-            &api_key,
-            &record,
-            Duration::from_secs(spec.config.limits.timeout_sec),
-        )
-        .await
-        .is_err()
+        if self
+            .bus
+            .register_worker_key(
+                &api_key,
+                &record,
+                Duration::from_secs(spec.config.limits.timeout_sec),
+            )
+            .await
+            .is_err()
         {
             return;
         }
@@ -639,7 +640,7 @@ impl Daemon {
                     message: e.to_string(),
                 };
                 let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
-                let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
+                let _ = self.bus.revoke_worker_key(&api_key).await;
                 if self.env.sink.result(&r, &self.shutdown).await {
                     self.ack(&entry.id).await;
                 }
@@ -738,7 +739,7 @@ impl Daemon {
         result.timings.finished_at = Some(now_rfc3339());
         result.timings.start_ms = Some(start_ms);
         result.timings.run_ms = Some(run_ms);
-        let _ = crate::http::gateway::revoke_key(&self.bus, &api_key).await;
+        let _ = self.bus.revoke_worker_key(&api_key).await;
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
             if let Some(st) = session.and_then(|sid| sessions.get_mut(sid)) {

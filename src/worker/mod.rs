@@ -629,7 +629,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
 pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
     let never = CancellationToken::new();
     if let (Some(key), Sink::Redis(bus, _)) = (&job.api_key, &env.sink) {
-        if let Err(e) = crate::http::gateway::revoke_key(bus, key).await {
+        if let Err(e) = bus.revoke_worker_key(key).await {
             tracing::warn!(request_id = %job.request_id, error = %e, "revoking the worker key failed; it expires on its own");
         }
     }
