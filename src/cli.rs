@@ -297,7 +297,7 @@ pub fn init_logging() {
 
 /// `serve`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(settings: Settings) -> i32 {
-    let daemon = match crate::supervisor::Daemon::start(settings.clone()).await {
+    let daemon = match crate::supervisor::Supervisor::start(settings.clone()).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("workers-spawner: {e}");
@@ -645,7 +645,20 @@ pub async fn run(
     };
     let name = request_container_name(&settings.stream_prefix, &rid);
     let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
-    let mut ctx = crate::supervisor::launch_context(&spec, settings, &name, deadline, None, None);
+    let owner = crate::model::container::Owner {
+        prefix: &settings.stream_prefix,
+        instance: &settings.instance_id,
+    };
+    let received_ms = chrono::Utc::now().timestamp_millis();
+    let mut ctx = crate::model::container::launch_context(
+        &spec,
+        owner,
+        &name,
+        deadline,
+        received_ms,
+        None,
+        None,
+    );
     let images = crate::adapters::images::ImageBuilder::new(engine.clone(), env.metrics.clone());
     ctx.image = match images
         .image_for(&spec.config, |line| eprintln!("{line}"))
@@ -664,28 +677,16 @@ pub async fn run(
             return 1;
         }
     };
-    let job = Job {
-        request_id: rid.clone(),
-        session_id: None,
-        preset: spec.preset_id.clone(),
-        config_hash: spec.config_hash.clone(),
-        image: ctx.image.clone(),
+    let at = worker::Placement {
         container_id: id.clone(),
         container_name: name,
-        redactor: spec.redactor(),
-        deadline_unix: deadline,
-        received_at: Some(crate::model::protocol::now_rfc3339()),
-        queue_ms: None,
-        received: Some(std::time::Instant::now()),
-        stop: tokio_util::sync::CancellationToken::new(),
-        stop_reason: Default::default(),
-        api_key: None,
-        output: Default::default(),
+        image: ctx.image.clone(),
     };
+    let received = worker::Received::now(None);
+    let job = Job::new(&spec, at, deadline, Some(&received), spec.redactor(), None);
     let mut files = spec.files.clone();
     files.extend(spec.request_files.iter().cloned());
-    let mut job = job;
-    match worker::start_container(
+    let job = match worker::start_container(
         &engine,
         &id,
         &files,
@@ -694,13 +695,13 @@ pub async fn run(
     )
     .await
     {
-        Ok(output) => *job.output.get_mut().expect("output lock") = output,
+        Ok(output) => job.with_output(output),
         Err(e) => {
             eprintln!("workers-spawner: {e}");
             let _ = engine.remove(&id).await;
             return 1;
         }
-    }
+    };
     // Ctrl-C stops the worker like a cancel.
     let stop = job.stop.clone();
     let reason = job.stop_reason.clone();

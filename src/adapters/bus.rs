@@ -146,18 +146,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return ARGV[1]
 "#;
 
-/// Outcome of [`Bus::claim_run`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunClaim {
-    /// Nobody ran it: the caller runs it now.
-    Taken,
-    /// The caller's own instance holds it already.
-    Mine,
-    /// Another live instance runs it.
-    Elsewhere,
-    /// A dead instance started it: the run was interrupted.
-    Interrupted,
-}
+pub use crate::model::triage::RunClaim;
 
 /// The shared, auto-reconnecting connection plus stream names.
 #[derive(Clone)]

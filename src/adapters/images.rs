@@ -14,6 +14,7 @@
 //! image inspect) when older than [`RECHECK`], so a re-tagged image is
 //! prepared anew.
 
+use crate::model::outcome::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,13 +80,13 @@ pub enum BuildError {
 
 impl BuildError {
     /// The result's error code and field for this failure.
-    pub fn code_and_field(&self) -> (&'static str, Option<&'static str>) {
+    pub fn code_and_field(&self) -> (ErrorCode, Option<&'static str>) {
         match self {
-            BuildError::BaseMissing(_) => ("image_not_found", Some("image")),
-            BuildError::Platform(_) => ("image_platform", Some("image")),
-            BuildError::Prepare { .. } => ("image_prepare_failed", Some("image")),
-            BuildError::Failed { .. } => ("image_build_failed", Some("system_packages")),
-            BuildError::Engine(_) => ("docker_error", None),
+            BuildError::BaseMissing(_) => (ErrorCode::ImageNotFound, Some("image")),
+            BuildError::Platform(_) => (ErrorCode::ImagePlatform, Some("image")),
+            BuildError::Prepare { .. } => (ErrorCode::ImagePrepareFailed, Some("image")),
+            BuildError::Failed { .. } => (ErrorCode::ImageBuildFailed, Some("system_packages")),
+            BuildError::Engine(_) => (ErrorCode::DockerError, None),
         }
     }
 
@@ -97,11 +98,7 @@ impl BuildError {
     /// The result's error for this failure.
     pub fn info(&self) -> crate::model::protocol::ErrorInfo {
         let (code, field) = self.code_and_field();
-        crate::model::protocol::ErrorInfo {
-            code: code.into(),
-            field: field.map(str::to_string),
-            message: self.to_string(),
-        }
+        code.info(field, self.to_string())
     }
 }
 

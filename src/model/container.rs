@@ -311,6 +311,150 @@ pub fn icc_enabled(options: &HashMap<String, String>) -> bool {
     options.get(ICC_OPTION).map(String::as_str) != Some("false")
 }
 
+/// The network a worker joins and how it reaches the gateway.
+#[derive(Debug, Clone)]
+pub struct WorkerNet {
+    /// Docker network name.
+    pub network: String,
+    /// `ORCHESTRATOR_API_URL`.
+    pub api_url: String,
+    /// `ORCHESTRATOR_API_KEY` (a secret).
+    pub api_key: String,
+}
+
+/// Who launches a container: the setup's stream prefix and the instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// The stream prefix (`io.workers-spawner.stream-prefix`).
+    pub prefix: &'a str,
+    /// The daemon instance (`io.workers-spawner.instance`).
+    pub instance: &'a str,
+}
+
+/// The delivery a one-shot worker of `spec` uses.
+pub fn oneshot_delivery(spec: &WorkerSpec) -> FileDelivery {
+    match spec.config.agent.delivery {
+        crate::model::config::Delivery::Stdin => {
+            FileDelivery::Stdin(crate::model::delivery::ShimMode::Run)
+        }
+        crate::model::config::Delivery::Archive => FileDelivery::Archive,
+    }
+}
+
+/// Names, labels and network of a one-shot worker's container, received
+/// at `received_ms` (Unix ms).
+pub fn launch_context(
+    spec: &WorkerSpec,
+    owner: Owner<'_>,
+    name: &str,
+    deadline: u64,
+    received_ms: i64,
+    entry_id: Option<&str>,
+    net: Option<&WorkerNet>,
+) -> LaunchContext {
+    let mut l = HashMap::new();
+    l.insert(labels::MANAGED.to_string(), "true".to_string());
+    l.insert(labels::PREFIX.to_string(), owner.prefix.to_string());
+    l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
+    l.insert(
+        labels::PRESET.to_string(),
+        spec.preset_id.clone().unwrap_or_default(),
+    );
+    l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
+    l.insert(labels::INSTANCE.to_string(), owner.instance.to_string());
+    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
+    l.insert(labels::RECEIVED_MS.to_string(), received_ms.to_string());
+    l.insert(labels::KIND.to_string(), "oneshot".to_string());
+    if let Some(e) = entry_id {
+        l.insert(labels::ENTRY_ID.to_string(), e.to_string());
+    }
+    if let Some(s) = &spec.session_id {
+        l.insert(labels::SESSION_ID.to_string(), s.clone());
+    }
+    let (network_mode, extra_env) = match net {
+        Some(n) if n.api_url.is_empty() => (n.network.clone(), Vec::new()),
+        Some(n) => (
+            n.network.clone(),
+            vec![
+                ("ORCHESTRATOR_API_URL".to_string(), n.api_url.clone()),
+                ("ORCHESTRATOR_API_KEY".to_string(), n.api_key.clone()),
+            ],
+        ),
+        None => {
+            let mode = if spec.config.has_internet {
+                "bridge"
+            } else {
+                "none"
+            };
+            (mode.to_string(), Vec::new())
+        }
+    };
+    LaunchContext {
+        name: name.to_string(),
+        image: spec.config.image.clone(),
+        labels: l,
+        extra_env,
+        network_mode,
+        cmd: None,
+        delivery: oneshot_delivery(spec),
+    }
+}
+
+/// The labels of a session's container (first request `spec`, TTL end
+/// `deadline`, Unix seconds).
+pub fn session_labels(
+    spec: &WorkerSpec,
+    owner: Owner<'_>,
+    session_id: &str,
+    deadline: u64,
+    received_ms: i64,
+) -> HashMap<String, String> {
+    let mut l = HashMap::new();
+    l.insert(labels::MANAGED.to_string(), "true".to_string());
+    l.insert(labels::PREFIX.to_string(), owner.prefix.to_string());
+    l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
+    l.insert(labels::SESSION_ID.to_string(), session_id.to_string());
+    l.insert(
+        labels::PRESET.to_string(),
+        spec.preset_id.clone().unwrap_or_default(),
+    );
+    l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
+    l.insert(labels::INSTANCE.to_string(), owner.instance.to_string());
+    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
+    l.insert(labels::RECEIVED_MS.to_string(), received_ms.to_string());
+    l.insert(labels::KIND.to_string(), "session".to_string());
+    l
+}
+
+/// The labels of a pool container of `preset` (no request yet: its
+/// request-id label is empty), alive until `deadline` (Unix seconds).
+pub fn pool_labels(
+    owner: Owner<'_>,
+    preset: &str,
+    config_hash: &str,
+    deadline: u64,
+) -> HashMap<String, String> {
+    let mut l = HashMap::new();
+    l.insert(labels::MANAGED.to_string(), "true".to_string());
+    l.insert(labels::PREFIX.to_string(), owner.prefix.to_string());
+    l.insert(labels::REQUEST_ID.to_string(), String::new());
+    l.insert(labels::PRESET.to_string(), preset.to_string());
+    l.insert(labels::CONFIG_HASH.to_string(), config_hash.to_string());
+    l.insert(labels::INSTANCE.to_string(), owner.instance.to_string());
+    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
+    l.insert(labels::KIND.to_string(), "pool".to_string());
+    l
+}
+
+/// The container name of session `session_id` in the setup of `prefix`.
+pub fn session_container_name(prefix: &str, session_id: &str) -> String {
+    if prefix == "workers" {
+        container_name("wss", session_id)
+    } else {
+        container_name("wss", &format!("{prefix}/{session_id}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

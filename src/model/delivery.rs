@@ -84,17 +84,14 @@ pub fn shim_command(argv: &[String], mode: ShimMode) -> Vec<String> {
 /// in the shim's words; `None` for any other exit.
 pub fn shim_failure(exit_code: i64, shim_line: Option<&str>) -> Option<ErrorInfo> {
     let message = shim_line?.strip_prefix(SHIM_MESSAGE_PREFIX)?.trim();
+    use crate::model::outcome::ErrorCode;
     let (code, field) = match exit_code {
-        SHIM_NOT_FOUND => ("agent_not_found", Some("agent.command")),
-        SHIM_NOT_EXECUTABLE => ("agent_not_executable", Some("agent.command")),
-        SHIM_FAILED | SHIM_UNDELIVERED => ("delivery_failed", None),
+        SHIM_NOT_FOUND => (ErrorCode::AgentNotFound, Some("agent.command")),
+        SHIM_NOT_EXECUTABLE => (ErrorCode::AgentNotExecutable, Some("agent.command")),
+        SHIM_FAILED | SHIM_UNDELIVERED => (ErrorCode::DeliveryFailed, None),
         _ => return None,
     };
-    Some(ErrorInfo {
-        code: code.into(),
-        field: field.map(str::to_string),
-        message: message.to_string(),
-    })
+    Some(code.info(field, message))
 }
 
 /// A session container's main process: the shim idling as the keeper.

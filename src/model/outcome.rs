@@ -210,7 +210,10 @@ mod tests {
 
         let r = name_conflict("r3", "ws-x", true);
         let e = r.error.unwrap();
-        assert_eq!((e.code.as_str(), e.field.as_deref()), ("name_conflict", Some("request_id")));
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            ("name_conflict", Some("request_id"))
+        );
 
         let r = cancelled_before_start("r4", None);
         assert_eq!(r.status, Status::Cancelled);
@@ -227,7 +230,10 @@ mod tests {
             ErrorCode::MissingEnv,
         ] {
             let s = c.as_str();
-            assert!(s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'), "{s}");
+            assert!(
+                s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{s}"
+            );
             assert_eq!(c.to_string(), s);
         }
     }

@@ -138,23 +138,23 @@ impl ResolveError {
 
     /// The `error` object of the result.
     pub fn info(&self) -> ErrorInfo {
+        use crate::model::outcome::ErrorCode;
         let (code, field) = match self {
-            ResolveError::UnknownPreset(_) => {
-                ("unknown_preset", Some("worker_config_id".to_string()))
-            }
-            ResolveError::Invalid { field, .. } => ("invalid_config", Some(field.clone())),
-            ResolveError::Policy { field, .. } => ("policy_violation", Some(field.clone())),
+            ResolveError::UnknownPreset(_) => (
+                ErrorCode::UnknownPreset,
+                Some("worker_config_id".to_string()),
+            ),
+            ResolveError::Invalid { field, .. } => (ErrorCode::InvalidConfig, Some(field.clone())),
+            ResolveError::Policy { field, .. } => (ErrorCode::PolicyViolation, Some(field.clone())),
             ResolveError::Render(RenderError::UnknownAgentType(_)) => {
-                ("unknown_agent_type", Some("agent.type".to_string()))
+                (ErrorCode::UnknownAgentType, Some("agent.type".to_string()))
             }
-            ResolveError::Render(_) => ("render_failed", None),
-            ResolveError::MissingEnv { name, .. } => ("missing_env", Some(format!("env.{name}"))),
+            ResolveError::Render(_) => (ErrorCode::RenderFailed, None),
+            ResolveError::MissingEnv { name, .. } => {
+                (ErrorCode::MissingEnv, Some(format!("env.{name}")))
+            }
         };
-        ErrorInfo {
-            code: code.to_string(),
-            field,
-            message: self.to_string(),
-        }
+        code.info(field.as_deref(), self.to_string())
     }
 }
 

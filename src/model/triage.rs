@@ -188,6 +188,8 @@ pub enum Check {
 }
 
 /// What the supervisor does with the entry.
+// Made once per entry and moved once: the size of a result is no cost.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Settle the entry now; no worker runs for it.
@@ -210,6 +212,7 @@ pub enum Decision {
 }
 
 /// One step of triage: a look-up still needed, or the decision.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Make this look-up, record it in the facts, ask again.
@@ -452,11 +455,27 @@ mod tests {
     }
 
     fn oneshot(deliveries: u64) -> Facts {
-        Facts::new("r1", None, Route::OneShot, deliveries, 5, Inflight::Free, false)
+        Facts::new(
+            "r1",
+            None,
+            Route::OneShot,
+            deliveries,
+            5,
+            Inflight::Free,
+            false,
+        )
     }
 
     fn session(deliveries: u64) -> Facts {
-        Facts::new("r1", Some("s1"), Route::Session, deliveries, 5, Inflight::Free, false)
+        Facts::new(
+            "r1",
+            Some("s1"),
+            Route::Session,
+            deliveries,
+            5,
+            Inflight::Free,
+            false,
+        )
     }
 
     fn error_code(d: &Decision) -> Option<String> {
@@ -472,7 +491,12 @@ mod tests {
         assert_eq!(d, Decision::Cold);
         assert_eq!(
             checks,
-            [Check::Answered, Check::RunningHere, Check::EarlyCancel, Check::Resolve]
+            [
+                Check::Answered,
+                Check::RunningHere,
+                Check::EarlyCancel,
+                Check::Resolve
+            ]
         );
     }
 
@@ -557,7 +581,10 @@ mod tests {
     fn an_in_flight_duplicate_is_acknowledged_or_left_to_its_first_handling() {
         let mut f = oneshot(1);
         f.inflight = Inflight::OtherEntry;
-        assert_eq!(triage(f, &World::default()), (vec![], Decision::Settle(Disposition::Ack)));
+        assert_eq!(
+            triage(f, &World::default()),
+            (vec![], Decision::Settle(Disposition::Ack))
+        );
         let mut f = oneshot(2);
         f.inflight = Inflight::SameEntry;
         let (checks, d) = triage(f, &World::default());
@@ -624,7 +651,8 @@ mod tests {
 
     #[test]
     fn a_refused_request_is_answered_with_its_session() {
-        let info = crate::model::outcome::ErrorCode::UnknownPreset.info(Some("worker_config_id"), "no");
+        let info =
+            crate::model::outcome::ErrorCode::UnknownPreset.info(Some("worker_config_id"), "no");
         let w = World {
             resolved: Err((Status::Rejected, info)),
             ..World::default()
@@ -678,13 +706,19 @@ mod tests {
             run_claim: Ok(RunClaim::Interrupted),
             ..pooled.clone()
         };
-        assert_eq!(error_code(&triage(oneshot(2), &dead).1).as_deref(), Some("interrupted"));
+        assert_eq!(
+            error_code(&triage(oneshot(2), &dead).1).as_deref(),
+            Some("interrupted")
+        );
         // This instance's own mark from an earlier life (same id, restarted).
         let mine = World {
             run_claim: Ok(RunClaim::Mine),
             ..pooled
         };
-        assert_eq!(error_code(&triage(oneshot(2), &mine).1).as_deref(), Some("interrupted"));
+        assert_eq!(
+            error_code(&triage(oneshot(2), &mine).1).as_deref(),
+            Some("interrupted")
+        );
     }
 
     #[test]
@@ -731,7 +765,10 @@ mod tests {
         }
         let mut unreadable = error(Some("r9"), "invalid_json", "data");
         unreadable.unreadable = true;
-        assert!(matches!(unparsed(&unreadable), Disposition::RejectUnreadable { .. }));
+        assert!(matches!(
+            unparsed(&unreadable),
+            Disposition::RejectUnreadable { .. }
+        ));
         let anonymous = error(None, "invalid_json", "data");
         assert!(matches!(unparsed(&anonymous), Disposition::DeadLetter(_)));
     }

@@ -14,23 +14,26 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
-use crate::adapters::bus::Entry;
-use crate::adapters::engine::{Engine, ExecOutput, Stdin};
-use crate::model::container::{container_name, create_body, labels, FileDelivery, LaunchContext};
+use super::ctx::Ctx;
+use super::intake::Parsed;
+use crate::adapters::engine::{Engine, EngineError, ExecOutput, Stdin};
+use crate::model::container::{
+    container_name, create_body, pool_labels, FileDelivery, LaunchContext,
+};
 use crate::model::delivery::{self, ShimMode};
-use crate::model::protocol::{ErrorInfo, EventType, SpawnRequest, Status, Task};
+use crate::model::protocol::{EventType, SpawnRequest, Task};
 use crate::model::spec::WorkerSpec;
-use crate::supervisor::Daemon;
-use crate::worker::{self, unix_now, Job};
+use crate::model::triage::Disposition;
+use crate::model::worker_key::{new_key, KeyRecord};
+use crate::worker::{self, unix_now, Job, Placement};
 
 /// A ready container of a pool.
-pub(crate) struct PooledContainer {
+pub struct PooledContainer {
     pub id: String,
     pub name: String,
     pub config_hash: String,
@@ -45,7 +48,7 @@ pub(crate) struct PooledContainer {
 
 /// Containers of one preset's pool.
 #[derive(Default)]
-pub(crate) struct PoolState {
+struct PoolState {
     /// Ready containers.
     pub ready: Vec<PooledContainer>,
     /// Creations under way.
@@ -76,7 +79,21 @@ fn serves_whole_timeout(c: &PooledContainer, timeout_sec: u64) -> bool {
     c.deadline_unix >= unix_now() + timeout_sec
 }
 
-impl Daemon {
+/// The warm pools of this instance, one per preset with `pool.size > 0`.
+pub struct Pools {
+    ctx: Arc<Ctx>,
+    pools: Mutex<HashMap<String, PoolState>>,
+}
+
+impl Pools {
+    /// No pool yet: [`Pools::refill`] makes them.
+    pub fn new(ctx: Arc<Ctx>) -> Pools {
+        Pools {
+            ctx,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The spec a pool of `preset` is built from (no request behind it).
     fn pool_spec(&self, preset: &str) -> Option<WorkerSpec> {
         let req = SpawnRequest {
@@ -90,13 +107,13 @@ impl Daemon {
             },
             dry_run: false,
         };
-        self.resolve(&req).ok()
+        self.ctx.resolve(&req).ok()
     }
 
     /// Takes a ready container for `spec`, if its preset has a pool whose
     /// containers match the request's config exactly and the request's env
     /// can travel on stdin.
-    pub(crate) fn claim_pooled(self: &Arc<Self>, spec: &WorkerSpec) -> Option<PooledContainer> {
+    pub fn claim(self: &Arc<Self>, spec: &WorkerSpec) -> Option<PooledContainer> {
         let preset = spec.preset_id.clone()?;
         if spec.config.pool.size == 0 || !delivery::env_fits(&request_env(spec, "", "")) {
             return None;
@@ -109,17 +126,17 @@ impl Daemon {
                     && serves_whole_timeout(c, spec.config.limits.timeout_sec)
             })?;
             let c = pool.ready.swap_remove(i);
-            self.metrics.pool_ready.dec();
+            self.ctx.metrics.pool_ready.dec();
             Some(c)
         };
         let d = self.clone();
-        tokio::spawn(async move { d.refill_pools().await });
+        tokio::spawn(async move { d.refill().await });
         claimed
     }
 
     /// Puts an unused claimed container back into its pool.
-    pub(crate) fn return_pooled(&self, container: PooledContainer) {
-        self.metrics.pool_ready.inc();
+    fn return_pooled(&self, container: PooledContainer) {
+        self.ctx.metrics.pool_ready.inc();
         self.pools
             .lock()
             .expect("pools lock")
@@ -129,32 +146,29 @@ impl Daemon {
             .push(container);
     }
 
-    /// Runs a request in a claimed pool container: delivers the request's
+    /// Runs request `p` in a claimed pool container: delivers the request's
     /// parts to the waiting shim, then supervises the container like a
     /// one-shot worker (result, removal). The entry is acknowledged once the
-    /// result is out; the run mark (taken by the caller) tells other
-    /// instances it runs. Returns `Err(permit)` when the container turned
-    /// out dead before the agent could start (nothing ran): the caller
-    /// starts the request cold.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn run_pooled(
-        self: &Arc<Self>,
-        entry: &Entry,
+    /// result is out; the run mark (taken by triage) tells other instances
+    /// it runs. Returns `Err(permit)` when the container turned out dead
+    /// before the agent could start (nothing ran): the caller starts the
+    /// request cold.
+    pub async fn run(
+        &self,
+        p: &Parsed,
         spec: &WorkerSpec,
         container: PooledContainer,
         permit: OwnedSemaphorePermit,
-        received: Instant,
-        received_at: String,
-        queue_ms: Option<u64>,
     ) -> Result<(), OwnedSemaphorePermit> {
+        let ctx = &self.ctx;
         let rid = spec.request_id.clone();
-        let api_key = crate::model::worker_key::new_key();
-        let net = self.worker_net(&spec.config, &api_key);
+        let api_key = new_key();
+        let net = ctx.worker_net(&spec.config, &api_key);
         let env = request_env(spec, &net.api_url, &api_key);
         let payload = match delivery::payload(&spec.request_files, &env) {
             Ok(p) => p,
             Err(e) => {
-                // claim_pooled checked the env; this is only belt and braces.
+                // claim checked the env; this is only belt and braces.
                 tracing::warn!(request_id = %rid, error = %e, "request cannot run pooled");
                 self.return_pooled(container);
                 return Err(permit);
@@ -165,88 +179,54 @@ impl Daemon {
             .iter()
             .find(|v| v.name == "ORCHESTRATOR_USER_ID")
             .map(|v| v.value.clone());
-        let record =
-            crate::model::worker_key::KeyRecord::for_spec(spec, user).in_container(&container.name);
+        let record = KeyRecord::for_spec(spec, user).in_container(&container.name);
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
-        let registered = match &gateway_key {
-            Some(key) => {
-                self.bus
-                    .register_worker_key(
-                        key,
-                        &record,
-                        std::time::Duration::from_secs(spec.config.limits.timeout_sec),
-                    )
-                    .await
+        if let Some(key) = &gateway_key {
+            let ttl = Duration::from_secs(spec.config.limits.timeout_sec);
+            if let Err(e) = ctx.bus.register_worker_key(key, &record, ttl).await {
+                ctx.metrics.redis_errors.inc();
+                tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; starting cold");
+                self.return_pooled(container);
+                return Err(permit);
             }
-            None => Ok(()),
-        };
-        if let Err(e) = registered {
-            self.metrics.redis_errors.inc();
-            tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; starting cold");
-            self.return_pooled(container);
-            return Err(permit);
         }
         let mut redactor = spec.redactor();
         redactor.add(&api_key);
-        let job = Job {
-            request_id: rid.clone(),
-            session_id: None,
-            preset: spec.preset_id.clone(),
-            config_hash: spec.config_hash.clone(),
-            image: spec.config.image.clone(),
+        let at = Placement {
             container_id: container.id.clone(),
             container_name: container.name.clone(),
-            redactor,
-            deadline_unix: worker::deadline_after(spec.config.limits.timeout_sec)
-                .min(container.deadline_unix),
-            received_at: Some(received_at),
-            queue_ms,
-            received: Some(received),
-            stop: CancellationToken::new(),
-            stop_reason: Arc::new(Mutex::new(None)),
-            api_key: gateway_key.clone(),
-            output: std::sync::Mutex::new(Some(container.output)),
+            image: spec.config.image.clone(),
         };
+        let deadline =
+            worker::deadline_after(spec.config.limits.timeout_sec).min(container.deadline_unix);
+        let job = Job::new(spec, at, deadline, Some(&p.received), redactor, gateway_key)
+            .with_output(Some(container.output));
         if let Err(e) = Engine::deliver(container.stdin, &payload).await {
             // The shim never received a whole archive, so the agent did not
             // start: this container is dead weight, the request starts cold.
             tracing::warn!(request_id = %rid, container = %container.name, error = %e, "pooled container did not take the request; starting cold");
-            let _ = self.bus.revoke_worker_key(&api_key).await;
-            let _ = self.env.engine.remove(&container.id).await;
+            let _ = ctx.bus.revoke_worker_key(&api_key).await;
+            let _ = ctx.env.engine.remove(&container.id).await;
             return Err(permit);
         }
-        self.env
+        ctx.env
             .sink
             .event(
                 &rid,
                 EventType::Accepted,
-                json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id, "container": container.name, "pooled": true}),
+                json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": ctx.settings.instance_id, "container": container.name, "pooled": true}),
             )
             .await;
-        self.supervise(job, true, permit).await;
-        self.ack(&entry.id).await;
+        ctx.supervise(job, true, permit).await;
+        ctx.settle(&p.entry, Disposition::Ack).await;
         Ok(())
-    }
-
-    /// Answers a pooled request whose earlier run was cut off by the death
-    /// of its instance (its container went with it): never run twice.
-    pub(crate) async fn answer_interrupted(&self, entry: &Entry, rid: &str) {
-        let info = ErrorInfo {
-            code: "interrupted".into(),
-            field: None,
-            message: "the daemon running this request stopped before it finished; publish the request again".into(),
-        };
-        self.answer(
-            &entry.id,
-            crate::model::protocol::ResultRecord::bare(rid, Status::Error, Some(info)),
-        )
-        .await;
     }
 
     /// Brings every pool to its preset's size (within `--max-concurrent`)
     /// and drops containers whose preset changed or went away.
-    pub(crate) async fn refill_pools(self: &Arc<Self>) {
+    pub async fn refill(self: &Arc<Self>) {
         let wanted: HashMap<String, (u32, Option<WorkerSpec>)> = self
+            .ctx
             .catalog()
             .presets
             .iter()
@@ -279,18 +259,18 @@ impl Daemon {
                 pool.ready = keep;
             }
         }
-        self.metrics.pool_ready.dec_by(stale.len() as i64);
+        self.ctx.metrics.pool_ready.dec_by(stale.len() as i64);
         for c in stale {
-            let _ = self.env.engine.remove(&c.id).await;
+            let _ = self.ctx.env.engine.remove(&c.id).await;
         }
         // Grow, leaving at least half the slots to cold starts.
         for (preset, (size, spec)) in wanted {
             let Some(spec) = spec else { continue };
             loop {
-                let budget = self.settings.max_concurrent / 2;
+                let budget = self.ctx.settings.max_concurrent / 2;
                 // The intake holds free permits while it waits for entries,
                 // so count running workers rather than free permits.
-                let running = self.running.lock().expect("running lock").len();
+                let running = self.ctx.registry.running_count();
                 let start = {
                     let mut pools = self.pools.lock().expect("pools lock");
                     let total: usize = pools.values().map(|p| p.ready.len() + p.creating).sum();
@@ -298,7 +278,7 @@ impl Daemon {
                     let have = pool.ready.len() + pool.creating;
                     if have >= size as usize
                         || total >= budget
-                        || running + total >= self.settings.max_concurrent
+                        || running + total >= self.ctx.settings.max_concurrent
                     {
                         false
                     } else {
@@ -316,7 +296,7 @@ impl Daemon {
                 match made {
                     Some(c) => {
                         pool.ready.push(c);
-                        self.metrics.pool_ready.inc();
+                        self.ctx.metrics.pool_ready.inc();
                     }
                     None => break,
                 }
@@ -325,35 +305,25 @@ impl Daemon {
     }
 
     async fn create_pooled(&self, preset: &str, spec: &WorkerSpec) -> Option<PooledContainer> {
-        let image = match self.images.image_for(&spec.config, |_| {}).await {
+        let image = match self.ctx.images.image_for(&spec.config, |_| {}).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(preset, error = %e, "pool image unavailable");
                 return None;
             }
         };
-        let token = crate::model::worker_key::new_key();
+        let token = new_key();
         let name = container_name(
             "wsp",
-            &format!("{}/{preset}/{}", self.settings.stream_prefix, &token[4..16]),
+            &format!(
+                "{}/{preset}/{}",
+                self.ctx.settings.stream_prefix,
+                &token[4..16]
+            ),
         );
         let deadline = unix_now() + spec.config.limits.ttl_sec;
-        let mut l = HashMap::new();
-        l.insert(labels::MANAGED.to_string(), "true".to_string());
-        l.insert(
-            labels::PREFIX.to_string(),
-            self.settings.stream_prefix.clone(),
-        );
-        l.insert(labels::REQUEST_ID.to_string(), String::new());
-        l.insert(labels::PRESET.to_string(), preset.to_string());
-        l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
-        l.insert(
-            labels::INSTANCE.to_string(),
-            self.settings.instance_id.clone(),
-        );
-        l.insert(labels::DEADLINE.to_string(), deadline.to_string());
-        l.insert(labels::KIND.to_string(), "pool".to_string());
-        let net = self.worker_net(&spec.config, "");
+        let l = pool_labels(self.ctx.owner(), preset, &spec.config_hash, deadline);
+        let net = self.ctx.worker_net(&spec.config, "");
         let ctx = LaunchContext {
             name: name.clone(),
             image,
@@ -368,7 +338,7 @@ impl Daemon {
         };
         let mut base = spec.clone();
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
-        let engine = &self.env.engine;
+        let engine = &self.ctx.env.engine;
         let id = match engine.create(&name, create_body(&base, &ctx)).await {
             Ok(id) => id,
             Err(e) => {
@@ -385,7 +355,7 @@ impl Daemon {
             engine.upload(&id, &spec.files).await?;
             let attached = engine.attach(&id).await?;
             engine.start(&id).await?;
-            Ok::<_, crate::adapters::engine::EngineError>(attached)
+            Ok::<_, EngineError>(attached)
         }
         .await;
         match ready {

@@ -2,13 +2,17 @@
 //! in one live container, each as a Docker exec under its own timeout.
 //!
 //! The session container's main process is an idle keeper (the daemon's
-//! shim in its `keep` mode) under Docker's init; it carries the session id, config hash and TTL deadline as labels,
-//! so a restarted daemon adopts it. A task that runs past its timeout is
-//! stopped by an in-container killer that signals every process except
-//! init and the keeper (a session runs one task at a time, so everything
-//! else belongs to that task), and the container stays usable.
+//! shim in its `keep` mode) under Docker's init; it carries the session
+//! id, config hash and TTL deadline as labels, so a restarted daemon
+//! adopts it. A task that runs past its timeout is stopped by an
+//! in-container killer that signals every process except init and the
+//! keeper (a session runs one task at a time, so everything else belongs
+//! to that task), and the container stays usable. Each session's state is
+//! this module's: the supervisor hands it entries and asks it to end or
+//! adopt sessions, nothing else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,19 +21,23 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::ctx::{running_of, Ctx};
+use super::intake::{dry_run_result, Parsed};
 use crate::adapters::bus::Entry;
 use crate::adapters::engine::{ContainerFacts, EngineError};
-use crate::model::container::{container_name, create_body, labels, FileDelivery, LaunchContext};
-use crate::model::protocol::{
-    now_rfc3339, parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status,
+use crate::model::container::{
+    create_body, labels, session_container_name, session_labels, FileDelivery, LaunchContext,
 };
+use crate::model::outcome::{self, ErrorCode, Interruption};
+use crate::model::protocol::{parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status};
 use crate::model::render::HOME;
 use crate::model::spec::WorkerSpec;
-use crate::supervisor::Daemon;
-use crate::worker::{self, unix_now, StopReason};
+use crate::model::triage::{Decision, Disposition, Facts, Inflight, Route};
+use crate::model::worker_key::{new_key, KeyRecord};
+use crate::worker::{self, unix_now, Exec, Job, Placement, Received, StopReason};
 
 /// Sort key of a stream entry id (`<ms>-<seq>`).
-pub(crate) fn entry_key(id: &str) -> (u64, u64) {
+pub fn entry_key(id: &str) -> (u64, u64) {
     let mut it = id.split('-');
     let ms = it.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
     let seq = it.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
@@ -38,60 +46,99 @@ pub(crate) fn entry_key(id: &str) -> (u64, u64) {
 
 /// The live container of a session.
 #[derive(Debug, Clone)]
-pub(crate) struct SessionContainer {
+pub struct SessionContainer {
+    /// Container id.
     pub id: String,
+    /// Container name.
     pub name: String,
+    /// The config hash it runs.
     pub config_hash: String,
+    /// The preset it runs.
     pub preset: String,
+    /// Unix time its TTL ends.
     pub deadline_unix: u64,
 }
 
 /// The task a session runs now: request id, stop token, stop reason.
-pub(crate) type CurrentTask = (String, CancellationToken, Arc<Mutex<Option<StopReason>>>);
+type CurrentTask = (String, CancellationToken, Arc<Mutex<Option<StopReason>>>);
 
 /// What this instance knows of one session.
 #[derive(Default)]
-pub(crate) struct SessionState {
+struct SessionState {
     /// Entries waiting, in stream order.
-    pub queue: BTreeMap<(u64, u64), Entry>,
+    queue: BTreeMap<(u64, u64), Parsed>,
     /// Whether a runner task is draining the queue.
-    pub runner: bool,
+    runner: bool,
     /// The session's container, once created or adopted.
-    pub container: Option<SessionContainer>,
+    container: Option<SessionContainer>,
     /// The request running now and how to stop it.
-    pub current: Option<CurrentTask>,
+    current: Option<CurrentTask>,
     /// Last time a task ended.
-    pub last_used: Option<Instant>,
+    last_used: Option<Instant>,
     /// Last request id seen (for session-wide events).
-    pub last_request: String,
+    last_request: String,
     /// Held while a task runs or the session is torn down.
-    pub busy: Arc<tokio::sync::Mutex<()>>,
+    busy: Arc<tokio::sync::Mutex<()>>,
     /// Whether a reaper watches the container.
-    pub reaper: bool,
+    reaper: bool,
 }
 
-impl Daemon {
-    /// Queues a session request; order within the session is stream order.
-    pub(crate) fn enqueue_session(self: &Arc<Self>, session_id: String, entry: Entry) {
-        let start = {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
-            let st = sessions.entry(session_id.clone()).or_default();
-            st.queue.insert(entry_key(&entry.id), entry);
-            !std::mem::replace(&mut st.runner, true)
-        };
-        if start {
-            let d = self.clone();
-            tokio::spawn(async move { d.session_runner(session_id).await });
+/// The sessions of this instance.
+pub struct Sessions {
+    ctx: Arc<Ctx>,
+    state: Mutex<HashMap<String, SessionState>>,
+}
+
+impl Sessions {
+    /// No session yet.
+    pub fn new(ctx: Arc<Ctx>) -> Sessions {
+        Sessions {
+            ctx,
+            state: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn session_runner(self: Arc<Self>, sid: String) {
+    /// Queues a session request; order within the session is stream order.
+    pub fn enqueue(self: &Arc<Self>, session_id: String, parsed: Parsed) {
+        let start = {
+            let mut sessions = self.state.lock().expect("sessions lock");
+            let st = sessions.entry(session_id.clone()).or_default();
+            st.queue.insert(entry_key(&parsed.entry.id), parsed);
+            !std::mem::replace(&mut st.runner, true)
+        };
+        if start {
+            let s = self.clone();
+            tokio::spawn(async move { s.runner(session_id).await });
+        }
+    }
+
+    /// Whether this instance holds session `sid`'s container.
+    pub fn has_container(&self, sid: &str) -> bool {
+        self.state
+            .lock()
+            .expect("sessions lock")
+            .get(sid)
+            .is_some_and(|s| s.container.is_some())
+    }
+
+    /// The sessions whose container this instance holds.
+    pub fn owned(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .filter(|(_, st)| st.container.is_some())
+            .map(|(sid, _)| sid.clone())
+            .collect()
+    }
+
+    async fn runner(self: Arc<Self>, sid: String) {
         loop {
-            let (entry, busy) = {
-                let mut sessions = self.sessions.lock().expect("sessions lock");
+            let (parsed, busy) = {
+                let mut sessions = self.state.lock().expect("sessions lock");
                 let st = sessions.entry(sid.clone()).or_default();
                 match st.queue.pop_first() {
-                    Some((_, e)) => (e, st.busy.clone()),
+                    Some((_, p)) => (p, st.busy.clone()),
                     None => {
                         st.runner = false;
                         return;
@@ -101,14 +148,15 @@ impl Daemon {
             // One instance runs a session's requests, in order: an entry
             // read by another instance is handed to the session's owner.
             match self
+                .ctx
                 .bus
-                .claim_session(&sid, &self.settings.instance_id)
+                .claim_session(&sid, &self.ctx.settings.instance_id)
                 .await
             {
-                Ok(owner) if owner == self.settings.instance_id => {}
+                Ok(owner) if owner == self.ctx.settings.instance_id => {}
                 Ok(owner) => {
-                    tracing::info!(session_id = %sid, owner = %owner, entry_id = %entry.id, "handing a session request to its owner");
-                    if let Err(e) = self.bus.transfer(&entry.id, &owner).await {
+                    tracing::info!(session_id = %sid, owner = %owner, entry_id = %parsed.entry.id, "handing a session request to its owner");
+                    if let Err(e) = self.ctx.bus.transfer(&parsed.entry.id, &owner).await {
                         tracing::warn!(session_id = %sid, error = %e, "handing over failed; the entry stays pending");
                     }
                     continue;
@@ -118,99 +166,74 @@ impl Daemon {
             }
             // Stream order across instances: an earlier request of this
             // session still pending elsewhere (or on its way here) runs first.
-            if self.earlier_request_pending(&sid, &entry).await {
-                self.sessions
+            if self.earlier_request_pending(&sid, &parsed.entry).await {
+                self.state
                     .lock()
                     .expect("sessions lock")
                     .entry(sid.clone())
                     .or_default()
                     .queue
-                    .insert(entry_key(&entry.id), entry);
+                    .insert(entry_key(&parsed.entry.id), parsed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             let permit = tokio::select! {
-                p = self.slots.clone().acquire_owned() => p.expect("semaphore open"),
+                p = self.ctx.slots.clone().acquire_owned() => p.expect("semaphore open"),
                 // Unacknowledged: the next start reads it again.
-                _ = self.shutdown.cancelled() => return,
+                _ = self.ctx.shutdown.cancelled() => return,
             };
             let _guard = busy.lock().await;
             let span = tracing::info_span!(
                 "session",
                 session_id = %sid,
-                container = %self.session_container_name(&sid),
+                container = %session_container_name(&self.ctx.settings.stream_prefix, &sid),
             );
-            self.run_session_entry(&sid, entry, permit)
-                .instrument(span)
-                .await;
+            self.run_entry(&sid, parsed, permit).instrument(span).await;
         }
     }
 
-    async fn run_session_entry(
-        self: &Arc<Self>,
-        sid: &str,
-        entry: Entry,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let received = Instant::now();
-        let received_at = now_rfc3339();
-        let queue_ms = entry
-            .timestamp_ms()
-            .map(|t| (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(t));
-        let Some(Ok(req)) = entry
-            .data
-            .as_deref()
-            .map(|d| parse_spawn_request(d, &self.settings.limits))
-        else {
-            // Not a session request after all: the ordinary path answers it.
-            self.clone().handle_entry(entry, permit).await;
-            return;
-        };
+    async fn run_entry(self: &Arc<Self>, sid: &str, parsed: Parsed, permit: OwnedSemaphorePermit) {
+        let ctx = &self.ctx;
+        let Parsed {
+            entry,
+            request: req,
+            ..
+        } = parsed;
+        // A session task's start is counted from its turn, not its reading.
+        let received = Received::now(entry.timestamp_ms());
         let rid = req.request_id.clone();
-        match self.bus.has_result(&rid).await {
-            Ok(true) => {
-                self.ack(&entry.id).await;
-                return;
-            }
-            Ok(false) => {}
-            Err(_) => return,
-        }
-        match self.bus.claim_run(&rid, &self.settings.instance_id).await {
-            Ok(crate::adapters::bus::RunClaim::Taken) => {}
-            // Running here or on a live instance: that run acknowledges it.
-            Ok(
-                crate::adapters::bus::RunClaim::Mine | crate::adapters::bus::RunClaim::Elsewhere,
-            ) => return,
-            Ok(crate::adapters::bus::RunClaim::Interrupted) => {
-                // Its instance died mid-task: never run it a second time.
+        let facts = Facts::new(
+            &rid,
+            Some(sid),
+            Route::Session,
+            entry.deliveries,
+            ctx.settings.max_deliveries,
+            Inflight::Free,
+            req.dry_run,
+        );
+        let t = ctx.triage(facts, &req).await;
+        let spec = match t.decision {
+            Decision::Settle(d) => return ctx.settle(&entry, d).await,
+            Decision::InterruptedTask => {
                 if let Ok(Some(f)) = self.find_session_container(sid).await {
                     self.kill_task(&f.id).await;
                 }
-                let info = ErrorInfo { code: "interrupted".into(), field: None, message: "the daemon running this task stopped before it finished; publish the request again".into() };
-                let mut r = ResultRecord::bare(&rid, Status::Error, Some(info));
-                r.session_id = Some(sid.to_string());
-                self.answer(&entry.id, r).await;
-                return;
+                let r = outcome::interrupted(&rid, Some(sid), Interruption::Task);
+                return ctx.settle(&entry, Disposition::Answer(r)).await;
             }
-            Err(_) => return,
-        }
-        if self.gave_up_after_deliveries(&entry, &rid).await {
-            return;
-        }
-        let spec = match self.resolve(&req) {
-            Ok(s) => s,
-            Err(e) => {
-                let mut r = ResultRecord::bare(&rid, e.status(), Some(e.info()));
-                r.session_id = Some(sid.to_string());
-                self.answer(&entry.id, r).await;
-                return;
+            Decision::DryRun => {
+                let r = dry_run_result(&req, t.spec.as_ref().expect("resolved"));
+                return ctx.settle(&entry, Disposition::Answer(r)).await;
+            }
+            Decision::SessionTask => t.spec.expect("resolved"),
+            Decision::FollowContainer | Decision::Pooled | Decision::Cold => {
+                tracing::error!(request_id = %rid, "a session entry was triaged as a one-shot request");
+                return ctx
+                    .settle(&entry, Disposition::LeavePending("triaged off its route"))
+                    .await;
             }
         };
-        if req.dry_run {
-            self.answer_dry_run(&entry.id, &req, &spec).await;
-            return;
-        }
-        self.sessions
+        self.state
             .lock()
             .expect("sessions lock")
             .entry(sid.to_string())
@@ -219,29 +242,23 @@ impl Daemon {
         let container = match self.ensure_session_container(sid, &spec).await {
             Ok(c) => c,
             Err(Some(info)) => {
-                let status = if info.code == "session_mismatch" {
+                let status = if info.code == ErrorCode::SessionMismatch.as_str() {
                     Status::Rejected
                 } else {
                     Status::Error
                 };
                 let mut r = ResultRecord::bare(&rid, status, Some(info));
                 r.session_id = Some(sid.to_string());
-                self.answer(&entry.id, r).await;
-                return;
+                return ctx.settle(&entry, Disposition::Answer(r)).await;
             }
-            // Docker trouble: leave the entry pending for a retry.
-            Err(None) => return,
+            Err(None) => {
+                return ctx
+                    .settle(&entry, Disposition::LeavePending("docker unavailable"))
+                    .await
+            }
         };
-        self.run_task(
-            Some(sid),
-            &entry,
-            &spec,
-            &container,
-            received,
-            received_at,
-            queue_ms,
-        )
-        .await;
+        self.run_task(sid, &entry, &received, &spec, &container)
+            .await;
         drop(permit);
     }
 
@@ -252,7 +269,7 @@ impl Daemon {
         spec: &WorkerSpec,
     ) -> Result<SessionContainer, Option<ErrorInfo>> {
         let known = self
-            .sessions
+            .state
             .lock()
             .expect("sessions lock")
             .get(sid)
@@ -264,18 +281,12 @@ impl Daemon {
                 Ok(Some(f)) if f.running => Some(session_from_facts(&f)),
                 Ok(Some(f)) => {
                     // A stopped session container is over: clear it away.
-                    let _ = self.env.engine.remove(&f.id).await;
+                    let _ = self.ctx.env.engine.remove(&f.id).await;
                     None
                 }
                 Ok(None) => None,
                 Err(Some(holder)) => {
-                    return Err(Some(ErrorInfo {
-                        code: "name_conflict".into(),
-                        field: Some("task.session_id".into()),
-                        message: format!(
-                            "the container named {holder} is not session {sid}'s container"
-                        ),
-                    }))
+                    return Err(Some(outcome::session_name_conflict(sid, &holder)))
                 }
                 Err(None) => return Err(None),
             },
@@ -285,47 +296,30 @@ impl Daemon {
                 if c.config_hash != spec.config_hash
                     || c.preset != spec.preset_id.clone().unwrap_or_default()
                 {
-                    return Err(Some(ErrorInfo {
-                        code: "session_mismatch".into(),
-                        field: Some(if c.preset != spec.preset_id.clone().unwrap_or_default() { "worker_config_id" } else { "worker_config_override" }.into()),
-                        message: format!(
+                    let field = if c.preset != spec.preset_id.clone().unwrap_or_default() {
+                        "worker_config_id"
+                    } else {
+                        "worker_config_override"
+                    };
+                    return Err(Some(ErrorCode::SessionMismatch.info(
+                        Some(field),
+                        format!(
                             "session {sid} runs preset {:?} with config hash {}; this request resolves to preset {:?} with hash {}",
                             c.preset, c.config_hash, spec.preset_id.clone().unwrap_or_default(), spec.config_hash
                         ),
-                    }));
+                    )));
                 }
                 self.register_session_container(sid, c.clone());
                 return Ok(c);
             }
             // Called from the runner, which holds the session's lock itself.
-            self.end_session_inner(sid, "expired", false).await;
+            self.end_inner(sid, "expired", false).await;
         }
         // A new session.
         let deadline = unix_now() + spec.config.limits.ttl_sec;
-        let mut l = HashMap::new();
-        l.insert(labels::MANAGED.to_string(), "true".to_string());
-        l.insert(
-            labels::PREFIX.to_string(),
-            self.settings.stream_prefix.clone(),
-        );
-        l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
-        l.insert(labels::SESSION_ID.to_string(), sid.to_string());
-        l.insert(
-            labels::PRESET.to_string(),
-            spec.preset_id.clone().unwrap_or_default(),
-        );
-        l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
-        l.insert(
-            labels::INSTANCE.to_string(),
-            self.settings.instance_id.clone(),
-        );
-        l.insert(labels::DEADLINE.to_string(), deadline.to_string());
-        l.insert(
-            labels::RECEIVED_MS.to_string(),
-            chrono::Utc::now().timestamp_millis().to_string(),
-        );
-        l.insert(labels::KIND.to_string(), "session".to_string());
-        let net = self.worker_net(&spec.config, "");
+        let received_ms = chrono::Utc::now().timestamp_millis();
+        let l = session_labels(spec, self.ctx.owner(), sid, deadline, received_ms);
+        let net = self.ctx.worker_net(&spec.config, "");
         let mut ctx = LaunchContext {
             name: name.clone(),
             image: spec.config.image.clone(),
@@ -339,7 +333,7 @@ impl Daemon {
             cmd: Some(crate::model::delivery::keeper_command()),
             delivery: FileDelivery::Archive,
         };
-        match self.images.image_for(&spec.config, |_| {}).await {
+        match self.ctx.images.image_for(&spec.config, |_| {}).await {
             Ok(image) => ctx.image = image,
             Err(e) if e.is_transient() => return Err(None),
             Err(e) => return Err(Some(e.info())),
@@ -348,14 +342,13 @@ impl Daemon {
         let mut base = spec.clone();
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
         let body = create_body(&base, &ctx);
-        let id = match self.env.engine.create(&name, body).await {
+        let id = match self.ctx.env.engine.create(&name, body).await {
             Ok(id) => id,
             Err(EngineError::ImageNotFound(i)) => {
-                return Err(Some(ErrorInfo {
-                    code: "image_not_found".into(),
-                    field: Some("image".into()),
-                    message: format!("image {i:?} does not exist on this engine"),
-                }))
+                return Err(Some(ErrorCode::ImageNotFound.info(
+                    Some("image"),
+                    format!("image {i:?} does not exist on this engine"),
+                )))
             }
             Err(e) => {
                 tracing::warn!(session_id = sid, error = %e, "creating the session container failed");
@@ -363,24 +356,18 @@ impl Daemon {
             }
         };
         if let Some(extra) = &spec.config.network {
-            if let Err(e) = self.env.engine.connect_network(extra, &id).await {
-                let _ = self.env.engine.remove(&id).await;
-                return Err(Some(ErrorInfo {
-                    code: "network_not_found".into(),
-                    field: Some("network".into()),
-                    message: e.to_string(),
-                }));
+            if let Err(e) = self.ctx.env.engine.connect_network(extra, &id).await {
+                let _ = self.ctx.env.engine.remove(&id).await;
+                return Err(Some(
+                    ErrorCode::NetworkNotFound.info(Some("network"), e.to_string()),
+                ));
             }
         }
         if let Err(e) =
-            worker::start_container(&self.env.engine, &id, &spec.files, &[], ctx.delivery).await
+            worker::start_container(&self.ctx.env.engine, &id, &spec.files, &[], ctx.delivery).await
         {
-            let _ = self.env.engine.remove(&id).await;
-            return Err(Some(ErrorInfo {
-                code: "start_failed".into(),
-                field: None,
-                message: e.to_string(),
-            }));
+            let _ = self.ctx.env.engine.remove(&id).await;
+            return Err(Some(ErrorCode::StartFailed.info(None, e.to_string())));
         }
         let c = SessionContainer {
             id,
@@ -389,7 +376,7 @@ impl Daemon {
             preset: spec.preset_id.clone().unwrap_or_default(),
             deadline_unix: deadline,
         };
-        self.env
+        self.ctx.env
             .sink
             .event(&spec.request_id, EventType::SessionCreated, json!({"session_id": sid, "container": c.name, "ttl_sec": spec.config.limits.ttl_sec}))
             .await;
@@ -401,20 +388,20 @@ impl Daemon {
     /// or from a dead instance): a running one is registered with its
     /// session, so its TTL, a cancel and the next request find it; a stopped
     /// one is over and is removed.
-    pub(crate) async fn adopt_session(self: &Arc<Self>, facts: ContainerFacts) {
+    pub async fn adopt(self: &Arc<Self>, facts: ContainerFacts) {
         let Some(sid) = facts.labels.get(labels::SESSION_ID).cloned() else {
             return;
         };
-        let facts = match self.env.engine.inspect(&facts.id).await {
+        let facts = match self.ctx.env.engine.inspect(&facts.id).await {
             Ok(f) => f,
             Err(_) => return,
         };
         if !facts.running {
-            let _ = self.env.engine.remove(&facts.id).await;
+            let _ = self.ctx.env.engine.remove(&facts.id).await;
             return;
         }
         let known = self
-            .sessions
+            .state
             .lock()
             .expect("sessions lock")
             .get(&sid)
@@ -422,10 +409,10 @@ impl Daemon {
         if known {
             return;
         }
-        self.metrics.adopted.inc();
+        self.ctx.metrics.adopted.inc();
         tracing::info!(session_id = %sid, container = %facts.name, "adopting session container");
         {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let mut sessions = self.state.lock().expect("sessions lock");
             let st = sessions.entry(sid.clone()).or_default();
             if st.last_request.is_empty() {
                 st.last_request = facts
@@ -443,7 +430,7 @@ impl Daemon {
     /// read by this instance's sweep). Gives up after a while, so an entry
     /// that never gets acknowledged cannot stall the session for good.
     async fn earlier_request_pending(&self, sid: &str, entry: &Entry) -> bool {
-        let Ok(ids) = self.bus.pending_before(&entry.id, 200).await else {
+        let Ok(ids) = self.ctx.bus.pending_before(&entry.id, 200).await else {
             return false;
         };
         if entry.timestamp_ms().is_some_and(|t| {
@@ -453,7 +440,7 @@ impl Daemon {
         }
         for id in ids {
             let queued = self
-                .sessions
+                .state
                 .lock()
                 .expect("sessions lock")
                 .get(sid)
@@ -463,23 +450,23 @@ impl Daemon {
             }
             let Ok(Some(Entry {
                 data: Some(data), ..
-            })) = self.bus.entry_by_id(&id).await
+            })) = self.ctx.bus.entry_by_id(&id).await
             else {
                 continue;
             };
-            let same = parse_spawn_request(&data, &self.settings.limits)
-                .ok()
-                .and_then(|r| r.task.session_id)
-                .is_some_and(|s| s == sid);
-            if same {
-                let rid_done = parse_spawn_request(&data, &self.settings.limits)
-                    .ok()
-                    .map(|r| r.request_id);
+            let Ok(other) = parse_spawn_request(&data, &self.ctx.settings.limits) else {
+                continue;
+            };
+            if other.task.session_id.as_deref() == Some(sid) {
                 // Already answered (only its acknowledgement is missing): not a blocker.
-                if let Some(rid) = rid_done {
-                    if self.bus.has_result(&rid).await.unwrap_or(false) {
-                        continue;
-                    }
+                if self
+                    .ctx
+                    .bus
+                    .has_result(&other.request_id)
+                    .await
+                    .unwrap_or(false)
+                {
+                    continue;
                 }
                 return true;
             }
@@ -488,9 +475,9 @@ impl Daemon {
     }
 
     /// Records the container and makes sure a reaper watches its TTL.
-    pub(crate) fn register_session_container(self: &Arc<Self>, sid: &str, c: SessionContainer) {
+    pub(super) fn register_session_container(self: &Arc<Self>, sid: &str, c: SessionContainer) {
         let start = {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let mut sessions = self.state.lock().expect("sessions lock");
             let st = sessions.entry(sid.to_string()).or_default();
             st.container = Some(c);
             !std::mem::replace(&mut st.reaper, true)
@@ -506,7 +493,7 @@ impl Daemon {
     async fn session_reaper(self: Arc<Self>, sid: String) {
         loop {
             let (deadline, idle_since, busy) = {
-                let mut sessions = self.sessions.lock().expect("sessions lock");
+                let mut sessions = self.state.lock().expect("sessions lock");
                 let Some(st) = sessions.get_mut(&sid) else {
                     return;
                 };
@@ -526,14 +513,14 @@ impl Daemon {
             };
             let now = unix_now();
             if now >= deadline {
-                self.end_session(&sid, "expired").await;
+                self.end(&sid, "expired").await;
                 continue;
             }
-            let idle = self.settings.session_idle_timeout;
+            let idle = self.ctx.settings.session_idle_timeout;
             if !busy && !idle.is_zero() {
                 if let Some(since) = idle_since {
                     if since.elapsed() >= idle {
-                        self.end_session(&sid, "idle").await;
+                        self.end(&sid, "idle").await;
                         continue;
                     }
                 }
@@ -541,71 +528,65 @@ impl Daemon {
             let wait = Duration::from_secs(deadline - now).min(Duration::from_secs(1));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = self.ctx.shutdown.cancelled() => return,
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn run_task(
-        self: &Arc<Self>,
-        session: Option<&str>,
+    /// Runs one task of session `sid` as an exec in its container.
+    async fn run_task(
+        &self,
+        sid: &str,
         entry: &Entry,
+        received: &Received,
         spec: &WorkerSpec,
         container: &SessionContainer,
-        received: Instant,
-        received_at: String,
-        queue_ms: Option<u64>,
     ) {
+        let ctx = &self.ctx;
         let rid = spec.request_id.clone();
-        let api_key = crate::model::worker_key::new_key();
-        let net = self.worker_net(&spec.config, &api_key);
-        let record = crate::model::worker_key::KeyRecord::for_spec(
-            spec,
-            spec.env
-                .iter()
-                .find(|v| v.name == "ORCHESTRATOR_USER_ID")
-                .map(|v| v.value.clone()),
-        )
-        .in_container(&container.name);
-        if self
+        let api_key = new_key();
+        let net = ctx.worker_net(&spec.config, &api_key);
+        let user = spec
+            .env
+            .iter()
+            .find(|v| v.name == "ORCHESTRATOR_USER_ID")
+            .map(|v| v.value.clone());
+        let record = KeyRecord::for_spec(spec, user).in_container(&container.name);
+        let ttl = Duration::from_secs(spec.config.limits.timeout_sec);
+        if ctx
             .bus
-            .register_worker_key(
-                &api_key,
-                &record,
-                Duration::from_secs(spec.config.limits.timeout_sec),
-            )
+            .register_worker_key(&api_key, &record, ttl)
             .await
             .is_err()
         {
-            return;
+            ctx.metrics.redis_errors.inc();
+            return ctx
+                .settle(
+                    entry,
+                    Disposition::LeavePending("registering the worker key failed"),
+                )
+                .await;
         }
         let mut redactor = spec.redactor();
         redactor.add(&api_key);
-        let stop = CancellationToken::new();
-        let reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
-        let job = worker::Job {
-            request_id: rid.clone(),
-            session_id: session.map(str::to_string),
-            preset: spec.preset_id.clone(),
-            config_hash: spec.config_hash.clone(),
-            image: spec.config.image.clone(),
+        let at = Placement {
             container_id: container.id.clone(),
             container_name: container.name.clone(),
-            redactor: redactor.clone(),
-            deadline_unix: worker::deadline_after(spec.config.limits.timeout_sec)
-                .min(container.deadline_unix),
-            received_at: Some(received_at),
-            queue_ms,
-            received: Some(received),
-            stop: stop.clone(),
-            stop_reason: reason.clone(),
-            api_key: Some(api_key.clone()),
-            output: Default::default(),
+            image: spec.config.image.clone(),
         };
-        self.env
+        let deadline =
+            worker::deadline_after(spec.config.limits.timeout_sec).min(container.deadline_unix);
+        let job = Job::new(
+            spec,
+            at,
+            deadline,
+            Some(received),
+            redactor,
+            Some(api_key.clone()),
+        );
+        ctx.env
             .sink
-            .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": self.settings.instance_id, "session_id": session, "container": container.name}))
+            .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": ctx.settings.instance_id, "session_id": sid, "container": container.name}))
             .await;
         let mut env: Vec<String> = spec
             .env
@@ -617,191 +598,102 @@ impl Daemon {
             env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
         }
         env.push(format!("HOME={HOME}"));
-        let exec = match self
-            .env
-            .engine
-            .upload(&container.id, &spec.request_files)
-            .await
-        {
-            Ok(()) => {
-                self.env
-                    .engine
-                    .exec(&container.id, spec.command.clone(), env)
-                    .await
-            }
+        let engine = &ctx.env.engine;
+        let exec = match engine.upload(&container.id, &spec.request_files).await {
+            Ok(()) => engine.exec(&container.id, spec.command.clone(), env).await,
             Err(e) => Err(e),
         };
         let (exec_id, output) = match exec {
             Ok(x) => x,
             Err(e) => {
-                let info = ErrorInfo {
-                    code: "start_failed".into(),
-                    field: None,
-                    message: e.to_string(),
-                };
-                let r = job.result(Status::Error, Some(info), &self.settings.instance_id);
-                let _ = self.bus.revoke_worker_key(&api_key).await;
-                if self.env.sink.result(&r, &self.shutdown).await {
-                    self.ack(&entry.id).await;
-                }
-                return;
+                let info = ErrorCode::StartFailed.info(None, e.to_string());
+                let r = job.result(Status::Error, Some(info), &ctx.settings.instance_id);
+                let _ = ctx.bus.revoke_worker_key(&api_key).await;
+                return ctx.settle(entry, Disposition::Answer(r)).await;
             }
         };
-        {
-            if let Some(sid) = session {
-                let mut sessions = self.sessions.lock().expect("sessions lock");
-                sessions.entry(sid.to_string()).or_default().current =
-                    Some((rid.clone(), stop.clone(), reason.clone()));
-            }
-        }
-        self.track_running(&rid, &stop, &reason);
-        // The agent process runs from here on: that is the start.
-        let started = Instant::now();
-        let start_ms = started.duration_since(received).as_millis() as u64;
-        self.metrics.start_seconds.observe(start_ms as f64 / 1000.0);
-        self.metrics.running_workers.inc();
-        self.env
-            .sink
-            .event(
-                &rid,
-                EventType::Started,
-                json!({"container": container.name, "session_id": session}),
-            )
-            .await;
-
-        let env2 = self.env.clone();
-        let rid2 = rid.clone();
-        let red2 = redactor.clone();
-        let mut fwd =
-            tokio::spawn(async move { worker::forward(&env2, &rid2, &red2, output).await });
-        let remaining = worker::time_left(job.deadline_unix);
-        let mut stopped: Option<StopReason> = None;
-        let mut tail = worker::OutputTail::default();
-        tokio::select! {
-            r = &mut fwd => { tail = r.unwrap_or_default(); }
-            _ = tokio::time::sleep(remaining) => { stopped = Some(StopReason::Expired); }
-            _ = stop.cancelled() => { stopped = Some(reason.lock().expect("lock").unwrap_or(StopReason::Cancelled)); }
-        }
-        if stopped.is_some() {
-            self.kill_task(&container.id).await;
-            tail = match tokio::time::timeout(Duration::from_secs(10), fwd).await {
-                Ok(Ok(t)) => t,
-                _ => worker::OutputTail::default(),
-            };
-        }
-        self.metrics.running_workers.dec();
-        let run_ms = started.elapsed().as_millis() as u64;
-        self.metrics.run_seconds.observe(run_ms as f64 / 1000.0);
-        let exit_code = self
-            .env
-            .engine
-            .exec_exit_code(&exec_id)
-            .await
-            .ok()
-            .flatten();
-        let (status, error, event) = match stopped {
-            Some(StopReason::Expired) => (
-                Status::TimedOut,
-                Some(ErrorInfo {
-                    code: "timed_out".into(),
-                    field: Some("limits.timeout_sec".into()),
-                    message: "the task ran past its deadline and was stopped".into(),
-                }),
-                EventType::TimedOut,
-            ),
-            Some(StopReason::Cancelled) => (
-                Status::Cancelled,
-                Some(ErrorInfo {
-                    code: "cancelled".into(),
-                    field: None,
-                    message: "cancelled by a control command".into(),
-                }),
-                EventType::Cancelled,
-            ),
-            None if exit_code == Some(0) => (Status::Succeeded, None, EventType::Finished),
-            None => (Status::Failed, None, EventType::Finished),
+        self.state
+            .lock()
+            .expect("sessions lock")
+            .entry(sid.to_string())
+            .or_default()
+            .current = Some((rid.clone(), job.stop.clone(), job.stop_reason.clone()));
+        ctx.registry.track(&rid, running_of(&job));
+        let (kill_ctx, kill_id) = (ctx.clone(), container.id.clone());
+        let exec = Exec {
+            exec_id,
+            output,
+            kill: Box::pin(async move { kill_task(&kill_ctx, &kill_id).await }),
+            session_id: Some(sid.to_string()),
         };
-        self.env
-            .sink
-            .event(
-                &rid,
-                event,
-                json!({"exit_code": exit_code, "status": status.as_str()}),
-            )
-            .await;
-        let mut result = job.result(status, error, &self.settings.instance_id);
-        result.exit_code = exit_code;
-        result.output = tail.text;
-        result.output_truncated = tail.truncated;
-        result.timings.started_at = Some(crate::model::protocol::rfc3339_millis(
-            (std::time::SystemTime::now() - started.elapsed()).into(),
-        ));
-        result.timings.finished_at = Some(now_rfc3339());
-        result.timings.start_ms = Some(start_ms);
-        result.timings.run_ms = Some(run_ms);
-        let _ = self.bus.revoke_worker_key(&api_key).await;
-        {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
-            if let Some(st) = session.and_then(|sid| sessions.get_mut(sid)) {
-                st.current = None;
-                st.last_used = Some(Instant::now());
-            }
+        let published = worker::supervise_exec(&ctx.env, &job, exec, &ctx.shutdown).await;
+        if let Some(st) = self.state.lock().expect("sessions lock").get_mut(sid) {
+            st.current = None;
+            st.last_used = Some(Instant::now());
         }
-        self.running.lock().expect("running lock").remove(&rid);
-        if self.env.sink.result(&result, &self.shutdown).await {
-            self.ack(&entry.id).await;
+        ctx.registry.untrack(&rid);
+        if published {
+            ctx.settle(entry, Disposition::Ack).await;
         }
     }
 
     /// Stops every process of the running task (SIGTERM, grace, SIGKILL).
     async fn kill_task(&self, container_id: &str) {
-        let killer = crate::model::delivery::killer_command;
-        let run = |argv: Vec<String>| async move {
-            match self
-                .env
-                .engine
-                .exec(container_id, argv, vec![format!("HOME={HOME}")])
-                .await
-            {
-                Ok((_, mut out)) => {
-                    use futures_util::StreamExt;
-                    let mut text = Vec::new();
-                    while let Some(Ok((_, b))) = out.next().await {
-                        text.extend_from_slice(&b);
-                    }
-                    String::from_utf8_lossy(&text)
-                        .trim()
-                        .parse::<u32>()
-                        .unwrap_or(0)
+        kill_task(&self.ctx, container_id).await
+    }
+}
+
+/// Stops every process of a session's running task (SIGTERM, grace,
+/// SIGKILL) through the in-container killer.
+async fn kill_task(ctx: &Ctx, container_id: &str) {
+    let killer = crate::model::delivery::killer_command;
+    let run = |argv: Vec<String>| async move {
+        match ctx
+            .env
+            .engine
+            .exec(container_id, argv, vec![format!("HOME={HOME}")])
+            .await
+        {
+            Ok((_, mut out)) => {
+                use futures_util::StreamExt;
+                let mut text = Vec::new();
+                while let Some(Ok((_, b))) = out.next().await {
+                    text.extend_from_slice(&b);
                 }
-                Err(_) => 0,
+                String::from_utf8_lossy(&text)
+                    .trim()
+                    .parse::<u32>()
+                    .unwrap_or(0)
             }
-        };
-        if run(killer("TERM")).await == 0 {
+            Err(_) => 0,
+        }
+    };
+    if run(killer("TERM")).await == 0 {
+        return;
+    }
+    let deadline = Instant::now() + ctx.settings.stop_grace;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Signal 0 counts the survivors without hurting them.
+        if run(killer("0")).await == 0 {
             return;
         }
-        let deadline = Instant::now() + self.settings.stop_grace;
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            // Signal 0 counts the survivors without hurting them.
-            if run(killer("0")).await == 0 {
-                return;
-            }
-        }
-        run(killer("KILL")).await;
     }
+    run(killer("KILL")).await;
+}
 
+impl Sessions {
     /// Session `sid`'s container on the engine: the one under its name if
     /// its labels say it is this session's (`Err(Some(name))` when another
     /// container holds the name), else one labelled with the session under
     /// any name (an older daemon's naming). `Err(None)`: Docker trouble.
-    pub(crate) async fn find_session_container(
+    pub(super) async fn find_session_container(
         &self,
         sid: &str,
     ) -> Result<Option<ContainerFacts>, Option<String>> {
         let name = self.session_container_name(sid);
-        match self.env.engine.inspect(&name).await {
-            Ok(f) if self.holds_session(&f, sid) => return Ok(Some(f)),
+        match self.ctx.env.engine.inspect(&name).await {
+            Ok(f) if self.ctx.holds_session(&f, sid) => return Ok(Some(f)),
             Ok(_) => {
                 tracing::warn!(session_id = sid, container = %name, "session container name held by another container");
                 return Err(Some(name));
@@ -810,16 +702,18 @@ impl Daemon {
             Err(_) => return Err(None),
         }
         let found = self
+            .ctx
             .env
             .engine
             .list_labelled(
-                &self.settings.stream_prefix,
+                &self.ctx.settings.stream_prefix,
                 &[(labels::SESSION_ID, sid), (labels::KIND, "session")],
             )
             .await
             .map_err(|_| None)?;
         match found.into_iter().max_by_key(|c| c.running) {
             Some(c) => self
+                .ctx
                 .env
                 .engine
                 .inspect(&c.id)
@@ -831,22 +725,18 @@ impl Daemon {
     }
 
     /// The container name of a session in this setup.
-    pub(crate) fn session_container_name(&self, sid: &str) -> String {
-        if self.settings.stream_prefix == "workers" {
-            container_name("wss", sid)
-        } else {
-            container_name("wss", &format!("{}/{sid}", self.settings.stream_prefix))
-        }
+    fn session_container_name(&self, sid: &str) -> String {
+        session_container_name(&self.ctx.settings.stream_prefix, sid)
     }
 
     /// Ends a session: stops its task, removes its container, says so.
-    pub(crate) async fn end_session(&self, sid: &str, why: &str) {
-        self.end_session_inner(sid, why, true).await
+    pub async fn end(&self, sid: &str, why: &str) {
+        self.end_inner(sid, why, true).await
     }
 
-    async fn end_session_inner(&self, sid: &str, why: &str, wait_for_task: bool) {
+    async fn end_inner(&self, sid: &str, why: &str, wait_for_task: bool) {
         let (container, current, busy, last) = {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let mut sessions = self.state.lock().expect("sessions lock");
             let Some(st) = sessions.get_mut(sid) else {
                 return;
             };
@@ -877,7 +767,7 @@ impl Daemon {
         // Wait for the running task to publish its result first.
         let _guard = if wait_for_task {
             tokio::time::timeout(
-                self.settings.stop_grace + Duration::from_secs(15),
+                self.ctx.settings.stop_grace + Duration::from_secs(15),
                 busy.lock(),
             )
             .await
@@ -886,15 +776,17 @@ impl Daemon {
             None
         };
         if let Some(id) = &target {
-            if let Err(e) = self.env.engine.remove(id).await {
+            if let Err(e) = self.ctx.env.engine.remove(id).await {
                 tracing::warn!(session_id = sid, error = %e, "removing the session container failed");
             }
         }
         let _ = self
+            .ctx
             .bus
-            .release_session(sid, &self.settings.instance_id)
+            .release_session(sid, &self.ctx.settings.instance_id)
             .await;
-        self.env
+        self.ctx
+            .env
             .sink
             .event(
                 &last,
@@ -907,7 +799,7 @@ impl Daemon {
 }
 
 /// Session facts from a container's labels.
-pub(crate) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
+pub(super) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
     let l = |k: &str| f.labels.get(k).cloned().unwrap_or_default();
     SessionContainer {
         id: f.id.clone(),
