@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The worker config JSON Schema (Draft 2020-12), as shipped in the repo.
-pub const SCHEMA_JSON: &str = include_str!("../../schema/worker-config.schema.json");
+pub const SCHEMA_JSON: &str = include_str!("../../../schema/worker-config.schema.json");
 
 /// Env var prefix reserved for variables the daemon itself sets.
 pub const RESERVED_ENV_PREFIX: &str = "ORCHESTRATOR_";
