@@ -16,7 +16,6 @@ pub mod image_ref;
 pub mod images;
 pub mod loader;
 pub mod metrics;
-pub mod orchestrator_cli;
 pub mod policy;
 pub mod pool;
 pub mod prepare;

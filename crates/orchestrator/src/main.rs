@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use workers_spawner::orchestrator_cli::{
+use orchestrator::{
     self as oc, call_url, exit, format_human, is_allowed, is_known_group, parse_args, prescan,
     Call, Outcome,
 };

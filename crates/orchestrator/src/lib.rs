@@ -1,4 +1,4 @@
-//! Pure logic of the in-container `orchestrator` CLI (`src/bin/orchestrator.rs`):
+//! Pure logic of the in-container `orchestrator` CLI (`src/main.rs`):
 //! the `ORCHESTRATOR_ALLOWED_TOOLS` check, command-line parsing, the mapping of
 //! a command to a gateway call (`POST /v1/tools/{group}/{action}`), the
 //! classification of gateway responses into exit codes, and human-readable
