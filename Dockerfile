@@ -18,9 +18,9 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
-# src/bin/orchestrator.rs is the in-container CLI; it ships with the daemon
+# crates/orchestrator is the in-container CLI; it ships with the daemon
 # image so that operators can copy it into worker images.
-RUN cargo build --release --locked --bin workers-spawner --bin orchestrator \
+RUN cargo build --release --locked --workspace --bin workers-spawner --bin orchestrator \
     && mkdir -p /out \
     && cp target/release/workers-spawner target/release/orchestrator /out/
 

@@ -9,8 +9,8 @@
 #   --debug       package debug binaries instead of `cargo build --release`
 #   --force       rebuild even when TAG already carries the same inputs hash
 #
-# Builds workers-spawner (and orchestrator, when src/bin/orchestrator.rs
-# exists) with cargo on the host, honouring CARGO_TARGET_DIR, and packages
+# Builds workers-spawner (and orchestrator, when crates/orchestrator exists)
+# with cargo on the host, honouring CARGO_TARGET_DIR, and packages
 # them with presets/, skills/, templates/ and schema/ via
 # images/daemon/Dockerfile.local. The result is what `docker build .` makes
 # on a machine with a registry; run it with `docker-compose up --no-build`.
@@ -42,12 +42,13 @@ cd "$repo_root"
 
 # --------------------------------------------------------------- binaries
 bins=(workers-spawner)
-if [ -f src/bin/orchestrator.rs ] || [ -f src/bin/orchestrator/main.rs ]; then
+if [ -f crates/orchestrator/Cargo.toml ]; then
     bins+=(orchestrator)
 else
-    log "src/bin/orchestrator.rs not found; packaging workers-spawner only"
+    log "crates/orchestrator not found; packaging workers-spawner only"
 fi
-cargo_args=(build --locked)
+# --workspace: the binaries are in two packages (the root and crates/orchestrator).
+cargo_args=(build --locked --workspace)
 [ "$profile" = release ] && cargo_args+=(--release)
 for b in "${bins[@]}"; do cargo_args+=(--bin "$b"); done
 log "cargo ${cargo_args[*]}"

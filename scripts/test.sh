@@ -79,8 +79,12 @@ fi
 # The compose stack itself runs below (scripts/compose-test.sh), once the
 # debug binaries and the universal worker image it uses exist.
 
-section "cargo build --all-targets"
-cargo build --all-targets
+section "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+section "cargo fmt --all --check, cargo clippy --workspace --all-targets"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 section "universal worker image (debootstrap base, orchestrator CLI)"
 images/universal-worker/build.sh --orchestrator "${CARGO_TARGET_DIR:-target}/debug/orchestrator"
@@ -103,8 +107,8 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 section "benchmark harness smoke run (scripts/bench.sh --smoke)"
 bash scripts/bench.sh --smoke
 
-section "cargo test --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
-cargo test --no-fail-fast --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
+section "cargo test --workspace --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
+cargo test --no-fail-fast --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 
 section "leftover container check"
 leaked="$(managed_containers | awk -F'\t' -v pre="$(echo "$preexisting" | tr '\n' ' ')" '

@@ -52,7 +52,7 @@ log() { echo "[universal-worker] $*" >&2; }
 
 if [ ! -f "$orchestrator" ]; then
     log "orchestrator binary not found: $orchestrator"
-    log "build it first (cargo build --bin orchestrator) or pass --orchestrator PATH"
+    log "build it first (cargo build -p orchestrator) or pass --orchestrator PATH"
     exit 1
 fi
 

@@ -1,28 +1,23 @@
-//! `orchestrator`: the CLI an agent uses inside its worker container to act on
-//! the platform (see `skills/*.md` for the documented syntax and exit codes).
+//! The process around the pure modules: reads the `ORCHESTRATOR_*`
+//! environment, prints to stdout and stderr, and returns the exit code.
 //!
 //! Order of checks: the command group is checked against
 //! `ORCHESTRATOR_ALLOWED_TOOLS` first (exit 77), then the full command line is
 //! parsed (exit 2), then the gateway configuration is read (exit 69), and only
 //! then is the gateway called: `POST {ORCHESTRATOR_API_URL}/v1/tools/{group}/{action}`
-//! with `{"args": {...}}`. Synchronous and tokio-free for a fast start.
+//! with `{"args": {...}}`.
 
 use std::ffi::OsString;
-use std::time::Duration;
 
 use clap::error::ErrorKind;
-use workers_spawner::orchestrator_cli::{
-    self as oc, call_url, exit, format_human, is_allowed, is_known_group, parse_args, prescan,
-    Call, Outcome,
-};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const GLOBAL_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn main() {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    std::process::exit(run(args));
-}
+use crate::args::parse_args;
+use crate::auth::{is_allowed, is_known_group, prescan};
+use crate::client::{perform, Gateway};
+use crate::exit;
+use crate::format::format_human;
+use crate::outcome::Outcome;
+use crate::{ALLOWED_TOOLS_ENV, API_KEY_ENV, API_URL_ENV, REQUEST_ID_ENV, USER_ID_ENV};
 
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name)
@@ -31,7 +26,8 @@ fn env_nonempty(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn run(args: Vec<OsString>) -> i32 {
+/// Runs the CLI on `args` (including `argv[0]`) and returns the exit code.
+pub fn run(args: Vec<OsString>) -> i32 {
     // 1. Authorization, before anything else.
     let rest: Vec<String> = args
         .iter()
@@ -39,7 +35,7 @@ fn run(args: Vec<OsString>) -> i32 {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let scan = prescan(&rest);
-    let raw = std::env::var(oc::ALLOWED_TOOLS_ENV).ok();
+    let raw = std::env::var(ALLOWED_TOOLS_ENV).ok();
     if let Some(group) = scan.group.as_deref() {
         if is_known_group(group) && !is_allowed(raw.as_deref(), group) {
             return emit_failure(scan.json, &Outcome::permission_denied(group));
@@ -54,7 +50,7 @@ fn run(args: Vec<OsString>) -> i32 {
     let call = cli.command.to_call();
 
     // 3. Configuration.
-    let Some(base) = env_nonempty(oc::API_URL_ENV) else {
+    let Some(base) = env_nonempty(API_URL_ENV) else {
         return emit_failure(
             cli.json,
             &Outcome::failure(
@@ -62,12 +58,12 @@ fn run(args: Vec<OsString>) -> i32 {
                 "not_configured",
                 format!(
                     "backend unavailable: {} is not set (orchestrator gateway not configured)",
-                    oc::API_URL_ENV
+                    API_URL_ENV
                 ),
             ),
         );
     };
-    let Some(key) = env_nonempty(oc::API_KEY_ENV) else {
+    let Some(key) = env_nonempty(API_KEY_ENV) else {
         return emit_failure(
             cli.json,
             &Outcome::failure(
@@ -75,14 +71,22 @@ fn run(args: Vec<OsString>) -> i32 {
                 "not_configured",
                 format!(
                     "backend unavailable: {} is not set (orchestrator gateway not configured)",
-                    oc::API_KEY_ENV
+                    API_KEY_ENV
                 ),
             ),
         );
     };
 
     // 4. The call.
-    let outcome = perform(&base, &key, &call);
+    let user = env_nonempty(USER_ID_ENV);
+    let request = env_nonempty(REQUEST_ID_ENV);
+    let gateway = Gateway {
+        base: &base,
+        key: &key,
+        user: user.as_deref(),
+        request: request.as_deref(),
+    };
+    let outcome = perform(&gateway, &call);
     if outcome.exit_code != exit::OK {
         return emit_failure(cli.json, &outcome);
     }
@@ -137,56 +141,4 @@ fn emit_failure(json: bool, outcome: &Outcome) -> i32 {
         }
     }
     outcome.exit_code
-}
-
-fn perform(base: &str, key: &str, call: &Call) -> Outcome {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_global(Some(GLOBAL_TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .user_agent(concat!("orchestrator-cli/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-
-    let url = call_url(base, call);
-    let mut req = agent
-        .post(&url)
-        .header("Authorization", format!("Bearer {key}"))
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json");
-    if let Some(user) = env_nonempty(oc::USER_ID_ENV) {
-        req = req.header("X-Orchestrator-User", user);
-    }
-    if let Some(request) = env_nonempty(oc::REQUEST_ID_ENV) {
-        req = req.header("X-Orchestrator-Request", request);
-    }
-
-    let body = call.body().to_string();
-    let mut resp = match req.send(body.as_bytes()) {
-        Ok(r) => r,
-        Err(e) => return transport_failure(base, e),
-    };
-    let status = resp.status().as_u16();
-    let text = match resp.body_mut().read_to_string() {
-        Ok(t) => t,
-        Err(e) => return transport_failure(base, e),
-    };
-    oc::classify_response(call.group, status, &text)
-}
-
-fn transport_failure(base: &str, e: ureq::Error) -> Outcome {
-    let what = match &e {
-        ureq::Error::Timeout(_) => "timed out".to_owned(),
-        ureq::Error::ConnectionFailed => "connection failed".to_owned(),
-        ureq::Error::HostNotFound => "host not found".to_owned(),
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
-            format!("invalid {} or request: {e}", oc::API_URL_ENV)
-        }
-        other => other.to_string(),
-    };
-    Outcome::unavailable(format!(
-        "backend unavailable: cannot reach the orchestrator gateway at {base}: {what}"
-    ))
 }
