@@ -86,6 +86,14 @@ section "cargo fmt --all --check, cargo clippy --workspace --all-targets"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+section "layers depend only downwards; the CLI crate links no daemon runtime"
+bash scripts/check-layers.sh
+if cargo tree -p orchestrator -e normal --prefix none | grep -E '^(tokio|bollard|redis) '; then
+    echo "FAIL: the orchestrator crate depends on the daemon's runtime" >&2
+    exit 1
+fi
+echo "orchestrator: no tokio, bollard or redis in its dependency tree"
+
 section "universal worker image (debootstrap base, orchestrator CLI)"
 images/universal-worker/build.sh --orchestrator "${CARGO_TARGET_DIR:-target}/debug/orchestrator"
 

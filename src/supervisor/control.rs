@@ -68,7 +68,8 @@ impl Supervisor {
             Ok(ControlCommand::CancelSession { session_id }) => {
                 if self.sessions.has_container(&session_id) {
                     tracing::info!(session_id = %session_id, "ending session on request");
-                    self.sessions.end(&session_id, "cancelled").await;
+                    self.sessions
+                        .end(&session_id, super::session::End::Cancelled);
                 }
             }
             Err(reason) => {

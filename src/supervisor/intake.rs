@@ -413,7 +413,9 @@ impl Supervisor {
                     self.launch(&p, spec, permit).await;
                 }
                 Decision::SessionTask | Decision::InterruptedTask => {
-                    unreachable!("a one-shot request is never a session task")
+                    tracing::error!(request_id = %rid, "a one-shot request was triaged as a session task");
+                    ctx.settle(&p.entry, Disposition::LeavePending("triaged off its route"))
+                        .await;
                 }
             }
         }

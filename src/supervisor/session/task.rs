@@ -1,0 +1,444 @@
+//! One task of a session, run by its session's loop: triage, the
+//! session's container (the known one, an adopted one, or a new one), the
+//! exec under its own timeout, and the in-container killer that stops it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{entry_key, End, Session, SessionContainer};
+use crate::adapters::bus::Entry;
+use crate::adapters::engine::{ContainerFacts, EngineError};
+use crate::model::container::{
+    create_body, labels, session_container_name, session_labels, FileDelivery, LaunchContext,
+};
+use crate::model::outcome::{self, ErrorCode, Interruption};
+use crate::model::protocol::{parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status};
+use crate::model::render::HOME;
+use crate::model::spec::WorkerSpec;
+use crate::model::triage::{Decision, Disposition, Facts, Inflight, Route};
+use crate::model::worker_key::{new_key, KeyRecord};
+use crate::supervisor::ctx::{running_of, Ctx};
+use crate::supervisor::intake::{dry_run_result, Parsed};
+use crate::worker::{self, unix_now, Exec, Job, Placement, Received};
+
+impl Session {
+    pub(super) async fn run_entry(&mut self, parsed: Parsed, permit: OwnedSemaphorePermit) {
+        let sid = &self.sid.clone();
+        let ctx = &self.ctx.clone();
+        let Parsed {
+            entry,
+            request: req,
+            ..
+        } = parsed;
+        // A session task's start is counted from its turn, not its reading.
+        let received = Received::now(entry.timestamp_ms());
+        let rid = req.request_id.clone();
+        let facts = Facts::new(
+            &rid,
+            Some(sid),
+            Route::Session,
+            entry.deliveries,
+            ctx.settings.max_deliveries,
+            Inflight::Free,
+            req.dry_run,
+        );
+        let t = ctx.triage(facts, &req).await;
+        let spec = match t.decision {
+            Decision::Settle(d) => return ctx.settle(&entry, d).await,
+            Decision::InterruptedTask => {
+                if let Ok(Some(f)) = self.find_container().await {
+                    kill_task(ctx, &f.id).await;
+                }
+                let r = outcome::interrupted(&rid, Some(sid), Interruption::Task);
+                return ctx.settle(&entry, Disposition::Answer(r)).await;
+            }
+            Decision::DryRun => {
+                let r = dry_run_result(&req, t.spec.as_ref().expect("resolved"));
+                return ctx.settle(&entry, Disposition::Answer(r)).await;
+            }
+            Decision::SessionTask => t.spec.expect("resolved"),
+            Decision::FollowContainer | Decision::Pooled | Decision::Cold => {
+                tracing::error!(request_id = %rid, "a session entry was triaged as a one-shot request");
+                return ctx
+                    .settle(&entry, Disposition::LeavePending("triaged off its route"))
+                    .await;
+            }
+        };
+        self.last_request = rid.clone();
+        let container = match self.ensure_container(&spec).await {
+            Ok(c) => c,
+            Err(Some(info)) => {
+                let status = if info.code == ErrorCode::SessionMismatch.as_str() {
+                    Status::Rejected
+                } else {
+                    Status::Error
+                };
+                let mut r = ResultRecord::bare(&rid, status, Some(info));
+                r.session_id = Some(sid.to_string());
+                return ctx.settle(&entry, Disposition::Answer(r)).await;
+            }
+            Err(None) => {
+                return ctx
+                    .settle(&entry, Disposition::LeavePending("docker unavailable"))
+                    .await
+            }
+        };
+        self.run_task(&entry, &received, &spec, &container).await;
+        drop(permit);
+    }
+
+    /// The session's container: the known one, an adopted one, or a new one.
+    async fn ensure_container(
+        &mut self,
+        spec: &WorkerSpec,
+    ) -> Result<SessionContainer, Option<ErrorInfo>> {
+        let sid = &self.sid.clone();
+        let known = self.container.clone();
+        let name = session_container_name(&self.ctx.settings.stream_prefix, sid);
+        let existing = match known {
+            Some(c) => Some(c),
+            None => match self.find_container().await {
+                Ok(Some(f)) if f.running => Some(session_from_facts(&f)),
+                Ok(Some(f)) => {
+                    // A stopped session container is over: clear it away.
+                    let _ = self.ctx.env.engine.remove(&f.id).await;
+                    None
+                }
+                Ok(None) => None,
+                Err(Some(holder)) => {
+                    return Err(Some(outcome::session_name_conflict(sid, &holder)))
+                }
+                Err(None) => return Err(None),
+            },
+        };
+        if let Some(c) = existing {
+            if c.deadline_unix > unix_now() {
+                if c.config_hash != spec.config_hash
+                    || c.preset != spec.preset_id.clone().unwrap_or_default()
+                {
+                    let field = if c.preset != spec.preset_id.clone().unwrap_or_default() {
+                        "worker_config_id"
+                    } else {
+                        "worker_config_override"
+                    };
+                    return Err(Some(ErrorCode::SessionMismatch.info(
+                        Some(field),
+                        format!(
+                            "session {sid} runs preset {:?} with config hash {}; this request resolves to preset {:?} with hash {}",
+                            c.preset, c.config_hash, spec.preset_id.clone().unwrap_or_default(), spec.config_hash
+                        ),
+                    )));
+                }
+                self.set_container(Some(c.clone()));
+                return Ok(c);
+            }
+            self.end(End::Expired).await;
+        }
+        // A new session.
+        let deadline = unix_now() + spec.config.limits.ttl_sec;
+        let received_ms = chrono::Utc::now().timestamp_millis();
+        let l = session_labels(spec, self.ctx.owner(), sid, deadline, received_ms);
+        let net = self.ctx.worker_net(&spec.config, "");
+        let mut launch = LaunchContext {
+            name: name.clone(),
+            image: spec.config.image.clone(),
+            labels: l,
+            extra_env: if net.api_url.is_empty() {
+                Vec::new()
+            } else {
+                vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
+            },
+            network_mode: net.network.clone(),
+            cmd: Some(crate::model::delivery::keeper_command()),
+            delivery: FileDelivery::Archive,
+        };
+        match self.ctx.images.image_for(&spec.config, |_| {}).await {
+            Ok(image) => launch.image = image,
+            Err(e) if e.is_transient() => return Err(None),
+            Err(e) => return Err(Some(e.info())),
+        }
+        // The container env carries no request's values: each exec brings its own.
+        let mut base = spec.clone();
+        base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
+        let body = create_body(&base, &launch);
+        let id = match self.ctx.env.engine.create(&name, body).await {
+            Ok(id) => id,
+            Err(EngineError::ImageNotFound(i)) => {
+                return Err(Some(ErrorCode::ImageNotFound.info(
+                    Some("image"),
+                    format!("image {i:?} does not exist on this engine"),
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(session_id = sid, error = %e, "creating the session container failed");
+                return Err(None);
+            }
+        };
+        if let Some(extra) = &spec.config.network {
+            if let Err(e) = self.ctx.env.engine.connect_network(extra, &id).await {
+                let _ = self.ctx.env.engine.remove(&id).await;
+                return Err(Some(
+                    ErrorCode::NetworkNotFound.info(Some("network"), e.to_string()),
+                ));
+            }
+        }
+        if let Err(e) =
+            worker::start_container(&self.ctx.env.engine, &id, &spec.files, &[], launch.delivery)
+                .await
+        {
+            let _ = self.ctx.env.engine.remove(&id).await;
+            return Err(Some(ErrorCode::StartFailed.info(None, e.to_string())));
+        }
+        let c = SessionContainer {
+            id,
+            name,
+            config_hash: spec.config_hash.clone(),
+            preset: spec.preset_id.clone().unwrap_or_default(),
+            deadline_unix: deadline,
+        };
+        self.ctx.env
+            .sink
+            .event(&spec.request_id, EventType::SessionCreated, json!({"session_id": sid, "container": c.name, "ttl_sec": spec.config.limits.ttl_sec}))
+            .await;
+        self.set_container(Some(c.clone()));
+        Ok(c)
+    }
+
+    /// Whether an entry of session `sid` older than `entry` is still pending
+    /// in the group and not queued here (it will be handed over, or is being
+    /// read by this instance's sweep). Gives up after a while, so an entry
+    /// that never gets acknowledged cannot stall the session for good.
+    pub(super) async fn earlier_request_pending(
+        &self,
+        entry: &Entry,
+        queue: &BTreeMap<(u64, u64), Parsed>,
+    ) -> bool {
+        let sid = self.sid.as_str();
+        let Ok(ids) = self.ctx.bus.pending_before(&entry.id, 200).await else {
+            return false;
+        };
+        if entry.timestamp_ms().is_some_and(|t| {
+            (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(t) > 30_000
+        }) {
+            return false;
+        }
+        for id in ids {
+            if queue.contains_key(&entry_key(&id)) {
+                return true;
+            }
+            let Ok(Some(Entry {
+                data: Some(data), ..
+            })) = self.ctx.bus.entry_by_id(&id).await
+            else {
+                continue;
+            };
+            let Ok(other) = parse_spawn_request(&data, &self.ctx.settings.limits) else {
+                continue;
+            };
+            if other.task.session_id.as_deref() == Some(sid) {
+                // Already answered (only its acknowledgement is missing): not a blocker.
+                if self
+                    .ctx
+                    .bus
+                    .has_result(&other.request_id)
+                    .await
+                    .unwrap_or(false)
+                {
+                    continue;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs one task of session `sid` as an exec in its container.
+    async fn run_task(
+        &mut self,
+        entry: &Entry,
+        received: &Received,
+        spec: &WorkerSpec,
+        container: &SessionContainer,
+    ) {
+        let ctx = &self.ctx.clone();
+        let sid = self.sid.as_str();
+        let rid = spec.request_id.clone();
+        let api_key = new_key();
+        let net = ctx.worker_net(&spec.config, &api_key);
+        let user = spec
+            .env
+            .iter()
+            .find(|v| v.name == "ORCHESTRATOR_USER_ID")
+            .map(|v| v.value.clone());
+        let record = KeyRecord::for_spec(spec, user).in_container(&container.name);
+        let ttl = Duration::from_secs(spec.config.limits.timeout_sec);
+        if ctx
+            .bus
+            .register_worker_key(&api_key, &record, ttl)
+            .await
+            .is_err()
+        {
+            ctx.metrics.redis_errors.inc();
+            return ctx
+                .settle(
+                    entry,
+                    Disposition::LeavePending("registering the worker key failed"),
+                )
+                .await;
+        }
+        let mut redactor = spec.redactor();
+        redactor.add(&api_key);
+        let at = Placement {
+            container_id: container.id.clone(),
+            container_name: container.name.clone(),
+            image: spec.config.image.clone(),
+        };
+        let deadline =
+            worker::deadline_after(spec.config.limits.timeout_sec).min(container.deadline_unix);
+        let job = Job::new(
+            spec,
+            at,
+            deadline,
+            Some(received),
+            redactor,
+            Some(api_key.clone()),
+        );
+        ctx.env
+            .sink
+            .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": ctx.settings.instance_id, "session_id": sid, "container": container.name}))
+            .await;
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.value))
+            .collect();
+        if !net.api_url.is_empty() {
+            env.push(format!("ORCHESTRATOR_API_URL={}", net.api_url));
+            env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
+        }
+        env.push(format!("HOME={HOME}"));
+        let engine = &ctx.env.engine;
+        let exec = match engine.upload(&container.id, &spec.request_files).await {
+            Ok(()) => engine.exec(&container.id, spec.command.clone(), env).await,
+            Err(e) => Err(e),
+        };
+        let (exec_id, output) = match exec {
+            Ok(x) => x,
+            Err(e) => {
+                let info = ErrorCode::StartFailed.info(None, e.to_string());
+                let r = job.result(Status::Error, Some(info), &ctx.settings.instance_id);
+                let _ = ctx.bus.revoke_worker_key(&api_key).await;
+                return ctx.settle(entry, Disposition::Answer(r)).await;
+            }
+        };
+        *self.current.lock().expect("current lock") = Some(running_of(&job));
+        ctx.registry.track(&rid, running_of(&job));
+        let (kill_ctx, kill_id) = (ctx.clone(), container.id.clone());
+        let exec = Exec {
+            exec_id,
+            output,
+            kill: Box::pin(async move { kill_task(&kill_ctx, &kill_id).await }),
+            session_id: Some(sid.to_string()),
+        };
+        let published = worker::supervise_exec(&ctx.env, &job, exec, &ctx.shutdown).await;
+        *self.current.lock().expect("current lock") = None;
+        self.last_used = Some(Instant::now());
+        ctx.registry.untrack(&rid);
+        if published {
+            ctx.settle(entry, Disposition::Ack).await;
+        }
+    }
+
+    /// Session `sid`'s container on the engine: the one under its name if
+    /// its labels say it is this session's (`Err(Some(name))` when another
+    /// container holds the name), else one labelled with the session under
+    /// any name (an older daemon's naming). `Err(None)`: Docker trouble.
+    pub(super) async fn find_container(&self) -> Result<Option<ContainerFacts>, Option<String>> {
+        let sid = self.sid.as_str();
+        let name = session_container_name(&self.ctx.settings.stream_prefix, sid);
+        match self.ctx.env.engine.inspect(&name).await {
+            Ok(f) if self.ctx.holds_session(&f, sid) => return Ok(Some(f)),
+            Ok(_) => {
+                tracing::warn!(session_id = sid, container = %name, "session container name held by another container");
+                return Err(Some(name));
+            }
+            Err(EngineError::NotFound(_)) => {}
+            Err(_) => return Err(None),
+        }
+        let found = self
+            .ctx
+            .env
+            .engine
+            .list_labelled(
+                &self.ctx.settings.stream_prefix,
+                &[(labels::SESSION_ID, sid), (labels::KIND, "session")],
+            )
+            .await
+            .map_err(|_| None)?;
+        match found.into_iter().max_by_key(|c| c.running) {
+            Some(c) => self
+                .ctx
+                .env
+                .engine
+                .inspect(&c.id)
+                .await
+                .map(Some)
+                .map_err(|_| None),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Stops every process of a session's running task (SIGTERM, grace,
+/// SIGKILL) through the in-container killer.
+pub(super) async fn kill_task(ctx: &Ctx, container_id: &str) {
+    let killer = crate::model::delivery::killer_command;
+    let run = |argv: Vec<String>| async move {
+        match ctx
+            .env
+            .engine
+            .exec(container_id, argv, vec![format!("HOME={HOME}")])
+            .await
+        {
+            Ok((_, mut out)) => {
+                use futures_util::StreamExt;
+                let mut text = Vec::new();
+                while let Some(Ok((_, b))) = out.next().await {
+                    text.extend_from_slice(&b);
+                }
+                String::from_utf8_lossy(&text)
+                    .trim()
+                    .parse::<u32>()
+                    .unwrap_or(0)
+            }
+            Err(_) => 0,
+        }
+    };
+    if run(killer("TERM")).await == 0 {
+        return;
+    }
+    let deadline = Instant::now() + ctx.settings.stop_grace;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Signal 0 counts the survivors without hurting them.
+        if run(killer("0")).await == 0 {
+            return;
+        }
+    }
+    run(killer("KILL")).await;
+}
+
+/// Session facts from a container's labels.
+pub(super) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
+    let l = |k: &str| f.labels.get(k).cloned().unwrap_or_default();
+    SessionContainer {
+        id: f.id.clone(),
+        name: f.name.clone(),
+        config_hash: l(labels::CONFIG_HASH),
+        preset: l(labels::PRESET),
+        deadline_unix: l(labels::DEADLINE).parse().unwrap_or(0),
+    }
+}
