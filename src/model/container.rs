@@ -331,6 +331,27 @@ pub struct Owner<'a> {
     pub instance: &'a str,
 }
 
+/// The labels every container of this setup carries.
+fn base_labels(
+    owner: Owner<'_>,
+    kind: &str,
+    request_id: &str,
+    preset: &str,
+    config_hash: &str,
+    deadline: u64,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::PREFIX.to_string(), owner.prefix.to_string()),
+        (labels::REQUEST_ID.to_string(), request_id.to_string()),
+        (labels::PRESET.to_string(), preset.to_string()),
+        (labels::CONFIG_HASH.to_string(), config_hash.to_string()),
+        (labels::INSTANCE.to_string(), owner.instance.to_string()),
+        (labels::DEADLINE.to_string(), deadline.to_string()),
+        (labels::KIND.to_string(), kind.to_string()),
+    ])
+}
+
 /// The delivery a one-shot worker of `spec` uses.
 pub fn oneshot_delivery(spec: &WorkerSpec) -> FileDelivery {
     match spec.config.agent.delivery {
@@ -352,19 +373,16 @@ pub fn launch_context(
     entry_id: Option<&str>,
     net: Option<&WorkerNet>,
 ) -> LaunchContext {
-    let mut l = HashMap::new();
-    l.insert(labels::MANAGED.to_string(), "true".to_string());
-    l.insert(labels::PREFIX.to_string(), owner.prefix.to_string());
-    l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
-    l.insert(
-        labels::PRESET.to_string(),
-        spec.preset_id.clone().unwrap_or_default(),
+    let preset = spec.preset_id.clone().unwrap_or_default();
+    let mut l = base_labels(
+        owner,
+        "oneshot",
+        &spec.request_id,
+        &preset,
+        &spec.config_hash,
+        deadline,
     );
-    l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
-    l.insert(labels::INSTANCE.to_string(), owner.instance.to_string());
-    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
     l.insert(labels::RECEIVED_MS.to_string(), received_ms.to_string());
-    l.insert(labels::KIND.to_string(), "oneshot".to_string());
     if let Some(e) = entry_id {
         l.insert(labels::ENTRY_ID.to_string(), e.to_string());
     }
@@ -409,20 +427,17 @@ pub fn session_labels(
     deadline: u64,
     received_ms: i64,
 ) -> HashMap<String, String> {
-    let mut l = HashMap::new();
-    l.insert(labels::MANAGED.to_string(), "true".to_string());
-    l.insert(labels::PREFIX.to_string(), owner.prefix.to_string());
-    l.insert(labels::REQUEST_ID.to_string(), spec.request_id.clone());
-    l.insert(labels::SESSION_ID.to_string(), session_id.to_string());
-    l.insert(
-        labels::PRESET.to_string(),
-        spec.preset_id.clone().unwrap_or_default(),
+    let preset = spec.preset_id.clone().unwrap_or_default();
+    let mut l = base_labels(
+        owner,
+        "session",
+        &spec.request_id,
+        &preset,
+        &spec.config_hash,
+        deadline,
     );
-    l.insert(labels::CONFIG_HASH.to_string(), spec.config_hash.clone());
-    l.insert(labels::INSTANCE.to_string(), owner.instance.to_string());
-    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
+    l.insert(labels::SESSION_ID.to_string(), session_id.to_string());
     l.insert(labels::RECEIVED_MS.to_string(), received_ms.to_string());
-    l.insert(labels::KIND.to_string(), "session".to_string());
     l
 }
 
@@ -434,16 +449,7 @@ pub fn pool_labels(
     config_hash: &str,
     deadline: u64,
 ) -> HashMap<String, String> {
-    let mut l = HashMap::new();
-    l.insert(labels::MANAGED.to_string(), "true".to_string());
-    l.insert(labels::PREFIX.to_string(), owner.prefix.to_string());
-    l.insert(labels::REQUEST_ID.to_string(), String::new());
-    l.insert(labels::PRESET.to_string(), preset.to_string());
-    l.insert(labels::CONFIG_HASH.to_string(), config_hash.to_string());
-    l.insert(labels::INSTANCE.to_string(), owner.instance.to_string());
-    l.insert(labels::DEADLINE.to_string(), deadline.to_string());
-    l.insert(labels::KIND.to_string(), "pool".to_string());
-    l
+    base_labels(owner, "pool", "", preset, config_hash, deadline)
 }
 
 /// The container name of session `session_id` in the setup of `prefix`.
@@ -636,5 +642,32 @@ mod tests {
             .collect();
         assert!(names.contains(&("home/worker/.claude/skills/x/".into(), 0o755, 1000)));
         assert!(names.contains(&("home/worker/.claude/skills/x/SKILL.md".into(), 0o600, 1000)));
+    }
+
+    #[test]
+    fn each_kind_of_container_carries_its_labels() {
+        let owner = Owner {
+            prefix: "workers",
+            instance: "i1",
+        };
+        let pool = pool_labels(owner, "p", "h", 7);
+        assert_eq!(pool[labels::KIND], "pool");
+        assert_eq!(pool[labels::REQUEST_ID], "");
+        assert_eq!(pool[labels::DEADLINE], "7");
+        let got: std::collections::BTreeSet<&str> = pool.keys().map(String::as_str).collect();
+        let want = std::collections::BTreeSet::from([
+            labels::CONFIG_HASH,
+            labels::DEADLINE,
+            labels::INSTANCE,
+            labels::KIND,
+            labels::MANAGED,
+            labels::PRESET,
+            labels::REQUEST_ID,
+            labels::PREFIX,
+        ]);
+        assert_eq!(got, want);
+        assert_eq!(pool[labels::MANAGED], "true");
+        assert_eq!(pool[labels::PREFIX], "workers");
+        assert_eq!(pool[labels::INSTANCE], "i1");
     }
 }
