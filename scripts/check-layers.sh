@@ -12,7 +12,7 @@ declare -A allowed=(
     [settings]="model"
     [adapters]="model metrics"
     [http]="model metrics adapters"
-    [worker]="model metrics adapters"
+    [worker]="model metrics settings adapters"
     [supervisor]="model metrics settings adapters http worker"
     [cli]="model metrics settings adapters http worker supervisor"
 )

@@ -590,7 +590,7 @@ pub async fn run(
     override_json: Option<&str>,
 ) -> i32 {
     use crate::model::container::{create_body, request_container_name};
-    use crate::worker::{self, Job, OutputLimits, WorkerEnv};
+    use crate::worker::{self, Job, WorkerEnv};
     let rid = generated_request_id();
     let json = match spawn_request_json(&rid, preset, prompt, None, override_json) {
         Ok(j) => j,
@@ -631,18 +631,12 @@ pub async fn run(
         }
     };
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let env = WorkerEnv {
-        engine: engine.clone(),
-        sink: crate::adapters::sink::Sink::print(),
+    let env = WorkerEnv::new(
+        engine.clone(),
+        crate::adapters::sink::Sink::print(),
         metrics,
-        stop_grace: settings.stop_grace,
-        output: OutputLimits {
-            tail_bytes: settings.output_tail_bytes,
-            lines_per_sec: settings.output_lines_per_sec,
-            line_bytes: settings.output_line_bytes,
-        },
-        instance: settings.instance_id.clone(),
-    };
+        settings,
+    );
     let name = request_container_name(&settings.stream_prefix, &rid);
     let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
     let owner = crate::model::container::Owner {

@@ -30,7 +30,7 @@ use crate::model::protocol::{EventType, SpawnRequest, Task};
 use crate::model::spec::WorkerSpec;
 use crate::model::triage::Disposition;
 use crate::model::worker_key::{new_key, KeyRecord};
-use crate::worker::{self, unix_now, Job, Placement};
+use crate::worker::{unix_now, Job, Placement};
 
 /// A ready container of a pool.
 pub struct PooledContainer {
@@ -190,17 +190,20 @@ impl Pools {
                 return Err(permit);
             }
         }
-        let mut redactor = spec.redactor();
-        redactor.add(&api_key);
         let at = Placement {
             container_id: container.id.clone(),
             container_name: container.name.clone(),
             image: spec.config.image.clone(),
         };
-        let deadline =
-            worker::deadline_after(spec.config.limits.timeout_sec).min(container.deadline_unix);
-        let job = Job::new(spec, at, deadline, Some(&p.received), redactor, gateway_key)
-            .with_output(Some(container.output));
+        let job = Job::in_live_container(
+            spec,
+            at,
+            container.deadline_unix,
+            &p.received,
+            &api_key,
+            gateway_key,
+        )
+        .with_output(Some(container.output));
         if let Err(e) = Engine::deliver(container.stdin, &payload).await {
             // The shim never received a whole archive, so the agent did not
             // start: this container is dead weight, the request starts cold.

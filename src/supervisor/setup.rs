@@ -23,7 +23,7 @@ use crate::adapters::sink::Sink;
 use crate::metrics::Metrics;
 use crate::model::config::ConfigSchema;
 use crate::settings::Settings;
-use crate::worker::{OutputLimits, WorkerEnv};
+use crate::worker::WorkerEnv;
 
 fn redis_url_for_logs(url: &str) -> String {
     match url.split_once('@') {
@@ -125,18 +125,12 @@ impl Supervisor {
         }
         maintenance::log_catalog_warnings(&settings, &catalog);
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
-        let env = WorkerEnv {
+        let env = WorkerEnv::new(
             engine,
-            sink: Sink::Redis(bus.clone(), metrics.clone()),
-            metrics: metrics.clone(),
-            stop_grace: settings.stop_grace,
-            output: OutputLimits {
-                tail_bytes: settings.output_tail_bytes,
-                lines_per_sec: settings.output_lines_per_sec,
-                line_bytes: settings.output_line_bytes,
-            },
-            instance: settings.instance_id.clone(),
-        };
+            Sink::Redis(bus.clone(), metrics.clone()),
+            metrics.clone(),
+            &settings,
+        );
         let images = ImageBuilder::new(env.engine.clone(), metrics.clone());
         let ctx = Arc::new(Ctx {
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),

@@ -54,6 +54,30 @@ pub struct WorkerEnv {
     pub instance: String,
 }
 
+impl WorkerEnv {
+    /// The handles workers need, with the daemon's stop grace and output
+    /// limits.
+    pub fn new(
+        engine: Engine,
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        settings: &crate::settings::Settings,
+    ) -> WorkerEnv {
+        WorkerEnv {
+            engine,
+            sink,
+            metrics,
+            stop_grace: settings.stop_grace,
+            output: OutputLimits {
+                tail_bytes: settings.output_tail_bytes,
+                lines_per_sec: settings.output_lines_per_sec,
+                line_bytes: settings.output_line_bytes,
+            },
+            instance: settings.instance_id.clone(),
+        }
+    }
+}
+
 /// Why a worker is being stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -191,6 +215,24 @@ impl Job {
             api_key,
             output: Default::default(),
         }
+    }
+
+    /// The job of a request of `spec` run in a live container (a pool's
+    /// or a session's) that ends at `container_deadline`: the task gets its
+    /// timeout, cut at the container's end; `api_key` is masked in its
+    /// output and `gateway_key` revoked when it ends.
+    pub fn in_live_container(
+        spec: &WorkerSpec,
+        at: Placement,
+        container_deadline: u64,
+        received: &Received,
+        api_key: &str,
+        gateway_key: Option<String>,
+    ) -> Job {
+        let mut redactor = spec.redactor();
+        redactor.add(api_key);
+        let deadline = deadline_after(spec.config.limits.timeout_sec).min(container_deadline);
+        Job::new(spec, at, deadline, Some(received), redactor, gateway_key)
     }
 
     /// The job of an adopted container of request `request_id`, rebuilt

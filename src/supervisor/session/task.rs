@@ -289,21 +289,17 @@ impl Session {
                 )
                 .await;
         }
-        let mut redactor = spec.redactor();
-        redactor.add(&api_key);
         let at = Placement {
             container_id: container.id.clone(),
             container_name: container.name.clone(),
             image: spec.config.image.clone(),
         };
-        let deadline =
-            worker::deadline_after(spec.config.limits.timeout_sec).min(container.deadline_unix);
-        let job = Job::new(
+        let job = Job::in_live_container(
             spec,
             at,
-            deadline,
-            Some(received),
-            redactor,
+            container.deadline_unix,
+            received,
+            &api_key,
             Some(api_key.clone()),
         );
         ctx.env
