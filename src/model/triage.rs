@@ -337,8 +337,16 @@ fn next_session(f: &Facts) -> Step {
         None => return Need(Check::RunMark),
         Some(Err(Unavailable)) => return pending("cannot take the run mark"),
         Some(Ok(RunClaim::Taken)) => {}
-        // Running here or on a live instance: that run acknowledges it.
-        Some(Ok(RunClaim::Mine | RunClaim::Elsewhere)) => return pending("running elsewhere"),
+        // Marked by this instance id, but not running here: an earlier life
+        // of this instance (a restart under the same id) was cut off
+        // mid-task, as with a dead instance's mark.
+        Some(Ok(RunClaim::Mine)) => match f.running_here {
+            None => return Need(Check::RunningHere),
+            Some(false) => return Decide(Decision::InterruptedTask),
+            Some(true) => return pending("running here"),
+        },
+        // Running on a live instance: that run acknowledges it.
+        Some(Ok(RunClaim::Elsewhere)) => return pending("running elsewhere"),
         // Its instance died mid-task: never run it a second time.
         Some(Ok(RunClaim::Interrupted)) => return Decide(Decision::InterruptedTask),
     }
@@ -731,8 +739,24 @@ mod tests {
             ..World::default()
         };
         assert_eq!(triage(session(2), &w).1, Decision::InterruptedTask);
+        // This instance's own mark from an earlier life: cut off as well.
         let w = World {
             run_claim: Ok(RunClaim::Mine),
+            ..World::default()
+        };
+        assert_eq!(triage(session(2), &w).1, Decision::InterruptedTask);
+        // Running here now: that run acknowledges it.
+        let w = World {
+            run_claim: Ok(RunClaim::Mine),
+            running_here: true,
+            ..World::default()
+        };
+        assert!(matches!(
+            triage(session(2), &w).1,
+            Decision::Settle(Disposition::LeavePending(_))
+        ));
+        let w = World {
+            run_claim: Ok(RunClaim::Elsewhere),
             ..World::default()
         };
         assert!(matches!(
