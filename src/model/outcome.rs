@@ -98,12 +98,6 @@ impl ErrorCode {
     }
 }
 
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The error of a task stopped at its deadline.
 pub fn timed_out() -> ErrorInfo {
     ErrorCode::TimedOut.info(
@@ -131,6 +125,13 @@ pub enum Interruption {
 /// The result of a request cut off by the death of its daemon: never run
 /// twice, so the producer is told to publish it again.
 pub fn interrupted(request_id: &str, session_id: Option<&str>, at: Interruption) -> ResultRecord {
+    let mut r = ResultRecord::bare(request_id, Status::Error, Some(interrupted_info(at)));
+    r.session_id = session_id.map(str::to_string);
+    r
+}
+
+/// The error of a run cut off by the death of its daemon.
+pub fn interrupted_info(at: Interruption) -> ErrorInfo {
     let message = match at {
         Interruption::BeforeStart => {
             "the daemon stopped before the worker started; publish the request again"
@@ -142,13 +143,7 @@ pub fn interrupted(request_id: &str, session_id: Option<&str>, at: Interruption)
             "the daemon running this task stopped before it finished; publish the request again"
         }
     };
-    let mut r = ResultRecord::bare(
-        request_id,
-        Status::Error,
-        Some(ErrorCode::Interrupted.info(None, message)),
-    );
-    r.session_id = session_id.map(str::to_string);
-    r
+    ErrorCode::Interrupted.info(None, message)
 }
 
 /// The result of a request cancelled before its worker existed.
@@ -222,19 +217,40 @@ mod tests {
     }
 
     #[test]
-    fn every_code_is_spelled_in_snake_case() {
-        for c in [
-            ErrorCode::Cancelled,
-            ErrorCode::ImagePrepareFailed,
-            ErrorCode::AgentNotExecutable,
-            ErrorCode::MissingEnv,
-        ] {
-            let s = c.as_str();
+    fn every_code_has_its_own_snake_case_spelling() {
+        use ErrorCode::*;
+        let all = [
+            Cancelled,
+            Interrupted,
+            NameConflict,
+            TooManyDeliveries,
+            TimedOut,
+            ContainerLost,
+            StartFailed,
+            ImageNotFound,
+            ImagePlatform,
+            ImagePrepareFailed,
+            ImageBuildFailed,
+            DockerError,
+            NetworkNotFound,
+            SessionMismatch,
+            AgentNotFound,
+            AgentNotExecutable,
+            DeliveryFailed,
+            UnknownPreset,
+            InvalidConfig,
+            PolicyViolation,
+            UnknownAgentType,
+            RenderFailed,
+            MissingEnv,
+        ];
+        let spelled: std::collections::HashSet<&str> = all.iter().map(|c| c.as_str()).collect();
+        assert_eq!(spelled.len(), all.len(), "two codes share a spelling");
+        for s in spelled {
             assert!(
                 s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
                 "{s}"
             );
-            assert_eq!(c.to_string(), s);
         }
     }
 }

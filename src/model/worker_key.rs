@@ -25,8 +25,10 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// The record of a worker running `spec` for `user_id`.
-    pub fn for_spec(spec: &crate::model::spec::WorkerSpec, user_id: Option<String>) -> KeyRecord {
+    /// The record of the worker of `spec` in the container named
+    /// `container` (calls with its key must come from that container's
+    /// address); its end user is the request's (`ORCHESTRATOR_USER_ID`).
+    pub fn for_worker(spec: &crate::model::spec::WorkerSpec, container: &str) -> KeyRecord {
         KeyRecord {
             request_id: spec.request_id.clone(),
             tools: spec
@@ -35,18 +37,15 @@ impl KeyRecord {
                 .iter()
                 .map(|t| t.to_string())
                 .collect(),
-            user_id,
+            user_id: spec
+                .env
+                .iter()
+                .find(|v| v.name == "ORCHESTRATOR_USER_ID")
+                .map(|v| v.value.clone()),
             session_id: spec.session_id.clone(),
             preset: spec.preset_id.clone(),
-            container: None,
+            container: Some(container.to_string()),
         }
-    }
-
-    /// The record bound to the container named `name` (calls with the key
-    /// must come from its address).
-    pub fn in_container(mut self, name: &str) -> KeyRecord {
-        self.container = Some(name.to_string());
-        self
     }
 }
 

@@ -15,6 +15,7 @@ use super::Supervisor;
 use crate::adapters::engine::ContainerFacts;
 use crate::model::container::labels;
 use crate::model::outcome::{self, Interruption};
+use crate::model::protocol::Status;
 use crate::worker::{self, Job};
 
 impl Supervisor {
@@ -180,11 +181,9 @@ impl Supervisor {
                 self.dispatch(entry, permit);
                 return;
             }
-            let r =
-                outcome::interrupted(&rid, job.session_id.as_deref(), Interruption::BeforeStart);
-            let mut r2 = job.result(r.status, r.error, &ctx.settings.instance_id);
-            r2.session_id = job.session_id.clone();
-            worker::finish(&ctx.env, &job, &r2).await;
+            let info = outcome::interrupted_info(Interruption::BeforeStart);
+            let r = job.result(Status::Error, Some(info), &ctx.settings.instance_id);
+            worker::finish(&ctx.env, &job, &r).await;
             ctx.registry.untrack(&rid);
             return;
         }

@@ -23,6 +23,7 @@ use crate::model::container::{labels, Owner, WorkerNet};
 use crate::model::protocol::SpawnRequest;
 use crate::model::redact::Redactor;
 use crate::model::spec::{ResolveError, Resolver, WorkerSpec};
+use crate::model::worker_key::KeyRecord;
 use crate::settings::Settings;
 use crate::worker::{self, Job, WorkerEnv};
 
@@ -124,6 +125,21 @@ impl Ctx {
             network: network.clone(),
             api_url: format!("http://{host}:{}", self.settings.gateway_port),
             api_key: api_key.to_string(),
+        }
+    }
+
+    /// Registers `key` for the worker of `spec` in container `container`,
+    /// valid for its timeout; returns whether Redis took it.
+    pub async fn register_key(&self, spec: &WorkerSpec, container: &str, key: &str) -> bool {
+        let record = KeyRecord::for_worker(spec, container);
+        let ttl = std::time::Duration::from_secs(spec.config.limits.timeout_sec);
+        match self.bus.register_worker_key(key, &record, ttl).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(request_id = %spec.request_id, error = %e, "registering the worker key failed");
+                false
+            }
         }
     }
 

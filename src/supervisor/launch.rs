@@ -3,7 +3,6 @@
 //! its supervision to the result.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,7 +17,7 @@ use crate::model::outcome::{self, ErrorCode};
 use crate::model::protocol::{EventType, ResultRecord, Status};
 use crate::model::spec::WorkerSpec;
 use crate::model::triage::Disposition;
-use crate::model::worker_key::{new_key, KeyRecord};
+use crate::model::worker_key::new_key;
 use crate::worker::{self, Job, Placement};
 
 impl Supervisor {
@@ -81,17 +80,10 @@ impl Supervisor {
         // A worker without a route to the gateway gets no key to register
         // (and revoke): two Redis round trips less on its way to start.
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
-        if gateway_key.is_some() {
-            let record =
-                KeyRecord::for_spec(&spec, p.request.task.user_id.clone()).in_container(&name);
-            let ttl = Duration::from_secs(spec.config.limits.timeout_sec);
-            if let Err(e) = ctx.bus.register_worker_key(&api_key, &record, ttl).await {
-                ctx.metrics.redis_errors.inc();
-                tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed");
-                return ctx
-                    .settle(entry, Disposition::LeavePending("redis unavailable"))
-                    .await;
-            }
+        if gateway_key.is_some() && !ctx.register_key(&spec, &name, &api_key).await {
+            return ctx
+                .settle(entry, Disposition::LeavePending("redis unavailable"))
+                .await;
         }
         let received_ms = chrono::Utc::now().timestamp_millis();
         let mut launch = launch_context(

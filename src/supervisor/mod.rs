@@ -76,11 +76,6 @@ impl Supervisor {
         self.ctx.shutdown.clone()
     }
 
-    /// Metrics registry.
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
-        &self.ctx.metrics
-    }
-
     /// The handles of the operator endpoints.
     pub fn health(&self) -> crate::http::health::Health {
         crate::http::health::Health {
@@ -88,11 +83,6 @@ impl Supervisor {
             engine: self.ctx.env.engine.clone(),
             metrics: self.ctx.metrics.clone(),
         }
-    }
-
-    /// Re-reads the catalog directories; a bad file keeps its last valid version.
-    pub async fn reload_catalog(&self) {
-        self.ctx.reload_catalog().await;
     }
 
     /// Runs until `shutdown` fires: adoption, intake, control, reclaim,

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -29,7 +28,7 @@ use crate::model::delivery::{self, ShimMode};
 use crate::model::protocol::{EventType, SpawnRequest, Task};
 use crate::model::spec::WorkerSpec;
 use crate::model::triage::Disposition;
-use crate::model::worker_key::{new_key, KeyRecord};
+use crate::model::worker_key::new_key;
 use crate::worker::{unix_now, Job, Placement};
 
 /// A ready container of a pool.
@@ -174,21 +173,11 @@ impl Pools {
                 return Err(permit);
             }
         };
-        let user = spec
-            .env
-            .iter()
-            .find(|v| v.name == "ORCHESTRATOR_USER_ID")
-            .map(|v| v.value.clone());
-        let record = KeyRecord::for_spec(spec, user).in_container(&container.name);
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
-        if let Some(key) = &gateway_key {
-            let ttl = Duration::from_secs(spec.config.limits.timeout_sec);
-            if let Err(e) = ctx.bus.register_worker_key(key, &record, ttl).await {
-                ctx.metrics.redis_errors.inc();
-                tracing::warn!(request_id = %rid, error = %e, "registering the worker key failed; starting cold");
-                self.return_pooled(container);
-                return Err(permit);
-            }
+        if gateway_key.is_some() && !ctx.register_key(spec, &container.name, &api_key).await {
+            tracing::warn!(request_id = %rid, "starting cold");
+            self.return_pooled(container);
+            return Err(permit);
         }
         let at = Placement {
             container_id: container.id.clone(),

@@ -19,7 +19,7 @@ use crate::model::protocol::{parse_spawn_request, ErrorInfo, EventType, ResultRe
 use crate::model::render::HOME;
 use crate::model::spec::WorkerSpec;
 use crate::model::triage::{Decision, Disposition, Facts, Inflight, Route};
-use crate::model::worker_key::{new_key, KeyRecord};
+use crate::model::worker_key::new_key;
 use crate::supervisor::ctx::{running_of, Ctx};
 use crate::supervisor::intake::{dry_run_result, Parsed};
 use crate::worker::{self, unix_now, Exec, Job, Placement, Received};
@@ -268,20 +268,7 @@ impl Session {
         let rid = spec.request_id.clone();
         let api_key = new_key();
         let net = ctx.worker_net(&spec.config, &api_key);
-        let user = spec
-            .env
-            .iter()
-            .find(|v| v.name == "ORCHESTRATOR_USER_ID")
-            .map(|v| v.value.clone());
-        let record = KeyRecord::for_spec(spec, user).in_container(&container.name);
-        let ttl = Duration::from_secs(spec.config.limits.timeout_sec);
-        if ctx
-            .bus
-            .register_worker_key(&api_key, &record, ttl)
-            .await
-            .is_err()
-        {
-            ctx.metrics.redis_errors.inc();
+        if !ctx.register_key(spec, &container.name, &api_key).await {
             return ctx
                 .settle(
                     entry,
