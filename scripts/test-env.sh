@@ -65,6 +65,7 @@ _ws_build_test_image() {
         {
             sha256sum < "$src/Dockerfile"
             sha256sum < "$src/fake-agent"
+            sha256sum < "$src/test-agent"
             sha256sum < "$src/passwd"
             sha256sum < "$src/group"
             sha256sum < "$busybox"
@@ -77,9 +78,9 @@ _ws_build_test_image() {
         return 0
     fi
     ctx="$(mktemp -d "${TMPDIR:-/tmp}/ws-test-busybox.XXXXXX")" || return 1
-    cp "$src/Dockerfile" "$src/fake-agent" "$src/passwd" "$src/group" "$ctx/" \
+    cp "$src/Dockerfile" "$src/fake-agent" "$src/test-agent" "$src/passwd" "$src/group" "$ctx/" \
         && cp "$busybox" "$ctx/busybox" \
-        && chmod 0755 "$ctx/busybox" "$ctx/fake-agent" \
+        && chmod 0755 "$ctx/busybox" "$ctx/fake-agent" "$ctx/test-agent" \
         || { rm -rf "$ctx"; return 1; }
     _ws_log "building $WS_TEST_IMAGE ($hash)"
     local start=$SECONDS

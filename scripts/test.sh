@@ -22,6 +22,12 @@ managed_containers() {
         --format "{{.ID}}	{{.Names}}	{{.Label \"$PREFIX_LABEL\"}}" 2>/dev/null || true
 }
 
+# Managed volumes (session volumes) as "NAME<TAB>STREAM_PREFIX" lines.
+managed_volumes() {
+    docker volume ls --filter "label=$MANAGED_LABEL" \
+        --format "{{.Name}}	{{.Label \"$PREFIX_LABEL\"}}" 2>/dev/null || true
+}
+
 # Remove leftover test containers: managed ones whose stream prefix starts with "wstest".
 remove_test_containers() {
     local ids
@@ -30,6 +36,12 @@ remove_test_containers() {
         echo "removing leftover test containers: $(echo "$ids" | tr '\n' ' ')" >&2
         # shellcheck disable=SC2086
         docker rm -f -v $ids >/dev/null 2>&1 || true
+    fi
+    ids="$(managed_volumes | awk -F'\t' '$2 ~ /^wstest/ { print $1 }')"
+    if [ -n "$ids" ]; then
+        echo "removing leftover test volumes: $(echo "$ids" | tr '\n' ' ')" >&2
+        # shellcheck disable=SC2086
+        docker volume rm $ids >/dev/null 2>&1 || true
     fi
 }
 
@@ -60,6 +72,7 @@ fw_before="$(firewall_chain)"
 # Managed containers that existed before the run (e.g. a real daemon on a dev
 # machine) are not blamed on the tests.
 preexisting="$(managed_containers | cut -f1 | sort)"
+preexisting_volumes="$(managed_volumes | cut -f1 | sort)"
 if [ -n "$preexisting" ]; then
     echo "note: managed containers present before the tests (ignored by the leak check):"
     managed_containers
@@ -128,6 +141,17 @@ if [ -n "$leaked" ]; then
     exit 1
 fi
 echo "no managed containers left behind"
+
+section "leftover volume check"
+leaked="$(managed_volumes | awk -F'\t' -v pre="$(echo "$preexisting_volumes" | tr '\n' ' ')" '
+    BEGIN { n = split(pre, a, " "); for (i = 1; i <= n; i++) seen[a[i]] = 1 }
+    !($1 in seen) { print }')"
+if [ -n "$leaked" ]; then
+    echo "FAIL: volumes labelled $MANAGED_LABEL remain after the tests:" >&2
+    printf 'NAME\tSTREAM_PREFIX\n%s\n' "$leaked" >&2
+    exit 1
+fi
+echo "no managed volumes left behind"
 
 section "firewall chain check"
 # Every rule the tests' daemons added must be gone: gateway holes outlive no

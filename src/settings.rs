@@ -91,6 +91,11 @@ pub struct Settings {
     /// A session nobody used for this long ends (`0s` = never).
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
+    /// How long a session's volumes (its workspace and the agent's state)
+    /// are kept after its last use; a later task of the session within it
+    /// resumes on them.
+    #[serde(with = "humantime_serde")]
+    pub session_keep: Duration,
     /// Full re-scan of the catalog directories, the backup of the file watcher.
     #[serde(with = "humantime_serde")]
     pub rescan_interval: Duration,
@@ -126,6 +131,7 @@ impl Default for Settings {
             gateway_bind: String::new(),
             upstream_url: String::new(),
             session_idle_timeout: Duration::ZERO,
+            session_keep: Duration::from_secs(24 * 3600),
             gateway_header_timeout: Duration::from_secs(10),
             gateway_body_timeout: Duration::from_secs(10),
             gateway_max_inflight_per_key: 8,

@@ -23,7 +23,9 @@ fn preset(id: &str, image: &str, command: Value, extra: Value) -> Value {
         "id": id,
         "name": format!("{id} (unprepared image)"),
         "image": image,
-        "agent": {"type": "claude-code", "command": command},
+        // These agents take their prompt at a fixed place: no conversation
+        // pieces (tests/session_memory.rs runs conversations on these images).
+        "agent": {"type": "claude-code", "command": command, "conversation": false},
         "allowed_tools": ["respond"],
         "has_internet": false,
         "limits": {"cpu": 0.5, "memory": "64m", "timeout_sec": 6, "ttl_sec": 300, "pids": 64}

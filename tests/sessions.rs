@@ -286,7 +286,8 @@ async fn ttl_expiry_removes_the_container_and_emits_session_expired() {
     )
     .await;
     assert_eq!(r2["status"], "succeeded", "{r2:#}");
-    assert_eq!(output(&r2).trim(), "absent");
+    // A new container, on the session's kept volumes (issue #16).
+    assert_eq!(output(&r2).trim(), "present");
     let second_id = container_id(&name).await.expect("new container");
     assert_ne!(first_id, second_id);
 }
@@ -397,7 +398,8 @@ async fn cancel_ends_a_session() {
     )
     .await;
     assert_eq!(r2["status"], "succeeded", "{r2:#}");
-    assert_eq!(output(&r2).trim(), "absent");
+    // A new container, on the session's kept volumes (issue #16).
+    assert_eq!(output(&r2).trim(), "present");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +440,7 @@ async fn a_request_changing_the_sessions_preset_or_config_is_rejected() {
         &d.prefix,
         &json!({
             "request_id": rid3, "worker_config_id": "echo_v1",
-            "task": {"prompt": "x", "session_id": sid},
+            "task": {"prompt": "x", "user_id": "test-user", "session_id": sid},
         }),
     )
     .await;
@@ -506,7 +508,8 @@ async fn a_session_whose_ttl_passed_while_the_daemon_was_down_ends_at_start() {
     )
     .await;
     assert_eq!(r2["status"], "succeeded", "{r2:#}");
-    assert_eq!(output(&r2).trim(), "absent");
+    // A new container, on the session's kept volumes (issue #16).
+    assert_eq!(output(&r2).trim(), "present");
     assert_ne!(container_id(&name).await, Some(old_id));
 }
 

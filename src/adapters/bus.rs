@@ -492,6 +492,56 @@ impl Bus {
         Ok(())
     }
 
+    /// Records that session `sid`'s volumes were used now (a task ended,
+    /// its container ended, or a container is about to mount them): the
+    /// start of their `session_keep`.
+    pub async fn touch_session_volumes(&self, sid: &str, now_unix: u64) -> Result<(), BusError> {
+        let mut c = self.conn().await?;
+        let _: Value = redis::cmd("ZADD")
+            .arg(format!("{}:session-used", self.names.prefix))
+            .arg(now_unix)
+            .arg(sid)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(())
+    }
+
+    /// When session `sid`'s volumes were last used; a session with no
+    /// record (Redis lost it) is recorded as used now, so a lost record
+    /// never shortens a volume's keep.
+    pub async fn session_volumes_used(&self, sid: &str, now_unix: u64) -> Result<u64, BusError> {
+        let mut c = self.conn().await?;
+        let key = format!("{}:session-used", self.names.prefix);
+        let _: Value = redis::cmd("ZADD")
+            .arg(&key)
+            .arg("NX")
+            .arg(now_unix)
+            .arg(sid)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&key)
+            .arg(sid)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(score.map(|s| s as u64).unwrap_or(now_unix))
+    }
+
+    /// Forgets the use record of session `sid` (its volumes are gone).
+    pub async fn forget_session_volumes(&self, sid: &str) -> Result<(), BusError> {
+        let mut c = self.conn().await?;
+        let _: Value = redis::cmd("ZREM")
+            .arg(format!("{}:session-used", self.names.prefix))
+            .arg(sid)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(())
+    }
+
     /// Pending entries of the group with ids below `id` (oldest first).
     pub async fn pending_before(&self, id: &str, count: usize) -> Result<Vec<String>, BusError> {
         let mut c = self.conn().await?;

@@ -634,4 +634,123 @@ impl Engine {
             })
             .collect())
     }
+
+    /// Session volume `name` as it is: its labels, or `None` when there is
+    /// no such volume.
+    pub async fn volume(&self, name: &str) -> Result<Option<HashMap<String, String>>, EngineError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => Ok(Some(v.labels)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates volume `name` with `labels` (local driver). Creating a name
+    /// that exists returns the existing volume, labels unchanged.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let opts = bollard::models::VolumeCreateOptions {
+            name: Some(name.to_string()),
+            driver: Some("local".to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker.create_volume(opts).await?;
+        Ok(())
+    }
+
+    /// Removes volume `name` (gone already: fine). Fails while a container,
+    /// even a stopped one, uses it.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let opts = bollard::query_parameters::RemoveVolumeOptions { force: false };
+        match self.docker.remove_volume(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every managed volume of `prefix` carrying each label of `with`:
+    /// (name, labels).
+    pub async fn list_volumes(
+        &self,
+        prefix: &str,
+        with: &[(&str, &str)],
+    ) -> Result<Vec<(String, HashMap<String, String>)>, EngineError> {
+        let mut wanted = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={prefix}", labels::PREFIX),
+        ];
+        wanted.extend(with.iter().map(|(k, v)| format!("{k}={v}")));
+        let opts = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(HashMap::from([("label".to_string(), wanted)])),
+        };
+        let list = self.docker.list_volumes(Some(opts)).await?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.labels.get(labels::MANAGED).map(String::as_str) == Some("true"))
+            .filter(|v| v.labels.get(labels::PREFIX).map(String::as_str) == Some(prefix))
+            .map(|v| (v.name, v.labels))
+            .collect())
+    }
+
+    /// Whether any container, running or not, mounts volume `name`.
+    pub async fn volume_in_use(&self, name: &str) -> Result<bool, EngineError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "volume".to_string(),
+                vec![name.to_string()],
+            )])),
+            ..Default::default()
+        };
+        Ok(!self.docker.list_containers(Some(opts)).await?.is_empty())
+    }
+
+    /// The content of regular file `path` in container `id` (its mounted
+    /// volumes included), through the archive API; `None` when there is
+    /// no such file. At most `max` bytes are read.
+    pub async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self.docker.download_from_container(id, Some(opts));
+        let mut tar = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    tar.extend_from_slice(&b);
+                    if tar.len() > max + 64 * 1024 {
+                        break;
+                    }
+                }
+                Err(e) if status_of(&e) == Some(404) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut archive = tar::Archive::new(&tar[..]);
+        let Ok(mut entries) = archive.entries() else {
+            return Ok(None);
+        };
+        let Some(Ok(mut entry)) = entries.next() else {
+            return Ok(None);
+        };
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        use std::io::Read;
+        let _ = (&mut entry).take(max as u64).read_to_end(&mut out);
+        Ok(Some(out))
+    }
 }

@@ -58,6 +58,10 @@ pub struct AgentLayout {
     /// Further templated files (e.g. Claude Code's `settings.json`).
     #[serde(default)]
     pub extra_files: Vec<ExtraFile>,
+    /// How a session's tasks continue one conversation of the agent; none:
+    /// every task starts afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<crate::model::conversation::Conversation>,
 }
 
 /// A templated file of an agent layout.
@@ -314,6 +318,18 @@ pub fn parse_preset(
             ),
         )]);
     }
+    if let Some((field, message)) = config
+        .agent
+        .conversation
+        .as_ref()
+        .and_then(|c| c.declared())
+        .and_then(|c| c.problem())
+    {
+        return Err(vec![(
+            Some(format!("agent.{field}")),
+            format!("agent.{field}: {message}"),
+        )]);
+    }
     Ok(Preset { config, json })
 }
 
@@ -382,6 +398,9 @@ fn parse_layout(agent_type: &str, bytes: &[u8]) -> Result<AgentLayout, (Option<S
                 format!("template name {:?} must be relative", extra.template),
             ));
         }
+    }
+    if let Some((field, message)) = layout.conversation.as_ref().and_then(|c| c.problem()) {
+        return Err((Some(field.into()), message));
     }
     Ok(layout)
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum};
 use sha2::{Digest, Sha256};
 
 use crate::model::render::RenderedFile;
@@ -37,6 +37,10 @@ pub mod labels {
     pub const KIND: &str = "io.workers-spawner.kind";
     /// `stdin` when the files come through the delivery shim.
     pub const DELIVERY: &str = "io.workers-spawner.delivery";
+    /// The `task.user_id` a session (container or volume) belongs to.
+    pub const USER_ID: &str = "io.workers-spawner.user-id";
+    /// What a session volume holds: `workspace` or `home`.
+    pub const VOLUME: &str = "io.workers-spawner.volume";
 }
 
 /// Uid:gid the agent runs as.
@@ -96,6 +100,8 @@ pub struct LaunchContext {
     pub cmd: Option<Vec<String>>,
     /// How the files reach the container (see [`crate::model::delivery`]).
     pub delivery: FileDelivery,
+    /// Named volumes to mount: (volume name, folder), a session's.
+    pub volumes: Vec<(String, String)>,
 }
 
 /// How a container receives its files before the agent starts.
@@ -192,9 +198,25 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
     if read_only {
         tmpfs.insert("/tmp".to_string(), "rw,noexec,nosuid,size=256m".to_string());
         for dir in WRITABLE_ROOTS {
-            volumes.insert(dir.to_string(), HashMap::new());
+            if !ctx.volumes.iter().any(|(_, at)| at == dir) {
+                volumes.insert(dir.to_string(), HashMap::new());
+            }
         }
     }
+    // A named volume mounted on a folder of the image starts as a copy of
+    // it (owner included): the prepared image's `/workspace` and
+    // `/home/worker` belong to the worker, so the volume does too.
+    let mounts: Vec<Mount> = ctx
+        .volumes
+        .iter()
+        .map(|(name, at)| Mount {
+            target: Some(at.clone()),
+            source: Some(name.clone()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        })
+        .collect();
     let cmd = ctx.cmd.clone().unwrap_or_else(|| spec.command.clone());
     let mut labels = ctx.labels.clone();
     if let FileDelivery::Stdin(_) = ctx.delivery {
@@ -236,6 +258,11 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
             readonly_rootfs: Some(read_only),
             tmpfs: if tmpfs.is_empty() { None } else { Some(tmpfs) },
             network_mode: Some(ctx.network_mode.clone()),
+            mounts: if mounts.is_empty() {
+                None
+            } else {
+                Some(mounts)
+            },
             ipc_mode: Some("private".to_string()),
             auto_remove: Some(false),
             ..Default::default()
@@ -415,6 +442,7 @@ pub fn launch_context(
         network_mode,
         cmd: None,
         delivery: oneshot_delivery(spec),
+        volumes: Vec::new(),
     }
 }
 
@@ -438,6 +466,10 @@ pub fn session_labels(
     );
     l.insert(labels::SESSION_ID.to_string(), session_id.to_string());
     l.insert(labels::RECEIVED_MS.to_string(), received_ms.to_string());
+    l.insert(
+        labels::USER_ID.to_string(),
+        spec.user_id.clone().unwrap_or_default(),
+    );
     l
 }
 
@@ -459,6 +491,47 @@ pub fn session_container_name(prefix: &str, session_id: &str) -> String {
     } else {
         container_name("wss", &format!("{prefix}/{session_id}"))
     }
+}
+
+/// The volumes of session `session_id`: (workspace volume, home volume).
+/// Named like its container (`wsv-...-w` / `wsv-...-h`), so every instance
+/// of the setup finds them. Two volumes, not one with sub-paths: volume
+/// sub-paths need Engine API 1.45, and a mount on a folder the image lacks
+/// would belong to root.
+pub fn session_volume_names(prefix: &str, session_id: &str) -> (String, String) {
+    let base = if prefix == "workers" {
+        container_name("wsv", session_id)
+    } else {
+        container_name("wsv", &format!("{prefix}/{session_id}"))
+    };
+    (format!("{base}-w"), format!("{base}-h"))
+}
+
+/// The labels of a session's volume (`what`: `workspace` or `home`): whose
+/// setup, session and user it is. No instance: any instance may resume it.
+pub fn volume_labels(
+    prefix: &str,
+    session_id: &str,
+    user_id: &str,
+    what: &str,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::PREFIX.to_string(), prefix.to_string()),
+        (labels::KIND.to_string(), "session".to_string()),
+        (labels::SESSION_ID.to_string(), session_id.to_string()),
+        (labels::USER_ID.to_string(), user_id.to_string()),
+        (labels::VOLUME.to_string(), what.to_string()),
+    ])
+}
+
+/// The mounts of a session's volumes.
+pub fn session_mounts(prefix: &str, session_id: &str) -> Vec<(String, String)> {
+    let (w, h) = session_volume_names(prefix, session_id);
+    vec![
+        (w, crate::model::render::WORKSPACE.to_string()),
+        (h, crate::model::render::HOME.to_string()),
+    ]
 }
 
 #[cfg(test)]

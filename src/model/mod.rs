@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod config;
 pub mod container;
+pub mod conversation;
 pub mod delivery;
 pub mod diagnose;
 pub mod image_ref;

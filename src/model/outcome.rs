@@ -38,6 +38,8 @@ pub enum ErrorCode {
     NetworkNotFound,
     /// Its session runs another preset or config.
     SessionMismatch,
+    /// Its session (container or volumes) belongs to another `user_id`.
+    SessionUserMismatch,
     /// The agent's command is not in the image.
     AgentNotFound,
     /// The agent's command cannot be executed.
@@ -76,6 +78,7 @@ impl ErrorCode {
             ErrorCode::DockerError => "docker_error",
             ErrorCode::NetworkNotFound => "network_not_found",
             ErrorCode::SessionMismatch => "session_mismatch",
+            ErrorCode::SessionUserMismatch => "session_user_mismatch",
             ErrorCode::AgentNotFound => "agent_not_found",
             ErrorCode::AgentNotExecutable => "agent_not_executable",
             ErrorCode::DeliveryFailed => "delivery_failed",
@@ -234,6 +237,7 @@ mod tests {
             DockerError,
             NetworkNotFound,
             SessionMismatch,
+            SessionUserMismatch,
             AgentNotFound,
             AgentNotExecutable,
             DeliveryFailed,

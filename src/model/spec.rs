@@ -34,6 +34,8 @@ pub struct WorkerSpec {
     pub preset_id: Option<String>,
     /// Session id, when set.
     pub session_id: Option<String>,
+    /// `task.user_id`, when set.
+    pub user_id: Option<String>,
     /// The merged, validated config.
     pub config: WorkerConfig,
     /// The merged config as JSON (what `config_hash` covers).
@@ -48,6 +50,11 @@ pub struct WorkerSpec {
     pub env: Vec<EnvVar>,
     /// argv with `{prompt}` replaced by the prompt, as one element.
     pub command: Vec<String>,
+    /// Where the prompt is in `command`.
+    pub prompt_at: usize,
+    /// How a session's tasks continue the agent's conversation: the
+    /// preset's `agent.conversation`, else its agent layout's.
+    pub conversation: Option<crate::model::conversation::Conversation>,
 }
 
 impl WorkerSpec {
@@ -232,7 +239,7 @@ impl Resolver<'_> {
                 },
             });
         }
-        let command = config
+        let command: Vec<String> = config
             .agent
             .command
             .iter()
@@ -244,11 +251,26 @@ impl Resolver<'_> {
                 }
             })
             .collect();
+        let prompt_at = config
+            .agent
+            .command
+            .iter()
+            .position(|a| a == "{prompt}")
+            .unwrap_or(command.len());
+        let conversation = match &config.agent.conversation {
+            Some(c) => c.declared().cloned(),
+            None => self
+                .catalog
+                .layouts
+                .get(&config.agent.kind)
+                .and_then(|l| l.conversation.clone()),
+        };
         let config_hash = config_hash(&config_json);
         let spec = WorkerSpec {
             request_id: req.request_id.clone(),
             preset_id: req.worker_config_id.clone(),
             session_id: req.task.session_id.clone(),
+            user_id: req.task.user_id.clone(),
             config_json,
             config_hash,
             files,
@@ -259,6 +281,8 @@ impl Resolver<'_> {
             }],
             env,
             command,
+            prompt_at,
+            conversation,
             config,
         };
         let mut spec = spec;

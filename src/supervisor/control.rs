@@ -72,6 +72,10 @@ impl Supervisor {
                         .end(&session_id, super::session::End::Cancelled);
                 }
             }
+            Ok(ControlCommand::EndSession { session_id }) => {
+                tracing::info!(session_id = %session_id, "ending session for good on request");
+                self.sessions.end_for_good(&session_id).await;
+            }
             Err(reason) => {
                 // Every instance sees every control entry; only one reports it.
                 if ctx

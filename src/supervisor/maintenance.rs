@@ -22,6 +22,10 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 /// How long an instance's heartbeat key lives (refreshed every 5 s).
 pub(super) const HEARTBEAT_TTL_SECS: u64 = 30;
 
+/// How often kept session volumes are looked at (more often when
+/// `session_keep` is shorter).
+const VOLUME_SWEEP: Duration = Duration::from_secs(30);
+
 /// How often the gateway firewall rules are looked after.
 const FIREWALL_REFRESH: Duration = Duration::from_secs(10);
 
@@ -31,6 +35,7 @@ impl Supervisor {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut last_rescan = Instant::now();
         let mut last_adopt = Instant::now();
+        let mut last_volumes = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -50,6 +55,10 @@ impl Supervisor {
                 ctx.reload_catalog().await;
             }
             self.pools.refill().await;
+            if last_volumes.elapsed() >= ctx.settings.session_keep.min(VOLUME_SWEEP) {
+                last_volumes = Instant::now();
+                self.sessions.expire_volumes().await;
+            }
             if last_adopt.elapsed() >= self.reclaim_interval() {
                 last_adopt = Instant::now();
                 self.adopt_orphans().await;

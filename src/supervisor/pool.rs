@@ -327,6 +327,7 @@ impl Pools {
             // the request's prompt there.
             cmd: Some(spec.config.agent.command.clone()),
             delivery: FileDelivery::Stdin(ShimMode::Pool),
+            volumes: Vec::new(),
         };
         let mut base = spec.clone();
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));

@@ -10,7 +10,7 @@ mod output;
 mod run;
 
 pub use output::{forward, stdout_tail, OutputTail};
-pub use run::{finish, supervise, supervise_exec, Exec};
+pub use run::{finish, supervise, supervise_exec, Exec, ExecEnd};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -5,6 +5,7 @@
 //! leave evidence; the rest is one path.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -12,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::{forward, forward_output, stdout_tail, OutputTail};
 use super::{time_left, Job, StopReason, WorkerEnv};
-use crate::adapters::engine::{ContainerFacts, Engine, EngineError, ExecOutput};
+use futures_util::StreamExt;
+
+use crate::adapters::engine::{ContainerFacts, Engine, EngineError, ExecOutput, OutputStream};
 use crate::adapters::sink::Sink;
+use crate::model::conversation::IdScanner;
 use crate::model::outcome::{self, ErrorCode};
 use crate::model::protocol::{
     normalize_rfc3339, now_rfc3339, rfc3339_millis, ErrorInfo, EventType, ResultRecord, Status,
@@ -298,17 +302,32 @@ pub struct Exec {
     pub kill: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     /// The session it belongs to (in its `started` event).
     pub session_id: Option<String>,
+    /// A JSON field of stdout that carries the agent's conversation id
+    /// (see [`crate::model::conversation::IdScanner`]).
+    pub report_field: Option<String>,
+}
+
+/// How a session task ended, for its session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecEnd {
+    /// Whether its result is out.
+    pub published: bool,
+    /// The agent's exit code, when it ran to an exit.
+    pub exit_code: Option<i64>,
+    /// The conversation id the agent printed (`report_field`), if any.
+    pub reported_id: Option<String>,
 }
 
 /// Supervises a session task (an exec) to its result, which it publishes;
-/// returns whether the result is out (publishing stops trying once
-/// `give_up` fires). The session's container stays.
+/// says whether the result is out (publishing stops trying once `give_up`
+/// fires), the exit code and a reported conversation id. The session's
+/// container stays.
 pub async fn supervise_exec(
     env: &WorkerEnv,
     job: &Job,
     exec: Exec,
     give_up: &CancellationToken,
-) -> bool {
+) -> ExecEnd {
     // The agent process runs from here on: that is the start.
     let started = Instant::now();
     let start_ms = job
@@ -319,7 +338,18 @@ pub async fn supervise_exec(
     announce_start(env, job, start_ms, data).await;
 
     let (env2, rid, red) = (env.clone(), job.request_id.clone(), job.redactor.clone());
-    let output = exec.output;
+    let scanner = exec
+        .report_field
+        .as_deref()
+        .map(|f| Arc::new(std::sync::Mutex::new(IdScanner::new(f))));
+    let output: ExecOutput = match scanner.clone() {
+        None => exec.output,
+        Some(scan) => Box::pin(exec.output.inspect(move |item| {
+            if let Ok((OutputStream::Stdout, chunk)) = item {
+                scan.lock().expect("scanner lock").push(chunk);
+            }
+        })),
+    };
     let mut fwd = tokio::spawn(async move { forward(&env2, &rid, &red, output).await });
     // The exec ends when its output does.
     let mut tail = None;
@@ -368,7 +398,13 @@ pub async fn supervise_exec(
     };
     let result = result_of(env, job, verdict, run);
     revoke_key(env, job).await;
-    env.sink.result(&result, give_up).await
+    let reported_id =
+        scanner.and_then(|s| s.lock().expect("scanner lock").found().map(str::to_string));
+    ExecEnd {
+        published: env.sink.result(&result, give_up).await,
+        exit_code,
+        reported_id,
+    }
 }
 
 /// Publishes `result`, then removes the container (only once the result is

@@ -423,8 +423,11 @@ impl Drop for Daemon {
                     .build()
                 {
                     let _ = rt.block_on(async {
-                        tokio::time::timeout(Duration::from_secs(30), cleanup_containers(&prefix))
-                            .await
+                        tokio::time::timeout(Duration::from_secs(30), async {
+                            cleanup_containers(&prefix).await;
+                            cleanup_volumes(&prefix).await;
+                        })
+                        .await
                     });
                 }
             })
@@ -737,7 +740,49 @@ pub async fn cleanup_containers(prefix: &str) -> Vec<String> {
     removed
 }
 
-/// Asserts that no container of `prefix` remains (removing any that do).
+/// The managed volumes of `prefix` (session volumes): (name, labels).
+pub async fn volumes(prefix: &str) -> Vec<(String, HashMap<String, String>)> {
+    let d = docker().await;
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![
+            "io.workers-spawner.managed=true".to_string(),
+            format!("io.workers-spawner.stream-prefix={prefix}"),
+        ],
+    );
+    let opts = bollard::query_parameters::ListVolumesOptions {
+        filters: Some(filters),
+    };
+    d.list_volumes(Some(opts))
+        .await
+        .ok()
+        .and_then(|r| r.volumes)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.name, v.labels))
+        .collect()
+}
+
+/// Removes every managed volume of `prefix` (after its containers are
+/// gone); returns the names it removed.
+pub async fn cleanup_volumes(prefix: &str) -> Vec<String> {
+    let d = docker().await;
+    let mut removed = Vec::new();
+    for (name, _) in volumes(prefix).await {
+        let _ = d
+            .remove_volume(
+                &name,
+                Some(bollard::query_parameters::RemoveVolumeOptions { force: true }),
+            )
+            .await;
+        removed.push(name);
+    }
+    removed
+}
+
+/// Asserts that no container of `prefix` remains (removing any that do),
+/// then removes the session volumes the test's sessions kept.
 pub async fn assert_no_containers(prefix: &str) {
     // The daemon removes a container right after publishing its result;
     // allow that last step a moment.
@@ -746,6 +791,7 @@ pub async fn assert_no_containers(prefix: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let left = cleanup_containers(prefix).await;
+    cleanup_volumes(prefix).await;
     assert!(
         left.is_empty(),
         "containers of {prefix} were left behind: {left:?}"

@@ -126,6 +126,30 @@ pub struct AgentSpec {
     /// How a one-shot worker's files reach its container.
     #[serde(default, skip_serializing_if = "Delivery::is_default")]
     pub delivery: Delivery,
+    /// Replaces the agent layout's `conversation` (how a session's tasks
+    /// continue one conversation); `false`: every task starts afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<PresetConversation>,
+}
+
+/// `agent.conversation` of a preset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PresetConversation {
+    /// Declared here, in place of the layout's.
+    Declared(crate::model::conversation::Conversation),
+    /// `false`: none (the schema allows no `true`).
+    Off(bool),
+}
+
+impl PresetConversation {
+    /// The declaration, when there is one.
+    pub fn declared(&self) -> Option<&crate::model::conversation::Conversation> {
+        match self {
+            PresetConversation::Declared(c) => Some(c),
+            PresetConversation::Off(_) => None,
+        }
+    }
 }
 
 /// `agent.delivery`: how a one-shot worker receives its files.

@@ -13,8 +13,14 @@ pub enum ControlCommand {
         /// The request to cancel.
         request_id: String,
     },
-    /// End this session and its container.
+    /// End this session's container (its volumes stay for a later task).
     CancelSession {
+        /// The session to end.
+        session_id: String,
+    },
+    /// End this session for good: its container and its volumes (the
+    /// workspace and the agent's conversation).
+    EndSession {
         /// The session to end.
         session_id: String,
     },
@@ -35,6 +41,10 @@ pub fn parse_control(data: &[u8]) -> Result<ControlCommand, String> {
             (Some(request_id), None) => Ok(ControlCommand::CancelRequest { request_id }),
             (None, Some(session_id)) => Ok(ControlCommand::CancelSession { session_id }),
             _ => Err("cancel needs exactly one valid request_id or session_id".into()),
+        },
+        Some("end_session") => match (id("session_id"), v.get("request_id")) {
+            (Some(session_id), None) => Ok(ControlCommand::EndSession { session_id }),
+            _ => Err("end_session needs a valid session_id and no request_id".into()),
         },
         Some(other) => Err(format!("unknown command {other:?}")),
         None => Err("missing string field \"command\"".into()),
@@ -58,6 +68,17 @@ mod tests {
             Ok(ControlCommand::CancelSession {
                 session_id: "s1".into()
             })
+        );
+        assert_eq!(
+            parse_control(br#"{"command":"end_session","session_id":"s1"}"#),
+            Ok(ControlCommand::EndSession {
+                session_id: "s1".into()
+            })
+        );
+        assert!(parse_control(br#"{"command":"end_session"}"#).is_err());
+        assert!(
+            parse_control(br#"{"command":"end_session","session_id":"s1","request_id":"r"}"#)
+                .is_err()
         );
         assert!(parse_control(br#"{"command":"nuke"}"#)
             .unwrap_err()

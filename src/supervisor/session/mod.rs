@@ -31,7 +31,7 @@ use super::ctx::Ctx;
 use super::intake::Parsed;
 use super::registry::Running;
 use crate::adapters::engine::ContainerFacts;
-use crate::model::container::{labels, session_container_name};
+use crate::model::container::{labels, session_container_name, session_volume_names};
 use crate::model::protocol::EventType;
 use crate::worker::{unix_now, StopReason};
 
@@ -58,6 +58,9 @@ pub struct SessionContainer {
     pub preset: String,
     /// Unix time its TTL ends.
     pub deadline_unix: u64,
+    /// The `task.user_id` it belongs to (`None`: made before sessions were
+    /// bound to users).
+    pub user: Option<String>,
 }
 
 /// Why a session ends (the `reason` of its `session_expired` event).
@@ -69,6 +72,8 @@ pub enum End {
     Idle,
     /// A `cancel_session` control command.
     Cancelled,
+    /// An `end_session` control command: the volumes go too.
+    Ended,
 }
 
 impl End {
@@ -78,13 +83,14 @@ impl End {
             End::Expired => "expired",
             End::Idle => "idle",
             End::Cancelled => "cancelled",
+            End::Ended => "ended",
         }
     }
 
     /// Why its running task is stopped.
     fn stop_reason(self) -> StopReason {
         match self {
-            End::Cancelled => StopReason::Cancelled,
+            End::Cancelled | End::Ended => StopReason::Cancelled,
             End::Expired | End::Idle => StopReason::Expired,
         }
     }
@@ -151,6 +157,7 @@ impl Sessions {
             last_request: String::new(),
             last_used: None,
             current: Arc::default(),
+            record: None,
         };
         let sessions = self.clone();
         tokio::spawn(async move { session.main_loop(rx, sessions).await });
@@ -190,6 +197,86 @@ impl Sessions {
             .contains_key(sid)
         {
             self.send(sid, Message::End(why));
+        }
+    }
+
+    /// Ends session `sid` for good (`end_session`): the instance holding
+    /// its container ends it there, volumes and all; a session no live
+    /// instance holds loses its leftover container and its volumes here.
+    pub async fn end_for_good(self: &Arc<Self>, sid: &str) {
+        if self.has_container(sid) {
+            self.send(sid, Message::End(End::Ended));
+            return;
+        }
+        let ctx = &self.ctx;
+        let Ok(found) = ctx
+            .env
+            .engine
+            .list_labelled(
+                &ctx.settings.stream_prefix,
+                &[(labels::SESSION_ID, sid), (labels::KIND, "session")],
+            )
+            .await
+        else {
+            return;
+        };
+        for c in found {
+            if !ctx.may_adopt(&c).await {
+                // A live instance holds it and ends it on the same command.
+                return;
+            }
+            let _ = ctx.env.engine.remove(&c.id).await;
+        }
+        remove_volumes(ctx, sid).await;
+        tracing::info!(session_id = %sid, "session ended for good");
+    }
+
+    /// Removes the volumes of sessions unused for `session_keep` (no
+    /// container mounts them, and their last use lies further back). The
+    /// maintenance loop calls it; it and `end_session` are the only ways a
+    /// session volume is ever removed.
+    pub async fn expire_volumes(&self) {
+        let ctx = &self.ctx;
+        let Ok(volumes) = ctx
+            .env
+            .engine
+            .list_volumes(&ctx.settings.stream_prefix, &[(labels::KIND, "session")])
+            .await
+        else {
+            return;
+        };
+        let mut by_session: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, l) in volumes {
+            if let Some(sid) = l.get(labels::SESSION_ID) {
+                by_session.entry(sid.clone()).or_default().push(name);
+            }
+        }
+        let keep = ctx.settings.session_keep.as_secs();
+        for (sid, names) in by_session {
+            if self
+                .handles
+                .lock()
+                .expect("sessions lock")
+                .contains_key(&sid)
+            {
+                continue;
+            }
+            let now = unix_now();
+            let Ok(used) = ctx.bus.session_volumes_used(&sid, now).await else {
+                continue;
+            };
+            if now.saturating_sub(used) < keep {
+                continue;
+            }
+            let mut in_use = false;
+            for n in &names {
+                in_use |= ctx.env.engine.volume_in_use(n).await.unwrap_or(true);
+            }
+            if in_use {
+                continue;
+            }
+            tracing::info!(session_id = %sid, idle_secs = now - used, "removing the volumes of a session unused for session_keep");
+            remove_volumes(ctx, &sid).await;
         }
     }
 
@@ -249,6 +336,10 @@ struct Session {
     last_used: Option<Instant>,
     /// How to stop the task running now.
     current: Arc<Mutex<Option<Running>>>,
+    /// The conversation record of the session's volume, once known (the
+    /// inner `None`: no conversation yet); `None` until it is read from a
+    /// container the session did not create on fresh volumes.
+    record: Option<Option<String>>,
 }
 
 /// What woke a session's loop (moved once, so its size is no cost).
@@ -480,6 +571,14 @@ impl Session {
                 tracing::warn!(session_id = %sid, error = %e, "removing the session container failed");
             }
         }
+        self.record = None;
+        let kept = if why == End::Ended {
+            remove_volumes(&ctx, &sid).await;
+            false
+        } else {
+            let _ = ctx.bus.touch_session_volumes(&sid, unix_now()).await;
+            true
+        };
         let _ = ctx
             .bus
             .release_session(&sid, &ctx.settings.instance_id)
@@ -489,10 +588,26 @@ impl Session {
             .event(
                 &self.last_request,
                 EventType::SessionExpired,
-                json!({"session_id": sid, "container": name, "reason": why.as_str()}),
+                json!({"session_id": sid, "container": name, "reason": why.as_str(), "volumes_kept": kept}),
             )
             .await;
         tracing::info!(session_id = %sid, reason = why.as_str(), "session ended");
+    }
+}
+
+/// Removes session `sid`'s volumes and their use record (they are in use
+/// only by a container being removed, which Docker finishes first).
+pub(crate) async fn remove_volumes(ctx: &Ctx, sid: &str) {
+    let (w, h) = session_volume_names(&ctx.settings.stream_prefix, sid);
+    let mut gone = true;
+    for v in [&w, &h] {
+        if let Err(e) = ctx.env.engine.remove_volume(v).await {
+            tracing::warn!(session_id = %sid, volume = %v, error = %e, "removing a session volume failed; maintenance retries");
+            gone = false;
+        }
+    }
+    if gone {
+        let _ = ctx.bus.forget_session_volumes(sid).await;
     }
 }
 

@@ -12,17 +12,21 @@ use super::{entry_key, End, Session, SessionContainer};
 use crate::adapters::bus::Entry;
 use crate::adapters::engine::{ContainerFacts, EngineError};
 use crate::model::container::{
-    create_body, labels, session_container_name, session_labels, FileDelivery, LaunchContext,
+    create_body, labels, session_container_name, session_labels, session_mounts,
+    session_volume_names, volume_labels, FileDelivery, LaunchContext,
+};
+use crate::model::conversation::{
+    self, is_acceptable_id, IdSource, Turn, MAX_ID_LEN, NO_ID, RECORD_PATH,
 };
 use crate::model::outcome::{self, ErrorCode, Interruption};
 use crate::model::protocol::{parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status};
-use crate::model::render::HOME;
+use crate::model::render::{RenderedFile, HOME};
 use crate::model::spec::WorkerSpec;
 use crate::model::triage::{Decision, Disposition, Facts, Inflight, Route};
 use crate::model::worker_key::new_key;
 use crate::supervisor::ctx::{running_of, Ctx};
 use crate::supervisor::intake::{dry_run_result, Parsed};
-use crate::worker::{self, unix_now, Exec, Job, Placement, Received};
+use crate::worker::{self, unix_now, Exec, ExecEnd, Job, Placement, Received};
 
 impl Session {
     pub(super) async fn run_entry(&mut self, parsed: Parsed, permit: OwnedSemaphorePermit) {
@@ -71,7 +75,8 @@ impl Session {
         let container = match self.ensure_container(&spec).await {
             Ok(c) => c,
             Err(Some(info)) => {
-                let status = if info.code == ErrorCode::SessionMismatch.as_str() {
+                let refused = [ErrorCode::SessionMismatch, ErrorCode::SessionUserMismatch];
+                let status = if refused.iter().any(|c| info.code == c.as_str()) {
                     Status::Rejected
                 } else {
                     Status::Error
@@ -115,6 +120,10 @@ impl Session {
             },
         };
         if let Some(c) = existing {
+            let user = spec.user_id.clone().unwrap_or_default();
+            if c.user.as_ref().is_some_and(|u| *u != user) {
+                return Err(Some(user_mismatch(sid)));
+            }
             if c.deadline_unix > unix_now() {
                 if c.config_hash != spec.config_hash
                     || c.preset != spec.preset_id.clone().unwrap_or_default()
@@ -132,12 +141,18 @@ impl Session {
                         ),
                     )));
                 }
+                if self.container.is_none() {
+                    // Found on the engine: its record is read before its task.
+                    self.record = None;
+                }
                 self.set_container(Some(c.clone()));
                 return Ok(c);
             }
             self.end(End::Expired).await;
         }
-        // A new session.
+        // A new container, on the session's volumes (kept from an earlier
+        // container, or new).
+        let resumed = self.ensure_volumes(spec).await?;
         let deadline = unix_now() + spec.config.limits.ttl_sec;
         let received_ms = chrono::Utc::now().timestamp_millis();
         let l = session_labels(spec, self.ctx.owner(), sid, deadline, received_ms);
@@ -154,6 +169,7 @@ impl Session {
             network_mode: net.network.clone(),
             cmd: Some(crate::model::delivery::keeper_command()),
             delivery: FileDelivery::Archive,
+            volumes: session_mounts(&self.ctx.settings.stream_prefix, sid),
         };
         match self.ctx.images.image_for(&spec.config, |_| {}).await {
             Ok(image) => launch.image = image,
@@ -198,13 +214,139 @@ impl Session {
             config_hash: spec.config_hash.clone(),
             preset: spec.preset_id.clone().unwrap_or_default(),
             deadline_unix: deadline,
+            user: spec.user_id.clone(),
         };
         self.ctx.env
             .sink
-            .event(&spec.request_id, EventType::SessionCreated, json!({"session_id": sid, "container": c.name, "ttl_sec": spec.config.limits.ttl_sec}))
+            .event(&spec.request_id, EventType::SessionCreated, json!({"session_id": sid, "container": c.name, "ttl_sec": spec.config.limits.ttl_sec, "resumed": resumed}))
             .await;
+        self.record = if resumed { None } else { Some(None) };
         self.set_container(Some(c.clone()));
         Ok(c)
+    }
+
+    /// The session's volumes, made when missing; says whether they were
+    /// there already (a resumed session). Volumes of another `user_id`
+    /// are refused.
+    async fn ensure_volumes(&self, spec: &WorkerSpec) -> Result<bool, Option<ErrorInfo>> {
+        let ctx = &self.ctx;
+        let sid = self.sid.as_str();
+        let prefix = &ctx.settings.stream_prefix;
+        let user = spec.user_id.clone().unwrap_or_default();
+        let (w, h) = session_volume_names(prefix, sid);
+        // Recorded first: maintenance never removes volumes used this recently.
+        if ctx
+            .bus
+            .touch_session_volumes(sid, unix_now())
+            .await
+            .is_err()
+        {
+            return Err(None);
+        }
+        let mut resumed = false;
+        for (name, what) in [(&w, "workspace"), (&h, "home")] {
+            match ctx.env.engine.volume(name).await {
+                Ok(Some(l)) => {
+                    let theirs = |k: &str, v: &str| l.get(k).map(String::as_str) == Some(v);
+                    if !theirs(labels::MANAGED, "true")
+                        || !theirs(labels::PREFIX, prefix)
+                        || !theirs(labels::SESSION_ID, sid)
+                        || !theirs(labels::USER_ID, &user)
+                    {
+                        tracing::warn!(session_id = sid, volume = %name, "a session volume of another user or setup");
+                        return Err(Some(user_mismatch(sid)));
+                    }
+                    resumed |= what == "home";
+                }
+                Ok(None) => {
+                    let l = volume_labels(prefix, sid, &user, what);
+                    if let Err(e) = ctx.env.engine.create_volume(name, l).await {
+                        tracing::warn!(session_id = sid, error = %e, "creating a session volume failed");
+                        return Err(None);
+                    }
+                }
+                Err(_) => return Err(None),
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// The argv of a task of this session: the spec's command, with the
+    /// conversation's pieces for this turn; and the field the agent reports
+    /// its id in. Reads the record from the container when unknown.
+    async fn task_argv(
+        &mut self,
+        spec: &WorkerSpec,
+        container: &SessionContainer,
+    ) -> (Vec<String>, Option<String>) {
+        let Some(conv) = &spec.conversation else {
+            return (spec.command.clone(), None);
+        };
+        if self.record.is_none() {
+            let read = self
+                .ctx
+                .env
+                .engine
+                .read_file(&container.id, RECORD_PATH, MAX_ID_LEN + 16)
+                .await;
+            self.record = Some(match read {
+                Ok(Some(b)) => Some(String::from_utf8_lossy(&b).trim().to_string())
+                    .filter(|id| is_acceptable_id(id)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(session_id = %self.sid, error = %e, "reading the conversation record failed; the task starts a conversation");
+                    None
+                }
+            });
+        }
+        let record = self.record.clone().flatten();
+        let known = conv.known_id(&self.ctx.settings.stream_prefix, &self.sid);
+        let turn = Turn::from_record(conv, record.as_deref(), known);
+        let argv = conversation::argv(&spec.command, spec.prompt_at, conv, &turn);
+        let field = (conv.id == IdSource::Reported)
+            .then(|| conv.report_field.clone())
+            .flatten();
+        (argv, field)
+    }
+
+    /// Records the conversation after a task in which the agent ran: the
+    /// id it started with or reported, `-` for an agent that needs none.
+    async fn record_conversation(
+        &mut self,
+        spec: &WorkerSpec,
+        container: &SessionContainer,
+        end: &ExecEnd,
+    ) {
+        let Some(conv) = &spec.conversation else {
+            return;
+        };
+        // 126/127: the agent never started, so neither did a conversation.
+        if end.exit_code.is_none() || matches!(end.exit_code, Some(126 | 127)) {
+            return;
+        }
+        let before = self.record.clone().flatten();
+        let now = match conv.id {
+            IdSource::Derived => before
+                .clone()
+                .or_else(|| conv.known_id(&self.ctx.settings.stream_prefix, &self.sid)),
+            IdSource::Reported => end.reported_id.clone().or(before.clone()),
+            IdSource::None => Some(NO_ID.to_string()),
+        };
+        let Some(now) = now else { return };
+        if before.as_deref() == Some(now.as_str()) {
+            return;
+        }
+        let file = RenderedFile {
+            path: RECORD_PATH.to_string(),
+            content: format!("{now}\n"),
+            mode: 0o600,
+        };
+        match self.ctx.env.engine.upload(&container.id, &[file]).await {
+            Ok(()) => self.record = Some(Some(now)),
+            Err(e) => {
+                tracing::warn!(session_id = %self.sid, error = %e, "writing the conversation record failed");
+            }
+        }
     }
 
     /// Whether an entry of session `sid` older than `entry` is still pending
@@ -264,7 +406,7 @@ impl Session {
         container: &SessionContainer,
     ) {
         let ctx = &self.ctx.clone();
-        let sid = self.sid.as_str();
+        let sid = &self.sid.clone();
         let rid = spec.request_id.clone();
         let api_key = new_key();
         let net = ctx.worker_net(&spec.config, &api_key);
@@ -303,9 +445,10 @@ impl Session {
             env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
         }
         env.push(format!("HOME={HOME}"));
+        let (argv, report_field) = self.task_argv(spec, container).await;
         let engine = &ctx.env.engine;
         let exec = match engine.upload(&container.id, &spec.request_files).await {
-            Ok(()) => engine.exec(&container.id, spec.command.clone(), env).await,
+            Ok(()) => engine.exec(&container.id, argv, env).await,
             Err(e) => Err(e),
         };
         let (exec_id, output) = match exec {
@@ -325,12 +468,15 @@ impl Session {
             output,
             kill: Box::pin(async move { kill_task(&kill_ctx, &kill_id).await }),
             session_id: Some(sid.to_string()),
+            report_field,
         };
-        let published = worker::supervise_exec(&ctx.env, &job, exec, &ctx.shutdown).await;
+        let end = worker::supervise_exec(&ctx.env, &job, exec, &ctx.shutdown).await;
         *self.current.lock().expect("current lock") = None;
         self.last_used = Some(Instant::now());
         ctx.registry.untrack(&rid);
-        if published {
+        self.record_conversation(spec, container, &end).await;
+        let _ = ctx.bus.touch_session_volumes(sid, unix_now()).await;
+        if end.published {
             ctx.settle(entry, Disposition::Ack).await;
         }
     }
@@ -423,5 +569,15 @@ pub(super) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
         config_hash: l(labels::CONFIG_HASH),
         preset: l(labels::PRESET),
         deadline_unix: l(labels::DEADLINE).parse().unwrap_or(0),
+        // Containers of daemons before sessions were bound to users have none.
+        user: f.labels.get(labels::USER_ID).cloned(),
     }
+}
+
+/// The refusal of a session that belongs to another user.
+fn user_mismatch(sid: &str) -> ErrorInfo {
+    ErrorCode::SessionUserMismatch.info(
+        Some("task.session_id"),
+        format!("session {sid:?} belongs to another user_id; choose another session_id"),
+    )
 }
