@@ -50,6 +50,7 @@ enum Scenario {
     Output,
     Pool,
     Fresh,
+    Session,
     All,
 }
 
@@ -112,6 +113,10 @@ struct Args {
     /// Preset like `--preset` with a warm pool.
     #[arg(long, default_value = "bench_pool_v1")]
     pool_preset: String,
+    /// Preset of the session scenario: the test agent under the shipped
+    /// claude-code layout (a conversation per session).
+    #[arg(long, default_value = "bench_session_v1")]
+    session_preset: String,
     /// The pool size of `--pool-preset`.
     #[arg(long, default_value_t = 4)]
     pool_size: u32,
@@ -414,14 +419,23 @@ impl ResultWatcher {
         preset: &str,
         prompt: &str,
     ) -> anyhow::Result<(Instant, oneshot::Receiver<(Instant, Value)>)> {
+        let json =
+            json!({"request_id": rid, "worker_config_id": preset, "task": {"prompt": prompt}});
+        self.publish_json(rid, json).await
+    }
+
+    /// Like [`ResultWatcher::publish`], for a whole request body.
+    async fn publish_json(
+        &self,
+        rid: &str,
+        json: Value,
+    ) -> anyhow::Result<(Instant, oneshot::Receiver<(Instant, Value)>)> {
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()
             .expect("waiters")
             .insert(rid.to_string(), tx);
-        let json =
-            json!({"request_id": rid, "worker_config_id": preset, "task": {"prompt": prompt}})
-                .to_string();
+        let json = json.to_string();
         let t0 = Instant::now();
         self.bus.publish_spawn(&json).await?;
         Ok((t0, rx))
@@ -1221,6 +1235,148 @@ async fn pool(ctx: &Ctx, cfg: &Config) -> anyhow::Result<PoolRun> {
     Ok(run)
 }
 
+// ---------------------------------------------------------------- sessions
+
+/// Session follow-ups against a cold one-shot, one request at a time,
+/// rotating: a follow-up task in a live session container (an exec), a
+/// resumed one (the session's container ended by `cancel`, so the task gets
+/// a new container on the kept volumes and reads the conversation record),
+/// and a one-shot request of the same preset. Per request, ms from the XADD
+/// to reading the `started` event (the agent runs) and the result.
+struct SessionRun {
+    live: Vec<[f64; 2]>,
+    resumed: Vec<[f64; 2]>,
+    cold: Vec<[f64; 2]>,
+    failures: Vec<String>,
+}
+
+async fn sessions(ctx: &Ctx, cfg: &Config) -> anyhow::Result<SessionRun> {
+    let bus = ctx.watcher.bus.clone();
+    let times: EventTimes = Arc::default();
+    let ended: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (t, e) = (times.clone(), ended.clone());
+    let reader = follow_stream(&bus, bus.names.events.clone(), move |now, v| {
+        match v["type"].as_str() {
+            Some("started") => {
+                let rid = v["request_id"].as_str().unwrap_or_default();
+                if let Some(slot) = t.lock().expect("times").get_mut(rid) {
+                    slot[0].get_or_insert(now);
+                }
+            }
+            Some("session_expired") => {
+                let sid = v["data"]["session_id"].as_str().unwrap_or_default();
+                e.lock().expect("ended").push(sid.to_string());
+            }
+            _ => {}
+        }
+    })
+    .await?;
+    let mut run = SessionRun {
+        live: Vec::new(),
+        resumed: Vec::new(),
+        cold: Vec::new(),
+        failures: Vec::new(),
+    };
+    let preset = ctx.args.session_preset.clone();
+    eprintln!(
+        "bench: sessions: {} samples each of live, resumed and cold on {preset}",
+        cfg.pool_samples
+    );
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    let tag = ctx.next_id("s");
+    let live_sid = format!("{tag}-live");
+    let resumed_sid = format!("{tag}-resumed");
+    let body = |rid: &str, sid: Option<&str>| {
+        let mut v = json!({"request_id": rid, "worker_config_id": preset,
+                           "task": {"prompt": "true", "user_id": "bench"}});
+        if let Some(s) = sid {
+            v["task"]["session_id"] = json!(s);
+        }
+        v
+    };
+    // One request to its result: [XADD → started, XADD → result].
+    let one = |rid: String, v: Value| {
+        let times = times.clone();
+        async move {
+            times
+                .lock()
+                .expect("times")
+                .insert(rid.clone(), [None, None]);
+            let (t0, rx) = ctx
+                .watcher
+                .publish_json(&rid, v)
+                .await
+                .map_err(|e| e.to_string())?;
+            let got = tokio::time::timeout(Duration::from_secs(60), rx).await;
+            let out = match got {
+                Ok(Ok((t1, v))) if v["status"] == "succeeded" => {
+                    let mut started = None;
+                    for _ in 0..100 {
+                        started = times.lock().expect("times")[&rid][0];
+                        if started.is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    match started {
+                        Some(s) => Ok([ms(t0, s), ms(t0, t1)]),
+                        None => Err(format!("{rid}: no started event")),
+                    }
+                }
+                Ok(Ok((_, v))) => Err(format!("{rid}: result {v}")),
+                _ => Err(format!("{rid}: no result within 60 s")),
+            };
+            times.lock().expect("times").remove(&rid);
+            out
+        }
+    };
+    // Both sessions exist, with a conversation, before the first sample.
+    for sid in [&live_sid, &resumed_sid] {
+        let rid = ctx.next_id("s-first");
+        if let Err(e) = one(rid.clone(), body(&rid, Some(sid))).await {
+            run.failures.push(e);
+        }
+    }
+    for i in 0..cfg.pool_samples * 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let kind = i % 3;
+        if kind == 1 {
+            // End the resumed session's container (its volumes stay), and
+            // wait until it is gone: the next task gets a new container.
+            ended.lock().expect("ended").clear();
+            let cancel = json!({"command": "cancel", "session_id": resumed_sid}).to_string();
+            bus.publish_control(&cancel).await?;
+            let by = Instant::now() + Duration::from_secs(30);
+            while !ended.lock().expect("ended").contains(&resumed_sid) && Instant::now() < by {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (label, v) = match kind {
+            0 => ("live", body(&ctx.next_id("s-live"), Some(&live_sid))),
+            1 => (
+                "resumed",
+                body(&ctx.next_id("s-resumed"), Some(&resumed_sid)),
+            ),
+            _ => ("cold", body(&ctx.next_id("s-cold"), None)),
+        };
+        let rid = v["request_id"].as_str().unwrap_or_default().to_string();
+        match one(rid, v).await {
+            Ok(x) if label == "live" => run.live.push(x),
+            Ok(x) if label == "resumed" => run.resumed.push(x),
+            Ok(x) => run.cold.push(x),
+            Err(e) => run.failures.push(format!("{label}: {e}")),
+        }
+    }
+    for sid in [&live_sid, &resumed_sid] {
+        let end = json!({"command": "end_session", "session_id": sid}).to_string();
+        let _ = bus.publish_control(&end).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reader.abort();
+    Ok(run)
+}
+
 // ---------------------------------------------------------------- fresh image
 
 /// Requests on an image the daemon has never seen: per round a new image id
@@ -1440,6 +1596,7 @@ struct Report<'a> {
     outputs: Vec<Output>,
     pool: Option<PoolRun>,
     fresh: Option<FreshRun>,
+    sessions: Option<SessionRun>,
     failures: Vec<String>,
 }
 
@@ -1498,6 +1655,7 @@ impl Report<'_> {
         self.live_table(w);
         self.output_table(w);
         self.pool_table(w);
+        self.session_table(w);
         self.fresh_table(w);
         self.method_notes(w);
         o
@@ -1659,6 +1817,53 @@ impl Report<'_> {
             med(&f.project),
             med(&f.later) - med(&f.project)
         );
+    }
+
+    fn session_table(&self, w: &mut String) {
+        let Some(p) = &self.sessions else { return };
+        let _ = writeln!(w, "## Session follow-ups\n");
+        let _ = writeln!(
+            w,
+            "Preset `{}` (the test agent under the shipped claude-code layout: `--session-id`, \
+             then `--resume`), one request at a time, rotating: a follow-up task in a live \
+             session container (an exec), a resumed one (its container ended by `cancel` \
+             before the XADD, so the task gets a new container on the session's kept volumes \
+             and reads the conversation record from them) and a cold one-shot request of the \
+             same preset. Per request, ms from the XADD to reading the `started` event (the \
+             agent runs) and the result.\n",
+            self.args.session_preset
+        );
+        let _ = writeln!(
+            w,
+            "| method | n | measure | p50 ms | p90 ms | p99 ms | max ms |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        for (label, v) in [
+            ("live session", &p.live),
+            ("resumed session", &p.resumed),
+            ("cold one-shot", &p.cold),
+        ] {
+            for (k, what) in ["XADD → `started`", "XADD → result"]
+                .into_iter()
+                .enumerate()
+            {
+                let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
+                x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+                let _ = writeln!(
+                    w,
+                    "| {label} | {} | {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    x.len(),
+                    percentile(&x, 50.0),
+                    percentile(&x, 90.0),
+                    percentile(&x, 99.0),
+                    x.last().copied().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        if !p.failures.is_empty() {
+            let _ = writeln!(w, "\nFailures: {}", p.failures.join("; "));
+        }
+        let _ = writeln!(w);
     }
 
     fn pool_table(&self, w: &mut String) {
@@ -2114,6 +2319,23 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let session_r = if want(Scenario::Session) && !dead() {
+        match sessions(&ctx, &cfg).await {
+            Ok(r) => {
+                failures.extend(r.failures.iter().map(|f| format!("sessions: {f}")));
+                if r.resumed.is_empty() || r.live.is_empty() {
+                    failures.push("sessions: no live or resumed sample".into());
+                }
+                Some(r)
+            }
+            Err(e) => {
+                failures.push(format!("sessions: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     for p in [daemon, args.bounded_daemon_pid.map(Proc::new)]
         .into_iter()
         .flatten()
@@ -2136,6 +2358,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         outputs,
         pool: pool_r,
         fresh: fresh_r,
+        sessions: session_r,
         failures: failures.clone(),
     };
     let analysis = args

@@ -4,6 +4,7 @@
 #   scripts/bench.sh            # full run (~15-20 min), writes docs/benchmarks.md
 #   scripts/bench.sh --smoke    # CI-sized run (< 2 min), prints the report, writes nothing
 #   scripts/bench.sh [--smoke] [driver flags...]   # e.g. --samples 50 --concurrency 1,8
+#   BENCH_OUT=/tmp/x.md scripts/bench.sh --scenario session   # one scenario, elsewhere
 #
 # It sources scripts/test-env.sh (private redis-server, test image
 # ws-test-busybox:latest), builds the daemon and the driver
@@ -58,6 +59,7 @@ cleanup() {
     done
     for p in "${prefixes[@]}"; do
         docker ps -aq --filter "label=$PREFIX_LABEL=$p" | xargs -r docker rm -f -v >/dev/null 2>&1
+        docker volume ls -q --filter "label=$PREFIX_LABEL=$p" | xargs -r docker volume rm >/dev/null 2>&1
     done
     if [ "$rc" -ne 0 ] && [ -n "$work" ]; then
         for f in "$work"/daemon-*.log; do
@@ -106,6 +108,17 @@ cat > "$work/presets/bench_fresh_v1.json" <<EOF
   "name": "Benchmark: echo the prompt on an image made anew each round",
   "image": "ws-bench-fresh:latest",
   "agent": { "type": "claude-code", "command": ["sh", "-c", "echo \$0", "{prompt}"] },
+  "allowed_tools": [],
+  "has_internet": false,
+  "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
+}
+EOF
+cat > "$work/presets/bench_session_v1.json" <<EOF
+{
+  "id": "bench_session_v1",
+  "name": "Benchmark: the test agent, one conversation per session",
+  "image": "$WS_TEST_IMAGE",
+  "agent": { "type": "claude-code", "command": ["test-agent", "{prompt}"] },
   "allowed_tools": [],
   "has_internet": false,
   "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
@@ -169,7 +182,8 @@ if [ "$smoke" = 1 ]; then
     out="$work/benchmarks.md"
     invocation="scripts/bench.sh --smoke"
 else
-    out="$repo_root/docs/benchmarks.md"
+    # BENCH_OUT: write elsewhere (a partial run must not replace the report).
+    out="${BENCH_OUT:-$repo_root/docs/benchmarks.md}"
     invocation="scripts/bench.sh"
 fi
 [ ${#driver_args[@]} -gt 0 ] && invocation="$invocation ${driver_args[*]}"

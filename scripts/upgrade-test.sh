@@ -96,6 +96,9 @@ remove_prefix_containers() {
     ids="$(docker ps -aq --filter label=io.workers-spawner.managed=true \
         --filter "label=io.workers-spawner.stream-prefix=$p" 2>/dev/null)"
     [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
+    ids="$(docker volume ls -q --filter label=io.workers-spawner.managed=true \
+        --filter "label=io.workers-spawner.stream-prefix=$p" 2>/dev/null)"
+    [ -n "$ids" ] && docker volume rm $ids >/dev/null 2>&1
     return 0
 }
 
@@ -188,6 +191,15 @@ IMAGE="${WS_TEST_IMAGE:-ws-test-busybox:latest}"
 command -v redis-cli >/dev/null 2>&1 || die "redis-cli missing after test-env.sh"
 
 rcli() { timeout 10 redis-cli -h 127.0.0.1 -p "$WS_TEST_REDIS_PORT" "$@"; }
+
+# The agent layouts both daemons read: the shipped ones without their
+# `conversation` (#16), which the old daemon's parser does not know and which
+# these `sh -c` agents could not take (docs/sessions.md).
+TEMPLATES="$WORK/templates"
+cp -r "$ROOT/templates" "$TEMPLATES"
+for f in "$TEMPLATES"/*/agent.json; do
+    jq 'del(.conversation)' "$f" > "$f.new" && mv "$f.new" "$f"
+done
 
 # The presets, as an admin drops them: one JSON file per preset.
 PRESETS="$WORK/presets"
@@ -293,7 +305,7 @@ start_daemon() {
         export WORKERS_SPAWNER_BLOCK=1s WORKERS_SPAWNER_GATEWAY_PORT="$gw"
         export RUST_LOG="${RUST_LOG:-info}"
         exec "$bin" --redis-url "$WS_TEST_REDIS_URL" --stream-prefix "$prefix" \
-            --presets-dir "${S_PRESETS:-$PRESETS}" --skills-dir "$ROOT/skills" --templates-dir "$ROOT/templates" \
+            --presets-dir "${S_PRESETS:-$PRESETS}" --skills-dir "$ROOT/skills" --templates-dir "$TEMPLATES" \
             --http-addr "$http" --instance-id "$instance" --max-concurrent 4 serve
     ) </dev/null >/dev/null 2>>"$logfile" &
     D_PID=$!

@@ -725,3 +725,23 @@ fn render_problems_name_the_file_looked_for() {
         r#"allowed_tools: tool "deploy" has no skill file /s/deploy.md (every allowed tool needs one)"#
     );
 }
+
+#[test]
+fn a_conversation_is_false_or_a_declaration_under_home() {
+    assert_eq!(
+        error(&set(valid(), "/agent/conversation", json!(true))),
+        (
+            "agent.conversation".into(),
+            "agent.conversation must be false or an object, got true".into()
+        )
+    );
+    let off = set(valid(), "/agent/conversation", json!(false));
+    assert!(ConfigSchema::new().validate(&off).is_ok());
+    let (field, msg) = error(&set(
+        valid(),
+        "/agent/conversation",
+        json!({"state_dir": "/root/.claude", "id": "derived", "resume": ["--resume", "{agent_session}"]}),
+    ));
+    assert_eq!(field, "agent.conversation.state_dir");
+    assert!(msg.contains("^/home/worker/"), "{msg}");
+}

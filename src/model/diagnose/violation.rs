@@ -625,7 +625,12 @@ fn one_of_message(
     } else {
         branches
             .iter()
-            .map(|b| type_of(b).map_or("another form".to_string(), |t| type_words(&t).to_string()))
+            .map(|b| match b.get("const") {
+                Some(c) => c.to_string(),
+                None => {
+                    type_of(b).map_or("another form".to_string(), |t| type_words(&t).to_string())
+                }
+            })
             .collect()
     };
     vec![FieldError {

@@ -602,7 +602,7 @@ pub(crate) async fn remove_volumes(ctx: &Ctx, sid: &str) {
     let mut gone = true;
     for v in [&w, &h] {
         if let Err(e) = ctx.env.engine.remove_volume(v).await {
-            tracing::warn!(session_id = %sid, volume = %v, error = %e, "removing a session volume failed; maintenance retries");
+            tracing::warn!(session_id = %sid, volume = %v, error = %e, "removing a session volume failed; the maintenance sweep removes it once session_keep has passed");
             gone = false;
         }
     }
