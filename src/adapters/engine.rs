@@ -225,7 +225,27 @@ impl Engine {
     /// root: Docker refuses an extraction at `/` of a read-only root even
     /// when every file lands in a volume.
     pub async fn upload(&self, id: &str, files: &[RenderedFile]) -> Result<(), EngineError> {
-        for (root, group) in upload_groups(files) {
+        self.upload_grouped(id, upload_groups(files)).await
+    }
+
+    /// Like [`Engine::upload`], in one extraction at `/` (one mount of the
+    /// container's filesystem instead of one per writable root): only for
+    /// a container whose root is writable.
+    pub async fn upload_at_root(
+        &self,
+        id: &str,
+        files: &[RenderedFile],
+    ) -> Result<(), EngineError> {
+        self.upload_grouped(id, vec![("/".to_string(), files.to_vec())])
+            .await
+    }
+
+    async fn upload_grouped(
+        &self,
+        id: &str,
+        groups: Vec<(String, Vec<RenderedFile>)>,
+    ) -> Result<(), EngineError> {
+        for (root, group) in groups {
             let put = |at: &str| {
                 let tar = files_tar_at(at, &group);
                 let opts = UploadToContainerOptions {

@@ -158,6 +158,7 @@ impl Sessions {
             last_used: None,
             current: Arc::default(),
             record: None,
+            delivered: None,
         };
         let sessions = self.clone();
         tokio::spawn(async move { session.main_loop(rx, sessions).await });
@@ -340,6 +341,9 @@ struct Session {
     /// inner `None`: no conversation yet); `None` until it is read from a
     /// container the session did not create on fresh volumes.
     record: Option<Option<String>>,
+    /// The request whose prompt went into the container with its
+    /// instructions (its task uploads nothing more).
+    delivered: Option<String>,
 }
 
 /// What woke a session's loop (moved once, so its size is no cost).

@@ -201,13 +201,28 @@ impl Session {
                 ));
             }
         }
-        if let Err(e) =
-            worker::start_container(&self.ctx.env.engine, &id, &spec.files, &[], launch.delivery)
-                .await
-        {
-            let _ = self.ctx.env.engine.remove(&id).await;
+        // The first task's prompt goes in with the instructions: one
+        // extraction before the start instead of one more per file root.
+        let engine = &self.ctx.env.engine;
+        let files: Vec<RenderedFile> = spec
+            .files
+            .iter()
+            .chain(&spec.request_files)
+            .cloned()
+            .collect();
+        let upload = if spec.config.security.read_only_root {
+            engine.upload(&id, &files).await
+        } else {
+            engine.upload_at_root(&id, &files).await
+        };
+        if let Err(e) = match upload {
+            Ok(()) => engine.start(&id).await,
+            Err(e) => Err(e),
+        } {
+            let _ = engine.remove(&id).await;
             return Err(Some(ErrorCode::StartFailed.info(None, e.to_string())));
         }
+        self.delivered = Some(spec.request_id.clone());
         let c = SessionContainer {
             id,
             name,
@@ -447,7 +462,13 @@ impl Session {
         env.push(format!("HOME={HOME}"));
         let (argv, report_field) = self.task_argv(spec, container).await;
         let engine = &ctx.env.engine;
-        let exec = match engine.upload(&container.id, &spec.request_files).await {
+        let delivered = self.delivered.take().as_deref() == Some(rid.as_str());
+        let upload = if delivered {
+            Ok(())
+        } else {
+            engine.upload(&container.id, &spec.request_files).await
+        };
+        let exec = match upload {
             Ok(()) => engine.exec(&container.id, argv, env).await,
             Err(e) => Err(e),
         };
