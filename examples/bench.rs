@@ -1827,9 +1827,9 @@ impl Report<'_> {
             "Preset `{}` (the test agent under the shipped claude-code layout: `--session-id`, \
              then `--resume`), one request at a time, rotating: a follow-up task in a live \
              session container (an exec), a resumed one (its container ended by `cancel` \
-             before the XADD, so the task gets a new container on the session's kept volumes \
-             and reads the conversation record from them) and a cold one-shot request of the \
-             same preset. Per request, ms from the XADD to reading the `started` event (the \
+             before the XADD, so the task gets a new container on the session's kept volumes, \
+             where the shim picks the turn from the volume's record) and a cold one-shot \
+             request of the same preset. Per request, ms from the XADD to reading the `started` event (the \
              agent runs) and the result.\n",
             self.args.session_preset
         );

@@ -11,7 +11,13 @@
 //!   `$ORCHESTRATOR_PROMPT_FILE`) in place of every ARGV element `{prompt}`;
 //! - `keep`: a session's idle keeper: records its pid, then waits forever;
 //! - `kill SIG`: signals (`TERM`, `KILL`, or `0` to count) every process but
-//!   init, the keeper, the keeper's children and itself; prints how many.
+//!   init, the keeper, the keeper's children and itself; prints how many;
+//! - `turn RECORD N START_ARGV(N) AT LEN RESUME_ARGV`: a session task: when
+//!   the file RECORD holds a conversation id, `exec`s RESUME_ARGV with
+//!   `{agent_session}` replaced by it in the LEN elements from index AT (the
+//!   layout's resume pieces, never the prompt), else START_ARGV (the
+//!   session's first turn). So the container decides from its own volume,
+//!   and the daemon reads nothing before the task.
 //!
 //! Exit codes: 70 the payload cannot be unpacked, 71 stdin closed before a
 //! single byte (nothing was delivered: the agent never ran), 126 the agent
@@ -369,6 +375,54 @@ fn kill_all(sig: &str) -> ! {
     std::process::exit(0)
 }
 
+/// The placeholder of a conversation id in a resume argv.
+pub const AGENT_SESSION: &str = "{agent_session}";
+
+/// The conversation id in a record's bytes, if it is an acceptable one (at
+/// most 128 characters of `[A-Za-z0-9._:-]`; `-` for an agent that needs none).
+pub fn record_id(bytes: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(bytes).ok()?.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| s.to_string())
+}
+
+/// The argv of a session task: `rest` is `RECORD N START(N) AT LEN RESUME...`.
+pub fn turn_argv(rest: &[OsString], record: Option<&[u8]>) -> Result<Vec<OsString>, String> {
+    let usage = "turn needs RECORD N START(N) AT LEN RESUME...";
+    let num = |i: usize| -> Result<usize, String> {
+        rest.get(i)
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| usage.to_string())
+    };
+    let n = num(1)?;
+    let start = rest.get(2..2 + n).ok_or(usage)?;
+    let (at, len) = (num(2 + n)?, num(3 + n)?);
+    let resume = rest.get(4 + n..).ok_or(usage)?;
+    Ok(match record.and_then(record_id) {
+        Some(id) => resume
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a.to_str() {
+                Some(s) if (at..at + len).contains(&i) => s.replace(AGENT_SESSION, &id).into(),
+                _ => a.clone(),
+            })
+            .collect(),
+        None => start.to_vec(),
+    })
+}
+
+fn turn(rest: Vec<OsString>) -> ! {
+    let record = rest.first().and_then(|p| fs::read(p).ok());
+    match turn_argv(&rest, record.as_deref()) {
+        Ok(argv) => exec(argv),
+        Err(e) => fail(2, &e),
+    }
+}
+
 #[allow(dead_code)]
 fn main() {
     let mut args = std::env::args_os().skip(1);
@@ -385,6 +439,10 @@ fn main() {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         ),
-        _ => fail(2, "usage: ws-shim ENV_FILE run|pool|keep|kill [ARGV...]"),
+        Some("turn") => turn(rest),
+        _ => fail(
+            2,
+            "usage: ws-shim ENV_FILE run|pool|keep|kill|turn [ARGV...]",
+        ),
     }
 }

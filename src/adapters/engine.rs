@@ -731,46 +731,4 @@ impl Engine {
         };
         Ok(!self.docker.list_containers(Some(opts)).await?.is_empty())
     }
-
-    /// The content of regular file `path` in container `id` (its mounted
-    /// volumes included), through the archive API; `None` when there is
-    /// no such file. At most `max` bytes are read.
-    pub async fn read_file(
-        &self,
-        id: &str,
-        path: &str,
-        max: usize,
-    ) -> Result<Option<Vec<u8>>, EngineError> {
-        let opts = bollard::query_parameters::DownloadFromContainerOptions {
-            path: path.to_string(),
-        };
-        let mut stream = self.docker.download_from_container(id, Some(opts));
-        let mut tar = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => {
-                    tar.extend_from_slice(&b);
-                    if tar.len() > max + 64 * 1024 {
-                        break;
-                    }
-                }
-                Err(e) if status_of(&e) == Some(404) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut archive = tar::Archive::new(&tar[..]);
-        let Ok(mut entries) = archive.entries() else {
-            return Ok(None);
-        };
-        let Some(Ok(mut entry)) = entries.next() else {
-            return Ok(None);
-        };
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Ok(None);
-        }
-        let mut out = Vec::new();
-        use std::io::Read;
-        let _ = (&mut entry).take(max as u64).read_to_end(&mut out);
-        Ok(Some(out))
-    }
 }

@@ -99,6 +99,30 @@ pub fn keeper_command() -> Vec<String> {
     vec![SHIM_PATH.into(), ENV_FILE.into(), "keep".into()]
 }
 
+/// A session task's command: the shim picks `start` when the record file
+/// at `record` holds no conversation id, else `resume` with the id in
+/// place of `{agent_session}` in its elements `pieces` (the layout's resume
+/// pieces; never the prompt) (see the shim's `turn` mode).
+pub fn turn_command(
+    record: &str,
+    start: &[String],
+    resume: &[String],
+    pieces: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut v = vec![
+        SHIM_PATH.into(),
+        ENV_FILE.into(),
+        "turn".into(),
+        record.into(),
+        start.len().to_string(),
+    ];
+    v.extend_from_slice(start);
+    v.push(pieces.start.to_string());
+    v.push(pieces.len().to_string());
+    v.extend_from_slice(resume);
+    v
+}
+
 /// The shim signalling every process of a session's task (`TERM`, `KILL`,
 /// or `0` to count them); it prints how many it reached.
 pub fn killer_command(signal: &str) -> Vec<String> {
@@ -298,6 +322,10 @@ mod tests {
             "the shim checks the header the payload starts with"
         );
         assert_eq!(shim::ROOTS, [WORKSPACE, HOME]);
+        assert_eq!(
+            shim::AGENT_SESSION,
+            crate::model::conversation::AGENT_SESSION
+        );
         assert!(ENV_FILE.starts_with(&format!("{HOME}/")));
         assert!(
             SHIM_BINARY.starts_with(b"\x7fELF"),
@@ -433,6 +461,43 @@ mod tests {
             killer_command("TERM"),
             [SHIM_PATH, ENV_FILE, "kill", "TERM"]
         );
+    }
+
+    #[test]
+    fn the_shim_takes_the_turn_the_record_says() {
+        let start = vec![
+            "agent".to_string(),
+            "--session-id".into(),
+            "u-1".into(),
+            "P".into(),
+        ];
+        let resume = vec![
+            "agent".to_string(),
+            "--resume".into(),
+            "{agent_session}".into(),
+            "say {agent_session}".into(),
+        ];
+        let cmd = turn_command("/rec", &start, &resume, 1..3);
+        assert_eq!(&cmd[..5], [SHIM_PATH, ENV_FILE, "turn", "/rec", "4"]);
+        let rest: Vec<std::ffi::OsString> = cmd[3..].iter().map(Into::into).collect();
+        let got = |rec: Option<&[u8]>| -> Vec<String> {
+            shim::turn_argv(&rest, rec)
+                .unwrap()
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(got(None), start);
+        // The prompt (outside the pieces) is data: its text stays as it is.
+        assert_eq!(
+            got(Some(b"u-1\n")),
+            ["agent", "--resume", "u-1", "say {agent_session}"]
+        );
+        // Not an acceptable id: a fresh start, never a broken argv.
+        assert_eq!(got(Some(b"")), start);
+        assert_eq!(got(Some(b"has space")), start);
+        assert_eq!(got(Some("x".repeat(129).as_bytes())), start);
+        assert!(shim::turn_argv(&rest[..3], None).is_err());
     }
 }
 

@@ -15,9 +15,8 @@ use crate::model::container::{
     create_body, labels, session_container_name, session_labels, session_mounts,
     session_volume_names, volume_labels, FileDelivery, LaunchContext,
 };
-use crate::model::conversation::{
-    self, is_acceptable_id, IdSource, Turn, MAX_ID_LEN, NO_ID, RECORD_PATH,
-};
+use crate::model::conversation::{self, IdSource, Turn, AGENT_SESSION, NO_ID, RECORD_PATH};
+use crate::model::delivery::turn_command;
 use crate::model::outcome::{self, ErrorCode, Interruption};
 use crate::model::protocol::{parse_spawn_request, ErrorInfo, EventType, ResultRecord, Status};
 use crate::model::render::{RenderedFile, HOME};
@@ -142,7 +141,7 @@ impl Session {
                     )));
                 }
                 if self.container.is_none() {
-                    // Found on the engine: its record is read before its task.
+                    // Found on the engine: what its volume records is unknown here.
                     self.record = None;
                 }
                 self.set_container(Some(c.clone()));
@@ -286,38 +285,25 @@ impl Session {
         Ok(resumed)
     }
 
-    /// The argv of a task of this session: the spec's command, with the
-    /// conversation's pieces for this turn; and the field the agent reports
-    /// its id in. Reads the record from the container when unknown.
-    async fn task_argv(
-        &mut self,
-        spec: &WorkerSpec,
-        container: &SessionContainer,
-    ) -> (Vec<String>, Option<String>) {
+    /// The argv of a task of this session: the spec's command with the
+    /// conversation's pieces, behind the shim's `turn` mode, which starts a
+    /// conversation or resumes the one the session's volume records (so
+    /// nothing is read before the task); and the field the agent reports
+    /// its id in.
+    fn task_argv(&self, spec: &WorkerSpec) -> (Vec<String>, Option<String>) {
         let Some(conv) = &spec.conversation else {
             return (spec.command.clone(), None);
         };
-        if self.record.is_none() {
-            let read = self
-                .ctx
-                .env
-                .engine
-                .read_file(&container.id, RECORD_PATH, MAX_ID_LEN + 16)
-                .await;
-            self.record = Some(match read {
-                Ok(Some(b)) => Some(String::from_utf8_lossy(&b).trim().to_string())
-                    .filter(|id| is_acceptable_id(id)),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(session_id = %self.sid, error = %e, "reading the conversation record failed; the task starts a conversation");
-                    None
-                }
-            });
-        }
-        let record = self.record.clone().flatten();
         let known = conv.known_id(&self.ctx.settings.stream_prefix, &self.sid);
-        let turn = Turn::from_record(conv, record.as_deref(), known);
-        let argv = conversation::argv(&spec.command, spec.prompt_at, conv, &turn);
+        let start = conversation::argv(&spec.command, spec.prompt_at, conv, &Turn::Start(known));
+        let resume = conversation::argv(
+            &spec.command,
+            spec.prompt_at,
+            conv,
+            &Turn::Resume(AGENT_SESSION.to_string()),
+        );
+        let at = spec.prompt_at.min(spec.command.len());
+        let argv = turn_command(RECORD_PATH, &start, &resume, at..at + conv.resume.len());
         let field = (conv.id == IdSource::Reported)
             .then(|| conv.report_field.clone())
             .flatten();
@@ -460,7 +446,7 @@ impl Session {
             env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
         }
         env.push(format!("HOME={HOME}"));
-        let (argv, report_field) = self.task_argv(spec, container).await;
+        let (argv, report_field) = self.task_argv(spec);
         let engine = &ctx.env.engine;
         let delivered = self.delivered.take().as_deref() == Some(rid.as_str());
         let upload = if delivered {
