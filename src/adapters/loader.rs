@@ -151,6 +151,9 @@ pub fn read_sources(dirs: &CatalogDirs) -> (CatalogSources, Vec<CatalogIssue>) {
     let sources = CatalogSources {
         presets: read_flat(&dirs.presets, ".json", &mut issues, "presets"),
         skills: read_flat(&dirs.skills, ".md", &mut issues, "skills"),
+        // Tool declarations live beside their skills (an unreadable
+        // directory is reported once, above).
+        tools: read_flat(&dirs.skills, ".json", &mut Vec::new(), "skills"),
         templates: read_templates(&dirs.templates, &mut issues),
     };
     (sources, issues)

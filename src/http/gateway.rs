@@ -30,13 +30,17 @@ use serde_json::{json, Value};
 
 use crate::adapters::bus::Bus;
 use crate::adapters::sink::Sink;
-use crate::model::config::Tool;
+use crate::model::tools::{allows, grants};
 use crate::model::protocol::EventType;
 use crate::model::redact::Redactor;
 use crate::model::worker_key::{key_hash, KeyRecord};
 
 /// Builds the redactor for a preset's secrets.
 pub type RedactorFor = Box<dyn Fn(Option<&str>) -> Redactor + Send + Sync>;
+
+/// Where a group's calls go, from the catalog in force: `None` for a group
+/// the catalog does not declare, else its own upstream URL if it names one.
+pub type RouteOf = Box<dyn Fn(&str) -> Option<Option<String>> + Send + Sync>;
 
 /// What one caller may hold of the gateway (settings `gateway_*`,
 /// `respond_*`).
@@ -191,6 +195,8 @@ pub struct Gateway {
     pub upstream: Option<String>,
     /// Secrets of a preset, to mask in `respond` messages.
     pub redactor_for: RedactorFor,
+    /// The tool groups the catalog declares, and where each is forwarded.
+    pub route_of: RouteOf,
     /// The engine, to learn the address of a key's container.
     pub engine: crate::adapters::engine::Engine,
     /// Per-caller bounds.
@@ -205,6 +211,7 @@ impl Gateway {
         sink: Sink,
         upstream: Option<String>,
         redactor_for: RedactorFor,
+        route_of: RouteOf,
         engine: crate::adapters::engine::Engine,
         limits: GatewayLimits,
     ) -> Gateway {
@@ -213,6 +220,7 @@ impl Gateway {
             sink,
             upstream,
             redactor_for,
+            route_of,
             engine,
             limits,
             state: Mutex::new(GatewayState::default()),
@@ -452,14 +460,27 @@ pub fn is_valid_name(s: &str) -> bool {
 
 /// The upstream URL of a call: the configured base, then only the group's
 /// own name and an action that passed [`is_valid_name`].
-pub fn upstream_url(base: &str, group: Tool, action: &str) -> Option<String> {
-    is_valid_name(action).then(|| {
+pub fn upstream_url(base: &str, group: &str, action: &str) -> Option<String> {
+    (is_valid_name(group) && is_valid_name(action))
+        .then(|| format!("{}/v1/tools/{group}/{action}", base.trim_end_matches('/')))
+}
+
+/// Why `tools` (a key's grants) does not cover `group action`, in the words
+/// the CLI uses.
+pub fn refusal(tools: &[String], group: &str, action: &str) -> String {
+    let some: Vec<String> = grants(tools)
+        .into_iter()
+        .filter(|g| g.group == group)
+        .filter_map(|g| g.action.map(|a| format!("{group} {a}")))
+        .collect();
+    if some.is_empty() {
+        format!("Permission denied: {group} is not in ORCHESTRATOR_ALLOWED_TOOLS")
+    } else {
         format!(
-            "{}/v1/tools/{}/{action}",
-            base.trim_end_matches('/'),
-            group.as_str()
+            "Permission denied: {group} {action} is not allowed (allowed: {})",
+            some.join(", ")
         )
-    })
+    }
 }
 
 fn reply(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -563,19 +584,19 @@ async fn call(
             ),
         );
     };
-    let Some(tool) = Tool::parse(&group) else {
+    let Some(route) = (gw.route_of)(&group) else {
         return reply(
             StatusCode::NOT_FOUND,
             "unknown_group",
             format!("unknown tool group {group:?}"),
         );
     };
-    if !record.tools.iter().any(|t| t == &group) {
-        tracing::warn!(request_id = %record.request_id, group, "gateway refused a tool outside allowed_tools");
+    if !allows(&record.tools, &group, &action) {
+        tracing::warn!(request_id = %record.request_id, group, action, "gateway refused a tool outside allowed_tools");
         return reply(
             StatusCode::FORBIDDEN,
             "permission_denied",
-            format!("Permission denied: {group} is not in ORCHESTRATOR_ALLOWED_TOOLS"),
+            refusal(&record.tools, &group, &action),
         );
     }
     let body = match tokio::time::timeout(
@@ -659,14 +680,14 @@ async fn call(
         )
             .into_response();
     }
-    let Some(upstream) = gw.upstream.clone() else {
+    let Some(upstream) = route.or_else(|| gw.upstream.clone()) else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_upstream",
             "no orchestrator backend is configured (setting upstream_url)",
         );
     };
-    let Some(url) = upstream_url(&upstream, tool, &action) else {
+    let Some(url) = upstream_url(&upstream, &group, &action) else {
         return reply(
             StatusCode::BAD_REQUEST,
             "invalid_action",
@@ -787,15 +808,15 @@ mod tests {
     #[test]
     fn the_upstream_url_is_built_from_validated_parts_only() {
         assert_eq!(
-            upstream_url("http://backend:8080/", Tool::Project, "list").as_deref(),
+            upstream_url("http://backend:8080/", "project", "list").as_deref(),
             Some("http://backend:8080/v1/tools/project/list")
         );
         assert_eq!(
-            upstream_url("http://backend:8080", Tool::Project, "../deploy/trigger"),
+            upstream_url("http://backend:8080", "project", "../deploy/trigger"),
             None
         );
         assert_eq!(
-            upstream_url("http://b", Tool::Project, "list?user_id=victim"),
+            upstream_url("http://b", "project", "list?user_id=victim"),
             None
         );
     }

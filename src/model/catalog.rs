@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::config::{is_valid_slug, ConfigSchema, Tool, WorkerConfig};
+use crate::model::config::{is_valid_slug, ConfigSchema, WorkerConfig};
+use crate::model::tools::{check_grants, parse_group, ToolGroup};
 
 /// Name under which the compiled-in instruction template is registered.
 pub const BUILTIN_TEMPLATE: &str = "__builtin__/default.md.tera";
@@ -39,8 +40,8 @@ pub struct Preset {
 /// A skill file (`skills/<tool>.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Skill {
-    /// The tool it documents.
-    pub tool: Tool,
+    /// The tool group it documents.
+    pub tool: String,
     /// `description` from its front matter.
     pub description: String,
     /// The whole file, front matter included.
@@ -95,6 +96,8 @@ pub struct CatalogSources {
     pub presets: Vec<(String, Vec<u8>)>,
     /// `skills/*.md`: (file name, bytes).
     pub skills: Vec<(String, Vec<u8>)>,
+    /// `skills/*.json`, the tool groups' declarations: (file name, bytes).
+    pub tools: Vec<(String, Vec<u8>)>,
     /// `templates/**`: (relative path with `/`, bytes).
     pub templates: Vec<(String, Vec<u8>)>,
 }
@@ -104,8 +107,10 @@ pub struct CatalogSources {
 pub struct Catalog {
     /// Presets by id.
     pub presets: BTreeMap<String, Preset>,
-    /// Skills by tool.
-    pub skills: BTreeMap<Tool, Skill>,
+    /// Skills by tool group.
+    pub skills: BTreeMap<String, Skill>,
+    /// Tool groups by name (`skills/<group>.json`).
+    pub tools: BTreeMap<String, ToolGroup>,
     /// Agent layouts by agent type.
     pub layouts: BTreeMap<String, AgentLayout>,
     pub(crate) tera: Arc<tera::Tera>,
@@ -190,13 +195,14 @@ impl Catalog {
             }
         };
 
-        let mut presets = BTreeMap::new();
-        for (name, bytes) in &sources.presets {
-            let key = format!("presets/{name}");
-            let check_preset = |b: &[u8]| parse_preset(name, b, schema).map(|_| ());
-            if let Some(good) = pick(key.clone(), bytes, &check_preset) {
-                if let Ok(p) = parse_preset(name, &good, schema) {
-                    presets.insert(p.config.id.clone(), p);
+        let mut tools = BTreeMap::new();
+        for (name, bytes) in &sources.tools {
+            let key = format!("skills/{name}");
+            let stem = name.strip_suffix(".json").unwrap_or(name);
+            let check_tool = |b: &[u8]| parse_group(stem, b).map(|_| ());
+            if let Some(good) = pick(key.clone(), bytes, &check_tool) {
+                if let Ok(t) = parse_group(stem, &good) {
+                    tools.insert(t.name.clone(), t);
                     kept.insert(key, good);
                 }
             }
@@ -205,10 +211,23 @@ impl Catalog {
         let mut skills = BTreeMap::new();
         for (name, bytes) in &sources.skills {
             let key = format!("skills/{name}");
-            let check_skill = |b: &[u8]| parse_skill(name, b).map(|_| ()).map_err(|e| vec![e]);
+            let check_skill =
+                |b: &[u8]| parse_skill(name, b, &tools).map(|_| ()).map_err(|e| vec![e]);
             if let Some(good) = pick(key.clone(), bytes, &check_skill) {
-                if let Ok(s) = parse_skill(name, &good) {
-                    skills.insert(s.tool, s);
+                if let Ok(s) = parse_skill(name, &good, &tools) {
+                    skills.insert(s.tool.clone(), s);
+                    kept.insert(key, good);
+                }
+            }
+        }
+
+        let mut presets = BTreeMap::new();
+        for (name, bytes) in &sources.presets {
+            let key = format!("presets/{name}");
+            let check_preset = |b: &[u8]| parse_preset(name, b, schema, &tools).map(|_| ());
+            if let Some(good) = pick(key.clone(), bytes, &check_preset) {
+                if let Ok(p) = parse_preset(name, &good, schema, &tools) {
+                    presets.insert(p.config.id.clone(), p);
                     kept.insert(key, good);
                 }
             }
@@ -267,6 +286,7 @@ impl Catalog {
         let catalog = Catalog {
             presets,
             skills,
+            tools,
             layouts,
             tera: Arc::new(tera),
             template_names,
@@ -286,6 +306,7 @@ pub fn parse_preset(
     file_name: &str,
     bytes: &[u8],
     schema: &ConfigSchema,
+    tools: &BTreeMap<String, ToolGroup>,
 ) -> Result<Preset, Problems> {
     let id = file_name.strip_suffix(".json").ok_or_else(|| {
         vec![(
@@ -318,6 +339,12 @@ pub fn parse_preset(
             ),
         )]);
     }
+    if let Some((i, message)) = check_grants(&config.allowed_tools, tools) {
+        return Err(vec![(
+            Some(format!("allowed_tools.{i}")),
+            format!("allowed_tools.{i}: {message}"),
+        )]);
+    }
     if let Some((field, message)) = config
         .agent
         .conversation
@@ -333,11 +360,21 @@ pub fn parse_preset(
     Ok(Preset { config, json })
 }
 
-fn parse_skill(file_name: &str, bytes: &[u8]) -> Result<Skill, (Option<String>, String)> {
+fn parse_skill(
+    file_name: &str,
+    bytes: &[u8],
+    tools: &BTreeMap<String, ToolGroup>,
+) -> Result<Skill, (Option<String>, String)> {
     let stem = file_name
         .strip_suffix(".md")
         .ok_or((None, "a skill file must end in .md".to_string()))?;
-    let tool = Tool::parse(stem).ok_or((None, format!("{stem:?} is not a tool group")))?;
+    if !tools.contains_key(stem) {
+        return Err((
+            None,
+            format!("{stem:?} is not a declared tool group: declare it in skills/{stem}.json beside this file"),
+        ));
+    }
+    let tool = stem.to_string();
     let content =
         String::from_utf8(bytes.to_vec()).map_err(|e| (None, format!("not UTF-8: {e}")))?;
     let fm = front_matter(&content).ok_or((

@@ -19,5 +19,6 @@ pub mod protocol;
 pub mod redact;
 pub mod render;
 pub mod spec;
+pub mod tools;
 pub mod triage;
 pub mod worker_key;

@@ -80,10 +80,8 @@ impl Policy {
         if merged.id != preset.id {
             return refuse("id", "an override may not change the preset id");
         }
-        if let Some(t) = merged
-            .allowed_tools
-            .iter()
-            .find(|t| !preset.allowed_tools.contains(t))
+        if let Some(t) =
+            crate::model::tools::widening(&preset.allowed_tools, &merged.allowed_tools)
         {
             return refuse(
                 "allowed_tools",

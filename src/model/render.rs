@@ -6,10 +6,11 @@
 //! prompt (a prompt is data, never template source) and no environment.
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::model::catalog::{is_safe_container_path, tera_error_chain, Catalog, BUILTIN_TEMPLATE};
-use crate::model::config::{Tool, WorkerConfig};
+use crate::model::config::WorkerConfig;
+use crate::model::tools::{allowed_actions, allowed_groups, delivered, ToolGroup, TOOLS_FILE};
 
 /// The agent's working directory in the container.
 pub const WORKSPACE: &str = "/workspace";
@@ -37,7 +38,10 @@ pub enum RenderError {
     UnknownAgentType(String),
     /// An allowed tool has no skill file.
     #[error("allowed_tools: no skill file skills/{0}.md for allowed tool {0}")]
-    MissingSkill(Tool),
+    MissingSkill(String),
+    /// An allowed tool group is not declared (`skills/<group>.json`).
+    #[error("allowed_tools: tool group {0:?} is not declared (no skills/{0}.json)")]
+    UnknownTool(String),
     /// A template failed to render.
     #[error("template {template}: {message}")]
     Template {
@@ -78,6 +82,32 @@ pub fn pick_template(catalog: &Catalog, config: &WorkerConfig) -> String {
         .expect("the chain ends with the built-in template")
 }
 
+/// The reference of a group granted only in part: its allowed commands
+/// from its declaration, nothing of the others.
+fn partial_skill(group: &ToolGroup, actions: &[String]) -> String {
+    let name = &group.name;
+    let mut out = format!(
+        "---\nname: {name}\ndescription: {}\n---\n\n# `orchestrator {name}`\n\n{}\n\nThis worker may use these commands of the group, and no others:\n\n| Command | What it does |\n|---------|--------------|\n",
+        group.description, group.description
+    );
+    for a in actions {
+        let d = &group.actions[a];
+        let usage = if d.usage.is_empty() { String::new() } else { format!(" {}", d.usage) };
+        out.push_str(&format!(
+            "| `orchestrator {name} {a}{usage}` | {}{} |\n",
+            d.help,
+            if d.read_only { " (read-only)" } else { "" }
+        ));
+    }
+    out.push_str(
+        "\nAdd the global flag `--json` **before** the group name for machine-readable output.\n\n\
+         Exit codes: 0 success, 1 the backend refused or failed the call, 2 usage error, \
+         69 backend unavailable (retry a few times), 77 permission denied (do not retry; \
+         tell the user the action is not permitted for this worker).\n",
+    );
+    out
+}
+
 /// Renders every request-independent file for `config`.
 pub fn render(catalog: &Catalog, config: &WorkerConfig) -> Result<Vec<RenderedFile>, RenderError> {
     let layout = catalog
@@ -85,28 +115,70 @@ pub fn render(catalog: &Catalog, config: &WorkerConfig) -> Result<Vec<RenderedFi
         .get(&config.agent.kind)
         .ok_or_else(|| RenderError::UnknownAgentType(config.agent.kind.clone()))?;
 
-    let mut allowed: Vec<Tool> = config.allowed_tools.clone();
-    allowed.sort();
-    let denied: Vec<&str> = Tool::ALL
-        .iter()
+    let allowed = allowed_groups(&config.allowed_tools);
+    let denied: Vec<&str> = catalog
+        .tools
+        .keys()
         .filter(|t| !allowed.contains(t))
-        .map(|t| t.as_str())
+        .map(String::as_str)
         .collect();
 
     let mut files = Vec::new();
     let mut tools = Vec::new();
-    for tool in &allowed {
+    // `group action` of the groups granted only in part: what Claude Code's
+    // settings deny besides the groups not granted at all.
+    let mut denied_actions: Vec<String> = Vec::new();
+    for name in &allowed {
+        let group = catalog
+            .tools
+            .get(name)
+            .ok_or_else(|| RenderError::UnknownTool(name.clone()))?;
         let skill = catalog
             .skills
-            .get(tool)
-            .ok_or(RenderError::MissingSkill(*tool))?;
-        let path = layout.skill_path.replace("{tool}", tool.as_str());
-        tools.push(
-            json!({"name": tool.as_str(), "description": skill.description, "skill_path": path}),
+            .get(name)
+            .ok_or_else(|| RenderError::MissingSkill(name.clone()))?;
+        let actions = allowed_actions(&config.allowed_tools, group);
+        let whole = actions.len() == group.actions.len();
+        denied_actions.extend(
+            group
+                .actions
+                .keys()
+                .filter(|a| !actions.contains(a))
+                .map(|a| format!("{name} {a}")),
         );
+        let path = layout.skill_path.replace("{tool}", name);
+        let listed: Vec<Value> = actions
+            .iter()
+            .map(|a| {
+                let d = &group.actions[a];
+                json!({"name": a, "help": d.help, "usage": d.usage, "read_only": d.read_only})
+            })
+            .collect();
+        tools.push(json!({
+            "name": name,
+            "description": if whole { skill.description.clone() } else { group.description.clone() },
+            "skill_path": path,
+            "actions": listed,
+            "whole": whole,
+        }));
         files.push(RenderedFile {
             path,
-            content: skill.content.clone(),
+            // A group granted only in part gets its reference made from its
+            // declaration: the skill's prose would name the actions it may
+            // not use.
+            content: if whole {
+                skill.content.clone()
+            } else {
+                partial_skill(group, &actions)
+            },
+            mode: 0o644,
+        });
+    }
+    if !allowed.is_empty() {
+        files.push(RenderedFile {
+            path: TOOLS_FILE.to_string(),
+            content: serde_json::to_string_pretty(&delivered(&catalog.tools, &config.allowed_tools))
+                .expect("JSON values serialize"),
             mode: 0o644,
         });
     }
@@ -121,6 +193,7 @@ pub fn render(catalog: &Catalog, config: &WorkerConfig) -> Result<Vec<RenderedFi
         },
         "tools": tools,
         "denied_tools": denied,
+        "denied_actions": denied_actions,
         "has_internet": config.has_internet,
         "limits": {
             "timeout_sec": config.limits.timeout_sec,

@@ -290,6 +290,10 @@ impl Resolver<'_> {
             ("ORCHESTRATOR_REQUEST_ID", req.request_id.clone()),
             ("ORCHESTRATOR_ALLOWED_TOOLS", spec.allowed_tools_env()),
             ("ORCHESTRATOR_PROMPT_FILE", PROMPT_FILE.to_string()),
+            (
+                "ORCHESTRATOR_TOOLS_FILE",
+                crate::model::tools::TOOLS_FILE.to_string(),
+            ),
         ];
         if let Some(u) = &req.task.user_id {
             orchestrator.push(("ORCHESTRATOR_USER_ID", u.clone()));
@@ -321,6 +325,16 @@ impl Resolver<'_> {
                     config.env.len(),
                     self.limits.max_env_entries
                 ),
+            });
+        }
+        // The tools must exist in the catalog in force (the schema knows
+        // only their spelling).
+        if let Some((i, message)) =
+            crate::model::tools::check_grants(&config.allowed_tools, &self.catalog.tools)
+        {
+            return Err(ResolveError::Invalid {
+                field: format!("allowed_tools.{i}"),
+                message: format!("allowed_tools.{i}: {message}"),
             });
         }
         Ok(config)

@@ -138,6 +138,15 @@ impl Supervisor {
             self.ctx.env.sink.clone(),
             Some(s.upstream_url.clone()).filter(|u| !u.is_empty()),
             Box::new(move |preset| ctx.redactor_for(preset)),
+            {
+                let ctx = self.ctx.clone();
+                Box::new(move |group| {
+                    ctx.catalog()
+                        .tools
+                        .get(group)
+                        .map(|g| g.upstream_url.clone())
+                })
+            },
             self.ctx.env.engine.clone(),
             crate::http::gateway::GatewayLimits {
                 header_timeout: s.gateway_header_timeout,

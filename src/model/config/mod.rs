@@ -18,6 +18,6 @@ pub use merge::{canonical_json, config_hash, merge};
 pub use schema::{ConfigError, ConfigSchema, FieldError, SCHEMA_JSON};
 pub use types::{
     cpu_in_range, is_valid_slug, parse_memory, AgentSpec, Delivery, EnvValue, Limits, Pool,
-    Security, Tool, WorkerConfig, DEFAULT_PIDS, MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU,
+    Security, WorkerConfig, DEFAULT_PIDS, MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU,
     MIN_MEMORY_BYTES, MIN_PIDS,
 };

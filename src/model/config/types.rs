@@ -2,62 +2,8 @@
 //! and its parts, the bounds of its limits and the forms of its values.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-/// A tool group of the in-container `orchestrator` CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tool {
-    /// `orchestrator project [list|get|create]`
-    Project,
-    /// `orchestrator deploy [trigger|status|logs]`
-    Deploy,
-    /// `orchestrator engineering [trigger|status]`
-    Engineering,
-    /// `orchestrator infra [allocate|list]`
-    Infra,
-    /// `orchestrator respond "<message>"`
-    Respond,
-    /// `orchestrator admin ...` (privileged; presets normally do not allow it)
-    Admin,
-}
-
-impl Tool {
-    /// Every tool group, in a stable order.
-    pub const ALL: [Tool; 6] = [
-        Tool::Project,
-        Tool::Deploy,
-        Tool::Engineering,
-        Tool::Infra,
-        Tool::Respond,
-        Tool::Admin,
-    ];
-
-    /// The group's name on the command line and in `ORCHESTRATOR_ALLOWED_TOOLS`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tool::Project => "project",
-            Tool::Deploy => "deploy",
-            Tool::Engineering => "engineering",
-            Tool::Infra => "infra",
-            Tool::Respond => "respond",
-            Tool::Admin => "admin",
-        }
-    }
-
-    /// The tool with this name, if any.
-    pub fn parse(name: &str) -> Option<Tool> {
-        Tool::ALL.into_iter().find(|t| t.as_str() == name)
-    }
-}
-
-impl fmt::Display for Tool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A worker config: a preset, or a preset with an override merged in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,8 +32,10 @@ pub struct WorkerConfig {
     pub bootstrap_commands: Vec<String>,
     /// Which agent runs and how.
     pub agent: AgentSpec,
-    /// Tool groups the worker may use.
-    pub allowed_tools: Vec<Tool>,
+    /// What the worker may call: tool groups (`deploy`) or single actions
+    /// (`deploy:status`), checked against the loaded tool catalog
+    /// (`model::tools`).
+    pub allowed_tools: Vec<String>,
     /// Extra Docker network to attach (infrastructure access).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,

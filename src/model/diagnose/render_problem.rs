@@ -2,7 +2,7 @@
 
 use super::words::did_you_mean;
 use crate::model::catalog::Catalog;
-use crate::model::config::{FieldError, Tool, WorkerConfig};
+use crate::model::config::{FieldError, WorkerConfig};
 
 /// A render failure of a preset, in words (`agent.type` with the known
 /// types, `allowed_tools` with the skill file looked for).
@@ -41,6 +41,13 @@ pub fn render_problem(
                 join_path(skills_dir, &format!("{tool}.md"))
             ),
         },
+        RenderError::UnknownTool(tool) => FieldError {
+            field: "allowed_tools".into(),
+            message: format!(
+                "allowed_tools: tool group \"{tool}\" is not declared: there is no {}",
+                join_path(skills_dir, &format!("{tool}.json"))
+            ),
+        },
         other => FieldError {
             field: match other {
                 RenderError::Template { .. } => "agent.type".into(),
@@ -50,12 +57,7 @@ pub fn render_problem(
                 "{} (agent type {:?}, tools {})",
                 other,
                 config.agent.kind,
-                Tool::ALL
-                    .iter()
-                    .filter(|t| config.allowed_tools.contains(t))
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                config.allowed_tools.join(", ")
             ),
         },
     }
