@@ -1,223 +1,172 @@
-//! The command line: clap definitions of the groups and their commands, as
-//! documented to the agent in `skills/*.md`, and parsing that hides the
-//! groups not allowed from the help text. Pure.
+//! The command line, built at run time (clap builder API) from the part of
+//! the tool catalog the worker may use ([`crate::auth::usable_catalog`]), so
+//! the help text lists only usable groups and actions. Pure.
+//!
+//! `orchestrator [--json] <group> <action> [args]`, or
+//! `orchestrator [--json] <group> [args]` for the default action of a group
+//! that declares one (the default action's name is not an action word then:
+//! `orchestrator respond send` sends the message `send`). Each catalog
+//! argument becomes a clap argument:
+//!
+//! * positionals in declared order, others as `--flag <value_name>`;
+//! * `string`: any value, including ones starting with `-`;
+//! * `integer`: an `i64` (anything else is a usage error);
+//! * `boolean`: a switch taking no value;
+//! * `enum`: one of the declared values;
+//! * `required` (without a default) must be given; a `default` is used when
+//!   the argument is not given and shown in the help.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::error::ErrorKind;
+use clap::{value_parser, Arg, ArgAction, Command};
 
-use crate::auth::is_allowed;
-use crate::GROUPS;
+use crate::call::{call_from_matches, Call};
+use crate::catalog::{Action, ArgSpec, ArgType, Catalog, Group};
 
-/// `orchestrator`: acts on the orchestrator platform from inside a worker.
-#[derive(Debug, Parser)]
-#[command(
-    name = "orchestrator",
-    version,
-    about = "Acts on the orchestrator platform from inside a worker container",
-    long_about = None,
-    disable_help_subcommand = true,
-    subcommand_required = true,
-    arg_required_else_help = true,
-    after_help = "Exit codes: 0 success, 1 backend refused or failed the call, 2 usage error, \
-                  69 backend unavailable, 77 permission denied (group not in ORCHESTRATOR_ALLOWED_TOOLS)."
-)]
-pub struct Cli {
-    /// Machine-readable output: print the gateway's JSON object on one line.
-    #[arg(long)]
+/// Id of the global `--json` flag.
+const JSON_ID: &str = "json";
+
+const AFTER_HELP: &str = "Exit codes: 0 success, 1 backend refused or failed the call, \
+     2 usage error, 69 backend unavailable or not configured, \
+     77 permission denied (not in ORCHESTRATOR_ALLOWED_TOOLS).";
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// `--json` was given (before the group).
     pub json: bool,
-
-    #[command(subcommand)]
-    pub command: Command,
+    /// The gateway call to make.
+    pub call: Call,
 }
 
-/// Command groups.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-pub enum Command {
-    /// Look up, list and create projects.
-    #[command(subcommand)]
-    Project(ProjectCmd),
-    /// Start deploys and follow their status and logs.
-    #[command(subcommand)]
-    Deploy(DeployCmd),
-    /// Submit engineering tasks and track them.
-    #[command(subcommand)]
-    Engineering(EngineeringCmd),
-    /// Allocate and list infra resources.
-    #[command(subcommand)]
-    Infra(InfraCmd),
-    /// Send a message to the user who asked for the current task.
-    Respond(RespondArgs),
-    /// Privileged worker administration.
-    #[command(subcommand)]
-    Admin(AdminCmd),
+/// A help line as clap's derive would show a doc comment: without one
+/// trailing period.
+fn sentence(s: &str) -> String {
+    let s = s.trim();
+    s.strip_suffix('.')
+        .filter(|rest| !rest.ends_with('.'))
+        .unwrap_or(s)
+        .to_owned()
 }
 
-/// `orchestrator project ...`
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-#[command(arg_required_else_help = true)]
-pub enum ProjectCmd {
-    /// List every project visible to the current user.
-    List,
-    /// Show one project in full.
-    Get {
-        #[arg(value_name = "project_id")]
-        project_id: String,
-    },
-    /// Create a new project.
-    Create {
-        #[arg(long, value_name = "name", allow_hyphen_values = true)]
-        name: String,
-        #[arg(long, value_name = "text", allow_hyphen_values = true)]
-        description: Option<String>,
-    },
+/// Whether the argument must be given on the command line.
+fn needed(spec: &ArgSpec) -> bool {
+    spec.required && spec.default.is_none()
 }
 
-/// `orchestrator deploy ...`
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-#[command(arg_required_else_help = true)]
-pub enum DeployCmd {
-    /// Start a deploy of a project (to staging unless --env is given).
-    Trigger {
-        #[arg(value_name = "project_id")]
-        project_id: String,
-        #[arg(long, value_name = "environment", default_value = "staging")]
-        env: String,
-    },
-    /// Show the current state of a deploy.
-    Status {
-        #[arg(value_name = "deploy_id")]
-        deploy_id: String,
-    },
-    /// Print a deploy's log.
-    Logs {
-        #[arg(value_name = "deploy_id")]
-        deploy_id: String,
-        /// Only the last <n> lines.
-        #[arg(long, value_name = "n")]
-        tail: Option<u64>,
-    },
-}
-
-/// `orchestrator engineering ...`
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-#[command(arg_required_else_help = true)]
-pub enum EngineeringCmd {
-    /// Submit a task for a project.
-    Trigger {
-        #[arg(value_name = "project_id")]
-        project_id: String,
-        #[arg(long, value_name = "text", allow_hyphen_values = true)]
-        task: String,
-    },
-    /// Show the state of a task.
-    Status {
-        #[arg(value_name = "task_id")]
-        task_id: String,
-    },
-}
-
-/// Resource kinds for `infra allocate`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Kind {
-    Vm,
-    Db,
-    Bucket,
-}
-
-impl Kind {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Vm => "vm",
-            Kind::Db => "db",
-            Kind::Bucket => "bucket",
-        }
+/// The clap argument of a catalog argument (its id is the catalog name).
+fn clap_arg(spec: &ArgSpec) -> Arg {
+    let mut arg = Arg::new(spec.name.clone());
+    if let Some(long) = &spec.long {
+        arg = arg.long(long.clone());
     }
-}
-
-/// Resource sizes for `infra allocate`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Size {
-    Small,
-    Medium,
-    Large,
-}
-
-impl Size {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Size::Small => "small",
-            Size::Medium => "medium",
-            Size::Large => "large",
-        }
+    if let Some(help) = &spec.help {
+        arg = arg.help(sentence(help));
     }
+    if spec.ty != ArgType::Boolean {
+        arg = arg
+            .action(ArgAction::Set)
+            .value_name(spec.value_name.clone().unwrap_or_else(|| spec.name.clone()));
+    }
+    arg = match &spec.ty {
+        ArgType::String => arg.allow_hyphen_values(true),
+        ArgType::Integer => arg.value_parser(value_parser!(i64)),
+        ArgType::Boolean => arg.action(ArgAction::SetTrue),
+        ArgType::Enum(values) => arg.value_parser(PossibleValuesParser::new(
+            values.iter().map(|v| PossibleValue::new(v.clone())),
+        )),
+    };
+    if needed(spec) {
+        arg = arg.required(true);
+    }
+    if let Some(default) = &spec.default {
+        arg = arg.default_value(default.clone());
+    }
+    arg
 }
 
-/// `orchestrator infra ...`
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-#[command(arg_required_else_help = true)]
-pub enum InfraCmd {
-    /// Allocate one resource for a project.
-    Allocate {
-        #[arg(long = "project", value_name = "project_id")]
-        project_id: String,
-        #[arg(long, value_name = "kind")]
-        kind: Kind,
-        #[arg(long, value_name = "size")]
-        size: Option<Size>,
-    },
-    /// List allocated resources.
-    List {
-        #[arg(long = "project", value_name = "project_id")]
-        project_id: Option<String>,
-    },
+fn action_command(action: &Action) -> Command {
+    Command::new(action.name.clone())
+        .about(sentence(&action.help))
+        .args(action.args.iter().map(clap_arg))
 }
 
-/// `orchestrator respond <message>`
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-#[command(arg_required_else_help = true)]
-pub struct RespondArgs {
-    /// The whole message, quoted as one argument.
-    #[arg(value_name = "message", allow_hyphen_values = true)]
-    pub message: String,
+fn group_command(group: &Group) -> Command {
+    let mut cmd = Command::new(group.name.clone()).about(sentence(&group.description));
+    let default = group.default();
+    match default {
+        Some(d) => {
+            cmd = cmd.args(d.args.iter().map(clap_arg));
+            if group.actions.len() > 1 {
+                cmd = cmd
+                    .args_conflicts_with_subcommands(true)
+                    .subcommand_negates_reqs(true);
+            }
+            if d.args.iter().any(needed) {
+                cmd = cmd.arg_required_else_help(true);
+            }
+        }
+        None => cmd = cmd.subcommand_required(true).arg_required_else_help(true),
+    }
+    let default_name = default.map(|d| d.name.as_str());
+    cmd.subcommands(
+        group
+            .actions
+            .iter()
+            .filter(|a| Some(a.name.as_str()) != default_name)
+            .map(action_command),
+    )
 }
 
-/// `orchestrator admin ...`
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-#[command(arg_required_else_help = true)]
-pub enum AdminCmd {
-    /// List all running workers.
-    Workers,
-    /// Cancel a request and stop its worker.
-    Cancel {
-        #[arg(value_name = "request_id")]
-        request_id: String,
-    },
+/// The `orchestrator` command with one subcommand per group of `catalog`
+/// (pass the usable catalog), in catalog order.
+pub fn build_command(catalog: &Catalog) -> Command {
+    Command::new("orchestrator")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Acts on the orchestrator platform from inside a worker container")
+        .disable_help_subcommand(true)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .after_help(AFTER_HELP)
+        .arg(
+            Arg::new(JSON_ID)
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("Machine-readable output: print the gateway's JSON object on one line"),
+        )
+        .subcommands(catalog.groups.iter().map(group_command))
 }
 
-/// Parses the command line (`args` includes `argv[0]`). Groups that
-/// `allowed_raw` (the raw `ORCHESTRATOR_ALLOWED_TOOLS`) does not allow are
-/// hidden from the help text, so usage output does not advertise them.
-pub fn parse_args<I, T>(args: I, allowed_raw: Option<&str>) -> Result<Cli, clap::Error>
+/// Parses the command line (`args` includes `argv[0]`) against `catalog`
+/// (the usable catalog): unknown groups, actions and bad arguments are
+/// clap errors (exit 2; `--help` and `--version` are "errors" with exit 0).
+pub fn parse_args<I, T>(catalog: &Catalog, args: I) -> Result<Invocation, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    use clap::{CommandFactory, FromArgMatches};
-    let mut cmd = Cli::command();
-    for group in GROUPS {
-        if !is_allowed(allowed_raw, group) {
-            cmd = cmd.mut_subcommand(*group, |sc| sc.hide(true));
-        }
-    }
-    let matches = cmd.try_get_matches_from(args)?;
-    Cli::from_arg_matches(&matches)
+    let mut cmd = build_command(catalog);
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let Some(call) = call_from_matches(catalog, &matches) else {
+        return Err(cmd.error(ErrorKind::MissingSubcommand, "no action given"));
+    };
+    Ok(Invocation {
+        json: matches.get_flag(JSON_ID),
+        call,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::parse;
+    use crate::auth::{allowed_tools, usable_catalog};
+    use crate::test_support::{parse, shipped};
+
+    fn help_of(raw: &str, args: &[&str]) -> String {
+        let c = usable_catalog(&shipped(), &allowed_tools(Some(raw)));
+        let argv = std::iter::once("orchestrator").chain(args.iter().copied());
+        parse_args(&c, argv).unwrap_err().render().to_string()
+    }
 
     #[test]
     fn global_json_flag() {
@@ -232,33 +181,59 @@ mod tests {
         let e = parse(&[]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         let e = parse(&["--help"]).unwrap_err();
-        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
         assert_eq!(e.exit_code(), 0);
+        assert_eq!(parse(&["--version"]).unwrap_err().exit_code(), 0);
         assert_eq!(parse(&["nuke"]).unwrap_err().exit_code(), 2);
         assert_eq!(parse(&["project"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["project", "nuke"]).unwrap_err().exit_code(), 2);
         assert_eq!(parse(&["help"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]
-    fn help_hides_groups_not_allowed() {
-        let help = |raw| {
-            parse_args(["orchestrator", "--help"], raw)
-                .unwrap_err()
-                .render()
-                .to_string()
-        };
-        let h = help(Some("project,respond"));
+    fn help_lists_only_usable_groups_and_actions() {
+        let h = help_of("project,respond", &["--help"]);
         assert!(h.contains("project") && h.contains("respond"), "{h}");
         assert!(!h.contains("admin") && !h.contains("infra"), "{h}");
-        assert!(help(Some("admin")).contains("admin"));
-        let cli = parse_args(["orchestrator", "--json", "respond", "x"], Some("respond")).unwrap();
-        assert!(cli.json);
-        assert_eq!(cli.command.group(), "respond");
+        assert!(h.contains("Look up, list and create projects\n"), "{h}");
+        assert!(help_of("admin", &["--help"]).contains("admin"));
+        let h = help_of("deploy:status,deploy:logs", &["deploy", "--help"]);
+        assert!(h.contains("status") && h.contains("logs"), "{h}");
+        assert!(!h.contains("trigger"), "{h}");
+        // in the order of the allowed entries
+        assert!(h.find("status") < h.find("logs"), "{h}");
+        let h = help_of("deploy", &["deploy", "trigger", "--help"]);
+        assert!(
+            h.contains("Usage: orchestrator deploy trigger [OPTIONS] <project_id>"),
+            "{h}"
+        );
+        assert!(h.contains("--env <environment>"), "{h}");
+        assert!(h.contains("[default: staging]"), "{h}");
+        let h = help_of("respond", &["respond", "--help"]);
+        assert!(h.contains("Usage: orchestrator respond <message>"), "{h}");
+        let h = help_of("infra", &["infra", "allocate", "--help"]);
+        assert!(h.contains("[possible values: vm, db, bucket]"), "{h}");
+    }
+
+    #[test]
+    fn nothing_usable_still_parses_help() {
+        let c = Catalog::default();
+        let e = parse_args(&c, ["orchestrator", "--help"]).unwrap_err();
+        assert_eq!(e.exit_code(), 0);
+        let e = parse_args(&c, ["orchestrator", "deploy"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]
     fn cli_definition_is_valid() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        build_command(&shipped()).debug_assert();
+        build_command(&crate::test_support::review()).debug_assert();
+    }
+
+    #[test]
+    fn sentences() {
+        assert_eq!(sentence("List all. "), "List all");
+        assert_eq!(sentence("And so on..."), "And so on...");
+        assert_eq!(sentence(""), "");
     }
 }

@@ -1,17 +1,21 @@
-//! The mapping of a parsed command to its gateway call:
-//! `POST /v1/tools/{group}/{action}` with `{"args": {...}}`. Pure.
+//! The mapping of parsed command-line matches to their gateway call:
+//! `POST /v1/tools/{group}/{action}` with `{"args": {...}}`, where `args`
+//! holds the given arguments and the defaults of those not given, keyed by
+//! their catalog names. Pure.
 
+use clap::ArgMatches;
 use serde_json::{json, Map, Value};
 
-use crate::args::{
-    AdminCmd, Command, DeployCmd, EngineeringCmd, InfraCmd, ProjectCmd, RespondArgs,
-};
+use crate::catalog::{Action, ArgType, Catalog};
 
 /// One gateway call: `POST /v1/tools/{group}/{action}` with `{"args": args}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    pub group: &'static str,
-    pub action: &'static str,
+    /// Tool group.
+    pub group: String,
+    /// Action of the group.
+    pub action: String,
+    /// The JSON object of arguments.
     pub args: Value,
 }
 
@@ -32,114 +36,76 @@ pub fn call_url(base: &str, call: &Call) -> String {
     format!("{}{}", base.trim_end_matches('/'), call.path())
 }
 
-fn obj(pairs: Vec<(&str, Option<Value>)>) -> Value {
-    let mut m = Map::new();
-    for (k, v) in pairs {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), v);
+/// The `args` object of `action` from its matches: strings and enums as
+/// JSON strings, integers as numbers, booleans as `true` when given (omitted
+/// otherwise); arguments neither given nor defaulted are omitted.
+pub fn args_from_matches(action: &Action, m: &ArgMatches) -> Value {
+    let mut out = Map::new();
+    for spec in &action.args {
+        let id = spec.name.as_str();
+        let value = match spec.ty {
+            ArgType::Boolean => m
+                .try_get_one::<bool>(id)
+                .ok()
+                .flatten()
+                .filter(|b| **b)
+                .map(|_| Value::Bool(true)),
+            ArgType::Integer => m
+                .try_get_one::<i64>(id)
+                .ok()
+                .flatten()
+                .map(|n| Value::from(*n)),
+            ArgType::String | ArgType::Enum(_) => m
+                .try_get_one::<String>(id)
+                .ok()
+                .flatten()
+                .map(|s| Value::String(s.clone())),
+        };
+        if let Some(v) = value {
+            out.insert(spec.name.clone(), v);
         }
     }
-    Value::Object(m)
+    Value::Object(out)
 }
 
-impl Command {
-    /// The group name of the command.
-    pub fn group(&self) -> &'static str {
-        match self {
-            Command::Project(_) => "project",
-            Command::Deploy(_) => "deploy",
-            Command::Engineering(_) => "engineering",
-            Command::Infra(_) => "infra",
-            Command::Respond(_) => "respond",
-            Command::Admin(_) => "admin",
-        }
-    }
-
-    /// Maps the command to its gateway call.
-    pub fn to_call(&self) -> Call {
-        let s = |v: &str| Some(Value::String(v.to_owned()));
-        let (action, args) = match self {
-            Command::Project(ProjectCmd::List) => ("list", json!({})),
-            Command::Project(ProjectCmd::Get { project_id }) => {
-                ("get", obj(vec![("project_id", s(project_id))]))
-            }
-            Command::Project(ProjectCmd::Create { name, description }) => (
-                "create",
-                obj(vec![
-                    ("name", s(name)),
-                    ("description", description.as_deref().and_then(s)),
-                ]),
-            ),
-            Command::Deploy(DeployCmd::Trigger { project_id, env }) => (
-                "trigger",
-                obj(vec![("project_id", s(project_id)), ("env", s(env))]),
-            ),
-            Command::Deploy(DeployCmd::Status { deploy_id }) => {
-                ("status", obj(vec![("deploy_id", s(deploy_id))]))
-            }
-            Command::Deploy(DeployCmd::Logs { deploy_id, tail }) => (
-                "logs",
-                obj(vec![
-                    ("deploy_id", s(deploy_id)),
-                    ("tail", tail.map(Value::from)),
-                ]),
-            ),
-            Command::Engineering(EngineeringCmd::Trigger { project_id, task }) => (
-                "trigger",
-                obj(vec![("project_id", s(project_id)), ("task", s(task))]),
-            ),
-            Command::Engineering(EngineeringCmd::Status { task_id }) => {
-                ("status", obj(vec![("task_id", s(task_id))]))
-            }
-            Command::Infra(InfraCmd::Allocate {
-                project_id,
-                kind,
-                size,
-            }) => (
-                "allocate",
-                obj(vec![
-                    ("project_id", s(project_id)),
-                    ("kind", s(kind.as_str())),
-                    ("size", size.and_then(|z| s(z.as_str()))),
-                ]),
-            ),
-            Command::Infra(InfraCmd::List { project_id }) => (
-                "list",
-                obj(vec![("project_id", project_id.as_deref().and_then(s))]),
-            ),
-            Command::Respond(RespondArgs { message }) => {
-                ("send", obj(vec![("message", s(message))]))
-            }
-            Command::Admin(AdminCmd::Workers) => ("workers", json!({})),
-            Command::Admin(AdminCmd::Cancel { request_id }) => {
-                ("cancel", obj(vec![("request_id", s(request_id))]))
-            }
-        };
-        Call {
-            group: self.group(),
-            action,
-            args,
-        }
-    }
+/// The call of the root matches of a command built by
+/// [`crate::args::build_command`] from `catalog`: the group subcommand, then
+/// its action subcommand or, without one, the group's default action.
+/// `None` if the matches do not fit the catalog.
+pub fn call_from_matches(catalog: &Catalog, m: &ArgMatches) -> Option<Call> {
+    let (group_name, gm) = m.subcommand()?;
+    let group = catalog.group(group_name)?;
+    let (action, am) = match gm.subcommand() {
+        Some((name, am)) => (group.action(name)?, am),
+        None => (group.default()?, gm),
+    };
+    Some(Call {
+        group: group.name.clone(),
+        action: action.name.clone(),
+        args: args_from_matches(action, am),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{call, parse};
+    use crate::test_support::{call, parse, review, review_call};
 
     #[test]
     fn project_commands() {
         let c = call(&["project", "list"]);
-        assert_eq!((c.group, c.action, c.args), ("project", "list", json!({})));
+        assert_eq!(
+            (c.group.as_str(), c.action.as_str(), c.args),
+            ("project", "list", json!({}))
+        );
         let c = call(&["project", "get", "proj_42"]);
         assert_eq!(
-            (c.group, c.action, c.args),
+            (c.group.as_str(), c.action.as_str(), c.args),
             ("project", "get", json!({"project_id": "proj_42"}))
         );
         let c = call(&["project", "create", "--name", "billing-api"]);
         assert_eq!(
-            (c.group, c.action, c.args),
+            (c.group.as_str(), c.action.as_str(), c.args),
             ("project", "create", json!({"name": "billing-api"}))
         );
         let c = call(&[
@@ -161,7 +127,7 @@ mod tests {
     fn deploy_commands() {
         let c = call(&["deploy", "trigger", "proj_42"]);
         assert_eq!(
-            (c.group, c.action, c.args),
+            (c.group.as_str(), c.action.as_str(), c.args),
             (
                 "deploy",
                 "trigger",
@@ -175,12 +141,12 @@ mod tests {
         );
         let c = call(&["deploy", "status", "dep_7f3a"]);
         assert_eq!(
-            (c.action, c.args),
+            (c.action.as_str(), c.args),
             ("status", json!({"deploy_id": "dep_7f3a"}))
         );
         let c = call(&["deploy", "logs", "dep_7f3a"]);
         assert_eq!(
-            (c.action, c.args),
+            (c.action.as_str(), c.args),
             ("logs", json!({"deploy_id": "dep_7f3a"}))
         );
         let c = call(&["deploy", "logs", "dep_7f3a", "--tail", "50"]);
@@ -199,7 +165,7 @@ mod tests {
             "Fix it; add a test",
         ]);
         assert_eq!(
-            (c.group, c.action, c.args),
+            (c.group.as_str(), c.action.as_str(), c.args),
             (
                 "engineering",
                 "trigger",
@@ -216,7 +182,7 @@ mod tests {
         assert_eq!(c.args["task"], "- leading dash");
         let c = call(&["engineering", "status", "task_81"]);
         assert_eq!(
-            (c.action, c.args),
+            (c.action.as_str(), c.args),
             ("status", json!({"task_id": "task_81"}))
         );
         let e = parse(&["engineering", "trigger", "proj_42"]).unwrap_err();
@@ -234,7 +200,7 @@ mod tests {
             "bucket",
         ]);
         assert_eq!(
-            (c.group, c.action, c.args),
+            (c.group.as_str(), c.action.as_str(), c.args),
             (
                 "infra",
                 "allocate",
@@ -256,7 +222,7 @@ mod tests {
             json!({"project_id": "proj_42", "kind": "db", "size": "medium"})
         );
         let c = call(&["infra", "list"]);
-        assert_eq!((c.action, c.args), ("list", json!({})));
+        assert_eq!((c.action.as_str(), c.args), ("list", json!({})));
         let c = call(&["infra", "list", "--project", "proj_42"]);
         assert_eq!(c.args, json!({"project_id": "proj_42"}));
         for bad in [
@@ -281,7 +247,7 @@ mod tests {
     fn respond_command() {
         let c = call(&["respond", "Done: all 3 items completed."]);
         assert_eq!(
-            (c.group, c.action, c.args.clone()),
+            (c.group.as_str(), c.action.as_str(), c.args.clone()),
             (
                 "respond",
                 "send",
@@ -302,10 +268,13 @@ mod tests {
     #[test]
     fn admin_commands() {
         let c = call(&["admin", "workers"]);
-        assert_eq!((c.group, c.action, c.args), ("admin", "workers", json!({})));
+        assert_eq!(
+            (c.group.as_str(), c.action.as_str(), c.args),
+            ("admin", "workers", json!({}))
+        );
         let c = call(&["admin", "cancel", "req_123"]);
         assert_eq!(
-            (c.action, c.args),
+            (c.action.as_str(), c.args),
             ("cancel", json!({"request_id": "req_123"}))
         );
         assert_eq!(parse(&["admin", "cancel"]).unwrap_err().exit_code(), 2);
@@ -324,5 +293,69 @@ mod tests {
             "http://h:1/v1/tools/admin/cancel"
         );
         assert_eq!(c.body(), json!({"args": {"request_id": "req_1"}}));
+    }
+
+    #[test]
+    fn a_group_from_the_catalog_only() {
+        let c = review_call(&[
+            "review",
+            "submit",
+            "pr_1",
+            "--lines",
+            "-",
+            "--max-score",
+            "7",
+        ]);
+        assert_eq!(c.path(), "/v1/tools/review/submit");
+        assert_eq!(
+            c.args,
+            json!({"target": "pr_1", "lines": "-", "max_score": 7, "mode": "quick"})
+        );
+        let c = review_call(&["review", "submit", "pr_1", "--draft", "--mode", "deep"]);
+        assert_eq!(
+            c.args,
+            json!({"target": "pr_1", "draft": true, "mode": "deep"})
+        );
+        let c = review_call(&["review", "submit", "pr_1", "--note", "--not-a-flag"]);
+        assert_eq!(c.args["note"], "--not-a-flag");
+        let bad = |args: &[&str]| {
+            let argv = std::iter::once("orchestrator").chain(args.iter().copied());
+            crate::args::parse_args(&review(), argv)
+                .unwrap_err()
+                .exit_code()
+        };
+        assert_eq!(bad(&["review", "submit"]), 2);
+        assert_eq!(bad(&["review", "submit", "p", "--max-score", "1.5"]), 2);
+        assert_eq!(bad(&["review", "submit", "p", "--mode", "slow"]), 2);
+        assert_eq!(bad(&["review", "submit", "p", "--draft", "yes"]), 2);
+        assert_eq!(bad(&["review", "submit", "p", "q"]), 2);
+    }
+
+    #[test]
+    fn default_action_beside_other_actions() {
+        let c = review_call(&["chat", "hello"]);
+        assert_eq!(
+            (c.group.as_str(), c.action.as_str(), c.args),
+            ("chat", "say", json!({"text": "hello"}))
+        );
+        let c = review_call(&["chat", "--loud", "- hi"]);
+        assert_eq!(c.args, json!({"text": "- hi", "loud": true}));
+        let c = review_call(&["chat", "history", "--limit", "3"]);
+        assert_eq!(
+            (c.action.as_str(), c.args),
+            ("history", json!({"limit": 3}))
+        );
+        // the default action's name is a value, not an action word
+        let c = review_call(&["chat", "say"]);
+        assert_eq!((c.action.as_str(), c.args), ("say", json!({"text": "say"})));
+    }
+
+    #[test]
+    fn respond_send_is_a_message() {
+        let c = call(&["respond", "send"]);
+        assert_eq!(
+            (c.action.as_str(), c.args),
+            ("send", json!({"message": "send"}))
+        );
     }
 }

@@ -61,7 +61,7 @@ pub fn perform(gateway: &Gateway<'_>, call: &Call) -> Outcome {
         Ok(t) => t,
         Err(e) => return transport_failure(base, e),
     };
-    classify_response(call.group, status, &text)
+    classify_response(&call.group, status, &text)
 }
 
 fn transport_failure(base: &str, e: ureq::Error) -> Outcome {

@@ -30,13 +30,19 @@ impl Outcome {
         }
     }
 
-    /// The local permission check failed for `group`.
+    /// The local permission check failed for `group` as a whole.
     pub fn permission_denied(group: &str) -> Self {
-        Self::failure(
-            exit::PERMISSION,
-            "permission_denied",
-            permission_denied_message(group),
-        )
+        Self::denied(permission_denied_message(group))
+    }
+
+    /// The local permission check failed with `message` (exit 77).
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::failure(exit::PERMISSION, "permission_denied", message)
+    }
+
+    /// The CLI cannot work: a configuration problem (exit 69).
+    pub fn not_configured(message: impl Into<String>) -> Self {
+        Self::failure(exit::UNAVAILABLE, "not_configured", message)
     }
 
     /// The gateway could not be reached (or is not configured).

@@ -1,23 +1,32 @@
 //! The process around the pure modules: reads the `ORCHESTRATOR_*`
-//! environment, prints to stdout and stderr, and returns the exit code.
+//! environment and the tool catalog file, prints to stdout and stderr, and
+//! returns the exit code.
 //!
-//! Order of checks: the command group is checked against
-//! `ORCHESTRATOR_ALLOWED_TOOLS` first (exit 77), then the full command line is
-//! parsed (exit 2), then the gateway configuration is read (exit 69), and only
-//! then is the gateway called: `POST {ORCHESTRATOR_API_URL}/v1/tools/{group}/{action}`
-//! with `{"args": {...}}`.
+//! Order of checks: the tool catalog file (`ORCHESTRATOR_TOOLS_FILE`,
+//! default [`DEFAULT_TOOLS_FILE`]) is read first (missing, unreadable or
+//! invalid: exit 69); then the group and action words are checked against
+//! `ORCHESTRATOR_ALLOWED_TOOLS` ([`crate::auth::check`], exit 77) before
+//! their arguments are looked at; then the full command line is parsed
+//! against the usable catalog (exit 2); then the gateway configuration is
+//! read (exit 69), and only then is the gateway called:
+//! `POST {ORCHESTRATOR_API_URL}/v1/tools/{group}/{action}` with
+//! `{"args": {...}}`.
 
 use std::ffi::OsString;
 
 use clap::error::ErrorKind;
 
 use crate::args::parse_args;
-use crate::auth::{is_allowed, is_known_group, prescan};
+use crate::auth::{allowed_tools, check, prescan, usable_catalog};
+use crate::catalog::Catalog;
 use crate::client::{perform, Gateway};
 use crate::exit;
 use crate::format::format_human;
 use crate::outcome::Outcome;
-use crate::{ALLOWED_TOOLS_ENV, API_KEY_ENV, API_URL_ENV, REQUEST_ID_ENV, USER_ID_ENV};
+use crate::{
+    ALLOWED_TOOLS_ENV, API_KEY_ENV, API_URL_ENV, DEFAULT_TOOLS_FILE, REQUEST_ID_ENV,
+    TOOLS_FILE_ENV, USER_ID_ENV,
+};
 
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name)
@@ -26,58 +35,69 @@ fn env_nonempty(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Reads and parses the tool catalog file; the error is one line naming the
+/// file.
+fn load_catalog() -> Result<Catalog, String> {
+    let path = env_nonempty(TOOLS_FILE_ENV).unwrap_or_else(|| DEFAULT_TOOLS_FILE.to_owned());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "orchestrator not configured: cannot read the tool catalog {path} \
+             ({TOOLS_FILE_ENV}): {e}"
+        )
+    })?;
+    Catalog::parse(&text)
+        .map_err(|e| format!("orchestrator not configured: invalid tool catalog {path}: {e}"))
+}
+
+fn not_configured(json: bool, name: &str) -> i32 {
+    emit_failure(
+        json,
+        &Outcome::not_configured(format!(
+            "backend unavailable: {name} is not set (orchestrator gateway not configured)"
+        )),
+    )
+}
+
 /// Runs the CLI on `args` (including `argv[0]`) and returns the exit code.
 pub fn run(args: Vec<OsString>) -> i32 {
-    // 1. Authorization, before anything else.
     let rest: Vec<String> = args
         .iter()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let scan = prescan(&rest);
+
+    // 1. The tool catalog.
+    let catalog = match load_catalog() {
+        Ok(c) => c,
+        Err(msg) => return emit_failure(scan.json, &Outcome::not_configured(msg)),
+    };
+
+    // 2. Authorization, before the arguments are parsed.
     let raw = std::env::var(ALLOWED_TOOLS_ENV).ok();
-    if let Some(group) = scan.group.as_deref() {
-        if is_known_group(group) && !is_allowed(raw.as_deref(), group) {
-            return emit_failure(scan.json, &Outcome::permission_denied(group));
-        }
+    let allowed = allowed_tools(raw.as_deref());
+    if let Some(denial) = check(&catalog, &allowed, &scan) {
+        return emit_failure(scan.json, &Outcome::denied(denial.message()));
     }
 
-    // 2. Full parse (unknown groups and bad arguments are usage errors).
-    let cli = match parse_args(&args, raw.as_deref()) {
-        Ok(cli) => cli,
+    // 3. Full parse against what may be used (unknown groups, actions and
+    //    bad arguments are usage errors).
+    let usable = usable_catalog(&catalog, &allowed);
+    let inv = match parse_args(&usable, &args) {
+        Ok(inv) => inv,
         Err(e) => return usage_error(scan.json, e),
     };
-    let call = cli.command.to_call();
+    let call = inv.call;
 
-    // 3. Configuration.
+    // 4. Configuration.
     let Some(base) = env_nonempty(API_URL_ENV) else {
-        return emit_failure(
-            cli.json,
-            &Outcome::failure(
-                exit::UNAVAILABLE,
-                "not_configured",
-                format!(
-                    "backend unavailable: {} is not set (orchestrator gateway not configured)",
-                    API_URL_ENV
-                ),
-            ),
-        );
+        return not_configured(inv.json, API_URL_ENV);
     };
     let Some(key) = env_nonempty(API_KEY_ENV) else {
-        return emit_failure(
-            cli.json,
-            &Outcome::failure(
-                exit::UNAVAILABLE,
-                "not_configured",
-                format!(
-                    "backend unavailable: {} is not set (orchestrator gateway not configured)",
-                    API_KEY_ENV
-                ),
-            ),
-        );
+        return not_configured(inv.json, API_KEY_ENV);
     };
 
-    // 4. The call.
+    // 5. The call.
     let user = env_nonempty(USER_ID_ENV);
     let request = env_nonempty(REQUEST_ID_ENV);
     let gateway = Gateway {
@@ -88,9 +108,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
     };
     let outcome = perform(&gateway, &call);
     if outcome.exit_code != exit::OK {
-        return emit_failure(cli.json, &outcome);
+        return emit_failure(inv.json, &outcome);
     }
-    if cli.json {
+    if inv.json {
         println!("{}", outcome.json);
     } else {
         let data = outcome.data().cloned().unwrap_or_default();

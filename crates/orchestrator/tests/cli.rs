@@ -1,25 +1,97 @@
 //! Runs the real `orchestrator` binary: permission checks, usage errors,
 //! configuration errors, and round trips against a tiny real HTTP server.
+//! The tool catalog (`ORCHESTRATOR_TOOLS_FILE`) is built from the shipped
+//! `skills/*.json` unless a test writes its own.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
+const SKILLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../skills/");
+const GROUPS: [&str; 6] = [
+    "project",
+    "deploy",
+    "engineering",
+    "infra",
+    "respond",
+    "admin",
+];
+
+/// Writes `text` to a new file in the test scratch directory.
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "orchestrator-cli-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The tool catalog of the six shipped groups (`known` from them too).
+fn shipped_catalog() -> Value {
+    let groups: Vec<Value> = GROUPS
+        .iter()
+        .map(|g| {
+            let path = format!("{SKILLS}{g}.json");
+            let text = std::fs::read_to_string(&path).expect(&path);
+            serde_json::from_str(&text).expect(&path)
+        })
+        .collect();
+    let known: serde_json::Map<String, Value> = groups
+        .iter()
+        .map(|g| {
+            let actions: Vec<Value> = g["actions"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| json!(k))
+                .collect();
+            (
+                g["name"].as_str().unwrap().to_owned(),
+                Value::Array(actions),
+            )
+        })
+        .collect();
+    json!({ "groups": groups, "known": known })
+}
+
+/// The path of the shipped tool catalog file (written once).
+fn shipped_tools_file() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        temp_file("tools.json", &shipped_catalog().to_string())
+            .to_string_lossy()
+            .into_owned()
+    })
+}
 
 /// Runs the binary with exactly the given environment.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+fn run_raw(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.env_clear().args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().expect("run orchestrator")
+}
+
+/// Runs the binary with the given environment and the shipped tool catalog.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut env = env.to_vec();
+    env.push(("ORCHESTRATOR_TOOLS_FILE", shipped_tools_file()));
+    run_raw(args, &env)
 }
 
 fn stdout(o: &Output) -> String {
@@ -410,4 +482,171 @@ fn connection_refused_is_69() {
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["error"]["code"], "backend_unavailable");
+}
+
+// --- per-action permissions ---
+
+const DENIED_TRIGGER: &str =
+    "Permission denied: deploy trigger is not allowed (allowed: deploy status, deploy logs)";
+
+#[test]
+fn allowed_action_of_a_partly_allowed_group_is_called() {
+    let (base, rx) = serve_once(200, r#"{"ok":true,"data":{"deploy":{"id":"x"}}}"#);
+    let o = run(
+        &["deploy", "status", "x"],
+        &full_env(&base, "deploy:status,deploy:logs"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "id: x\n");
+    let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(seen.path, "/v1/tools/deploy/status");
+    assert_eq!(seen.body, json!({"args": {"deploy_id": "x"}}));
+}
+
+#[test]
+fn action_not_allowed_is_denied_without_a_call() {
+    let (base, rx) = serve_once(200, r#"{"ok":true,"data":{}}"#);
+    for args in [
+        &["deploy", "trigger", "x"][..],
+        &["deploy", "trigger", "--bogus"],
+        &["deploy", "trigger"],
+    ] {
+        let o = run(args, &full_env(&base, "deploy:status,deploy:logs"));
+        assert_eq!(o.status.code(), Some(77), "{args:?}");
+        assert_eq!(stderr(&o).trim_end(), DENIED_TRIGGER);
+        assert_eq!(stdout(&o), "");
+    }
+    let o = run(
+        &["--json", "deploy", "trigger", "x"],
+        &full_env(&base, "deploy:status,deploy:logs"),
+    );
+    assert_eq!(o.status.code(), Some(77));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v,
+        json!({"ok": false, "error": {"code": "permission_denied", "message": DENIED_TRIGGER}})
+    );
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    // an action the catalog does not know is a usage error
+    let o = run(&["deploy", "nuke"], &full_env(&base, "deploy:status"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn help_of_a_partly_allowed_group_lists_its_allowed_actions() {
+    let o = run(
+        &["deploy", "--help"],
+        &[("ORCHESTRATOR_ALLOWED_TOOLS", "deploy:status,deploy:logs")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let h = stdout(&o);
+    assert!(h.contains("status") && h.contains("logs"), "{h}");
+    assert!(!h.contains("trigger"), "{h}");
+    let o = run(
+        &["--help"],
+        &[("ORCHESTRATOR_ALLOWED_TOOLS", "deploy:logs")],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("deploy"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("project"), "{}", stdout(&o));
+}
+
+// --- groups from the catalog file ---
+
+#[test]
+fn a_new_group_from_the_tools_file_reaches_the_gateway() {
+    let catalog = json!({"groups": [{
+        "name": "review",
+        "description": "Code reviews.",
+        "upstream_url": "http://ignored",
+        "actions": {"submit": {
+            "help": "Submit a change for review.",
+            "args": [
+                {"name": "change_id", "positional": true, "required": true},
+                {"name": "max_comments", "type": "integer", "value_name": "n"},
+                {"name": "urgent", "type": "boolean"},
+                {"name": "level", "type": "enum", "values": ["light", "deep"], "default": "light"}
+            ]
+        }}
+    }], "known": {"review": ["submit", "approve"]}});
+    let file = temp_file("tools.json", &catalog.to_string());
+    let file = file.to_str().unwrap();
+    let (base, rx) = serve_once(200, r#"{"ok":true,"data":{"review":{"id":"rv_1"}}}"#);
+    let mut env = full_env(&base, "review");
+    env.push(("ORCHESTRATOR_TOOLS_FILE", file));
+    let o = run_raw(
+        &[
+            "--json",
+            "review",
+            "submit",
+            "chg_9",
+            "--max-comments",
+            "12",
+        ],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(seen.path, "/v1/tools/review/submit");
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-test-123"));
+    assert_eq!(
+        seen.body,
+        json!({"args": {"change_id": "chg_9", "max_comments": 12, "level": "light"}})
+    );
+    let o = run_raw(
+        &["review", "submit", "chg_9", "--max-comments", "many"],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // known to the daemon, not written to the file
+    let o = run_raw(&["review", "approve", "chg_9"], &env);
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "Permission denied: review approve is not allowed (allowed: review submit)"
+    );
+    // the shipped groups are not compiled in
+    let o = run_raw(&["project", "list"], &env);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_or_invalid_tools_file_is_69() {
+    let missing = temp_file("unused", "")
+        .with_file_name("missing.json")
+        .to_string_lossy()
+        .into_owned();
+    let not_json = temp_file("tools.json", "{ not json");
+    let no_groups = temp_file("tools.json", r#"{"known": {}}"#);
+    for (path, what) in [
+        (missing.as_str(), "cannot read"),
+        (not_json.to_str().unwrap(), "not valid JSON"),
+        (no_groups.to_str().unwrap(), "no groups list"),
+    ] {
+        let env = [
+            ("ORCHESTRATOR_ALLOWED_TOOLS", "project"),
+            ("ORCHESTRATOR_TOOLS_FILE", path),
+        ];
+        let o = run_raw(&["project", "list"], &env);
+        assert_eq!(o.status.code(), Some(69), "{path}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(path) && err.contains(what), "{err}");
+        assert_eq!(stdout(&o), "");
+        let o = run_raw(&["--json", "project", "list"], &env);
+        assert_eq!(o.status.code(), Some(69));
+        let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(v["error"]["code"], "not_configured");
+    }
+    // the default path is used without ORCHESTRATOR_TOOLS_FILE
+    let o = run_raw(
+        &["project", "list"],
+        &[("ORCHESTRATOR_ALLOWED_TOOLS", "project")],
+    );
+    assert_eq!(o.status.code(), Some(69));
+    assert!(
+        stderr(&o).contains("/home/worker/.orchestrator/tools.json"),
+        "{}",
+        stderr(&o)
+    );
 }
