@@ -415,7 +415,7 @@ fn broken_presets_get_one_line_per_problem_with_path_field_and_what_is_valid() {
     let want = [
         r#"../site/presets/commented_v1.json: not JSON at line 3, column 3: key must be a string (keys take double quotes: "name": ...)"#,
         r#"../site/presets/po_claude_v2.json: id "po_claude_v1" must equal the file name without .json, "po_claude_v2": change the id or rename the file"#,
-        r#"../site/presets/types_v1.json: allowed_tools: unknown tool "deploi" (known: project, deploy, engineering, infra, respond, admin; did you mean "deploy"?)"#,
+        r#"../site/presets/types_v1.json: allowed_tools.1: "deploi" is not a tool group (known: admin, deploy, engineering, infra, project, respond; did you mean "deploy"?)"#,
         r#"../site/presets/types_v1.json: limits.cpu must be a number, got the string "two" (e.g. 2 or 0.5)"#,
         r#"../site/presets/types_v1.json: limits.memory "4 gigs" is not a size: write e.g. 512m or 4g (did you mean "4g"?)"#,
         r#"../site/presets/typos_v1.json: agent.command must contain the element "{prompt}" exactly once (the prompt is passed as its own argument), e.g. ["claude", "-p", "{prompt}"]"#,

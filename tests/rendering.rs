@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use workers_spawner::adapters::loader::{self, CatalogDirs};
 use workers_spawner::model::catalog::{Catalog, CatalogSources, BUILTIN_TEMPLATE};
-use workers_spawner::model::config::{ConfigSchema, Tool};
+use workers_spawner::model::config::ConfigSchema;
 use workers_spawner::model::image_ref;
 use workers_spawner::model::policy::Policy;
 use workers_spawner::model::protocol::{
@@ -21,6 +21,7 @@ use workers_spawner::model::protocol::{
 };
 use workers_spawner::model::render::{self, RenderError, PROMPT_FILE};
 use workers_spawner::model::spec::{ResolveError, Resolver, WorkerSpec};
+use workers_spawner::model::tools;
 use workers_spawner::settings::Settings;
 
 // ---------------------------------------------------------------------------
@@ -108,26 +109,26 @@ fn paths(spec: &WorkerSpec) -> Vec<&str> {
     spec.files.iter().map(|f| f.path.as_str()).collect()
 }
 
-fn skill_path(catalog: &Catalog, agent_type: &str, tool: Tool) -> String {
+fn skill_path(catalog: &Catalog, agent_type: &str, tool: &str) -> String {
     catalog.layouts[agent_type]
         .skill_path
-        .replace("{tool}", tool.as_str())
+        .replace("{tool}", tool)
 }
 
 /// Checks that nothing for a tool outside `allowed_tools` is in the spec's
 /// files: not its skill file, nor its skill path, its description, or the
-/// `orchestrator <tool>` command text.
+/// `orchestrator <tool>` command text; and of a group granted in part,
+/// nothing of an action not granted: not `orchestrator <tool> <action>`,
+/// not its help.
 ///
-/// The one exception is the `deny` list of Claude Code's `settings.json`:
-/// it must name every denied group (`Bash(orchestrator admin:*)`) so that
-/// Claude Code refuses those commands, so it is the only place a denied
-/// group's name may appear. It is removed before the file is checked.
+/// Two exceptions name what is refused, by name only: the `deny` list of
+/// Claude Code's `settings.json` (so that Claude Code refuses those
+/// commands) and the `known` list of the CLI's `tools.json` (so that the
+/// CLI refuses them with "permission denied"). Both are removed before the
+/// files are checked.
 fn leaks(catalog: &Catalog, spec: &WorkerSpec) -> Result<(), String> {
     let agent_type = &spec.config.agent.kind;
-    let denied: Vec<Tool> = Tool::ALL
-        .into_iter()
-        .filter(|t| !spec.config.allowed_tools.contains(t))
-        .collect();
+    let allowed = &spec.config.allowed_tools;
     for f in &spec.files {
         let mut content = f.content.clone();
         if f.path.ends_with("/settings.json") {
@@ -138,18 +139,36 @@ fn leaks(catalog: &Catalog, spec: &WorkerSpec) -> Result<(), String> {
             }
             content = v.to_string();
         }
-        for &tool in &denied {
-            let path = skill_path(catalog, agent_type, tool);
-            if f.path == path {
-                return Err(format!("the skill file of denied tool {tool} is rendered"));
-            }
-            let mut needles = vec![
-                format!("orchestrator {tool}"),
-                format!("orchestrator --json {tool}"),
-                path,
-            ];
-            if let Some(skill) = catalog.skills.get(&tool) {
-                needles.push(skill.description.clone());
+        if f.path == tools::TOOLS_FILE {
+            let mut v: Value = serde_json::from_str(&content)
+                .map_err(|e| format!("{} is not JSON: {e}", f.path))?;
+            v.as_object_mut().map(|o| o.remove("known"));
+            content = v.to_string();
+        }
+        for (tool, group) in &catalog.tools {
+            let granted = tools::allowed_actions(allowed, group);
+            let mut needles = Vec::new();
+            if granted.is_empty() {
+                let path = skill_path(catalog, agent_type, tool);
+                if f.path == path {
+                    return Err(format!("the skill file of denied tool {tool} is rendered"));
+                }
+                needles.extend([
+                    format!("orchestrator {tool}"),
+                    format!("orchestrator --json {tool}"),
+                    path,
+                ]);
+                if let Some(skill) = catalog.skills.get(tool) {
+                    needles.push(skill.description.clone());
+                }
+            } else {
+                for (a, action) in group.actions.iter().filter(|(a, _)| !granted.contains(a)) {
+                    needles.extend([
+                        format!("orchestrator {tool} {a}"),
+                        format!("orchestrator --json {tool} {a}"),
+                        action.help.clone(),
+                    ]);
+                }
             }
             for needle in needles {
                 if content.contains(&needle) {
@@ -164,17 +183,38 @@ fn leaks(catalog: &Catalog, spec: &WorkerSpec) -> Result<(), String> {
     Ok(())
 }
 
-fn subsets(tools: &[Tool]) -> Vec<Vec<Tool>> {
+fn subsets(tools: &[String]) -> Vec<Vec<String>> {
     (0..1u32 << tools.len())
         .map(|mask| {
             tools
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, t)| *t)
+                .map(|(_, t)| t.clone())
                 .collect()
         })
         .collect()
+}
+
+/// The shipped tool declarations, as the loader reads them.
+fn shipped_tools() -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(repo_path("skills"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn owned(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -192,6 +232,7 @@ fn the_po_claude_preset_renders_its_claude_md_skills_and_settings_as_snapshotted
             "/home/worker/.claude/skills/project/SKILL.md",
             "/home/worker/.claude/skills/deploy/SKILL.md",
             "/home/worker/.claude/skills/respond/SKILL.md",
+            "/home/worker/.orchestrator/tools.json",
             "/home/worker/.claude/settings.json",
         ]
     );
@@ -220,7 +261,10 @@ fn the_developer_codex_preset_renders_its_agents_md_as_snapshotted() {
     let expected: BTreeSet<String> = ["engineering", "project", "respond"]
         .iter()
         .map(|t| format!("/home/worker/.codex/skills/{t}/SKILL.md"))
-        .chain(["/workspace/AGENTS.md".to_string()])
+        .chain([
+            "/workspace/AGENTS.md".to_string(),
+            tools::TOOLS_FILE.to_string(),
+        ])
         .collect();
     let got: BTreeSet<String> = spec.files.iter().map(|f| f.path.clone()).collect();
     assert_eq!(got, expected);
@@ -241,7 +285,7 @@ fn a_skill_file_is_copied_verbatim_from_the_skills_directory() {
 // settings.json and allowed_tools
 // ---------------------------------------------------------------------------
 
-fn rules(tools: impl IntoIterator<Item = Tool>) -> BTreeSet<String> {
+fn rules(tools: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     tools
         .into_iter()
         .flat_map(|t| {
@@ -277,10 +321,10 @@ fn settings_json_allows_exactly_the_allowed_groups_and_denies_the_others() {
             });
             let allow = string_set(&v["permissions"]["allow"]);
             let deny = string_set(&v["permissions"]["deny"]);
-            assert_eq!(allow, rules(tools.iter().copied()), "{id} {tools:?}");
+            assert_eq!(allow, rules(tools.iter().cloned()), "{id} {tools:?}");
             assert_eq!(
                 deny,
-                rules(Tool::ALL.into_iter().filter(|t| !tools.contains(t))),
+                rules(catalog.tools.keys().filter(|t| !tools.contains(t)).cloned()),
                 "{id} {tools:?}"
             );
         }
@@ -300,11 +344,11 @@ fn a_disallowed_tool_appears_in_no_rendered_file() {
                 panic!("preset {id}: {e}");
             }
             // Exactly one skill file per allowed tool.
-            for tool in Tool::ALL {
+            for tool in catalog.tools.keys() {
                 let path = skill_path(catalog, &preset.config.agent.kind, tool);
                 assert_eq!(
                     spec.files.iter().any(|f| f.path == path),
-                    tools.contains(&tool),
+                    tools.contains(tool),
                     "{id} {tools:?} {tool}"
                 );
             }
@@ -317,6 +361,7 @@ fn the_leak_check_catches_a_template_that_mentions_a_denied_tool() {
     // Negative control: the check above would notice a careless template.
     let mut sources = CatalogSources {
         presets: vec![("p.json".into(), chain_preset("t").to_string().into_bytes())],
+        tools: shipped_tools(),
         ..Default::default()
     };
     sources.templates.push((
@@ -336,10 +381,103 @@ fn the_leak_check_catches_a_template_that_mentions_a_denied_tool() {
 }
 
 #[test]
+fn a_group_granted_in_part_renders_only_its_granted_actions() {
+    let catalog = real_catalog();
+    let patch = json!({"allowed_tools": ["project", "deploy:status", "deploy:logs", "respond"]});
+    let spec = resolve(catalog, &request("po_claude_v1", Some(patch), "x")).unwrap();
+    leaks(catalog, &spec).unwrap();
+    let skill = file(&spec, "/home/worker/.claude/skills/deploy/SKILL.md");
+    assert!(
+        skill.contains("orchestrator deploy status <deploy_id>"),
+        "{skill}"
+    );
+    assert!(
+        skill.contains("orchestrator deploy logs <deploy_id> [--tail <n>]"),
+        "{skill}"
+    );
+    assert!(!skill.contains("trigger"), "{skill}");
+    // (settings.json's deny list names it on purpose: checked below.)
+    let all: String = spec
+        .files
+        .iter()
+        .filter(|f| !f.path.ends_with("settings.json"))
+        .map(|f| f.content.as_str())
+        .collect();
+    assert!(!all.contains("orchestrator deploy trigger"));
+    let settings: Value =
+        serde_json::from_str(file(&spec, "/home/worker/.claude/settings.json")).unwrap();
+    let allow = string_set(&settings["permissions"]["allow"]);
+    assert!(
+        allow.contains("Bash(orchestrator deploy status:*)"),
+        "{allow:?}"
+    );
+    assert!(
+        !allow.iter().any(|a| a.contains("orchestrator deploy:")),
+        "{allow:?}"
+    );
+    let deny = string_set(&settings["permissions"]["deny"]);
+    assert!(
+        deny.contains("Bash(orchestrator deploy trigger:*)"),
+        "{deny:?}"
+    );
+    let delivered: Value = serde_json::from_str(file(&spec, tools::TOOLS_FILE)).unwrap();
+    let deploy = &delivered["groups"][1];
+    assert_eq!(deploy["name"], "deploy");
+    let acts: Vec<&String> = deploy["actions"].as_object().unwrap().keys().collect();
+    assert_eq!(acts, ["logs", "status"]);
+    // The leak check sees a careless whole-skill copy of a part-granted group.
+    let mut bad = spec.clone();
+    for f in bad
+        .files
+        .iter_mut()
+        .filter(|f| f.path.ends_with("deploy/SKILL.md"))
+    {
+        f.content = catalog.skills["deploy"].content.clone();
+    }
+    assert!(leaks(catalog, &bad).unwrap_err().contains("deploy trigger"));
+}
+
+#[test]
+fn an_override_may_narrow_a_group_to_actions_but_not_widen_an_action_to_its_group() {
+    let catalog = real_catalog();
+    let narrowed = resolve(
+        catalog,
+        &request(
+            "po_claude_v1",
+            Some(json!({"allowed_tools": ["deploy:status"]})),
+            "x",
+        ),
+    )
+    .unwrap();
+    assert_eq!(narrowed.config.allowed_tools, ["deploy:status"]);
+    let e = resolve(
+        catalog,
+        &request(
+            "po_claude_v1",
+            Some(json!({"allowed_tools": ["infra:list"]})),
+            "x",
+        ),
+    )
+    .unwrap_err();
+    assert_eq!(e.info().field.as_deref(), Some("allowed_tools"), "{e}");
+    let e = resolve(
+        catalog,
+        &request(
+            "po_claude_v1",
+            Some(json!({"allowed_tools": ["deploy:nuke"]})),
+            "x",
+        ),
+    )
+    .unwrap_err();
+    assert_eq!(e.info().field.as_deref(), Some("allowed_tools.0"), "{e}");
+    assert!(e.to_string().contains("logs, status, trigger"), "{e}");
+}
+
+#[test]
 fn a_locale_specific_template_obeys_allowed_tools_too() {
     // po.ru.md.tera is only reached with a locale override.
     let catalog = real_catalog();
-    for tools in subsets(&[Tool::Project, Tool::Deploy, Tool::Respond]) {
+    for tools in subsets(&owned(&["project", "deploy", "respond"])) {
         let patch = json!({ "locale": "ru", "allowed_tools": tools });
         let spec = resolve(catalog, &request("po_claude_v1", Some(patch), "x")).unwrap();
         assert_eq!(

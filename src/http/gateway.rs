@@ -30,9 +30,9 @@ use serde_json::{json, Value};
 
 use crate::adapters::bus::Bus;
 use crate::adapters::sink::Sink;
-use crate::model::tools::{allows, grants};
 use crate::model::protocol::EventType;
 use crate::model::redact::Redactor;
+use crate::model::tools::{allows, grants};
 use crate::model::worker_key::{key_hash, KeyRecord};
 
 /// Builds the redactor for a preset's secrets.

@@ -211,8 +211,11 @@ impl Catalog {
         let mut skills = BTreeMap::new();
         for (name, bytes) in &sources.skills {
             let key = format!("skills/{name}");
-            let check_skill =
-                |b: &[u8]| parse_skill(name, b, &tools).map(|_| ()).map_err(|e| vec![e]);
+            let check_skill = |b: &[u8]| {
+                parse_skill(name, b, &tools)
+                    .map(|_| ())
+                    .map_err(|e| vec![e])
+            };
             if let Some(good) = pick(key.clone(), bytes, &check_skill) {
                 if let Ok(s) = parse_skill(name, &good, &tools) {
                     skills.insert(s.tool.clone(), s);
@@ -324,11 +327,37 @@ pub fn parse_preset(
     }
     let json: Value = serde_json::from_slice(bytes)
         .map_err(|e| vec![(None, crate::model::diagnose::json_error(bytes, &e))])?;
+    // The tools must exist in the tool catalog (the schema knows only
+    // their spelling); with no catalog at all its directory's own problem
+    // says why.
+    let unknown_tool = || -> Option<(Option<String>, String)> {
+        if tools.is_empty() {
+            return None;
+        }
+        let named: Vec<String> = json
+            .get("allowed_tools")?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        let (i, message) = check_grants(&named, tools)?;
+        Some((
+            Some(format!("allowed_tools.{i}")),
+            format!("allowed_tools.{i}: {message}"),
+        ))
+    };
     let config = schema.validate(&json).map_err(|e| {
-        e.errors
+        let mut problems: Problems = e
+            .errors
             .into_iter()
             .map(|e| (Some(e.field), e.message))
-            .collect::<Problems>()
+            .collect();
+        if let Some(p) = unknown_tool() {
+            if !problems.iter().any(|(f, _)| f == &p.0) {
+                problems.insert(0, p);
+            }
+        }
+        problems
     })?;
     if config.id != id {
         return Err(vec![(
@@ -339,11 +368,8 @@ pub fn parse_preset(
             ),
         )]);
     }
-    if let Some((i, message)) = check_grants(&config.allowed_tools, tools) {
-        return Err(vec![(
-            Some(format!("allowed_tools.{i}")),
-            format!("allowed_tools.{i}: {message}"),
-        )]);
+    if let Some(p) = unknown_tool() {
+        return Err(vec![p]);
     }
     if let Some((field, message)) = config
         .agent
@@ -487,13 +513,16 @@ mod tests {
     #[test]
     fn a_skill_needs_front_matter_naming_its_tool() {
         let ok = b"---\nname: deploy\ndescription: Ship it.\n---\nbody";
+        let tools = crate::model::tools::shipped();
         assert_eq!(
-            parse_skill("deploy.md", ok).unwrap().description,
+            parse_skill("deploy.md", ok, &tools).unwrap().description,
             "Ship it."
         );
-        assert!(parse_skill("deploy.md", b"no front matter").is_err());
-        assert!(parse_skill("nuke.md", ok).is_err());
-        assert!(parse_skill("project.md", ok).is_err());
+        assert!(parse_skill("deploy.md", b"no front matter", &tools).is_err());
+        // No skills/nuke.json: not a declared group.
+        let e = parse_skill("nuke.md", ok, &tools).unwrap_err().1;
+        assert!(e.contains("skills/nuke.json"), "{e}");
+        assert!(parse_skill("project.md", ok, &tools).is_err());
     }
 
     #[test]
@@ -517,9 +546,9 @@ mod tests {
     fn a_preset_whose_id_differs_from_its_file_name_is_refused() {
         let schema = ConfigSchema::new();
         let json = br#"{"id":"a","name":"A","image":"x","agent":{"type":"t","command":["{prompt}"]},"allowed_tools":[],"limits":{"cpu":1,"memory":"1g","timeout_sec":1,"ttl_sec":1}}"#;
-        assert!(parse_preset("a.json", json, &schema).is_ok());
+        assert!(parse_preset("a.json", json, &schema, &crate::model::tools::shipped()).is_ok());
         assert_eq!(
-            parse_preset("b.json", json, &schema).unwrap_err(),
+            parse_preset("b.json", json, &schema, &crate::model::tools::shipped()).unwrap_err(),
             vec![(
                 Some("id".to_string()),
                 r#"id "a" must equal the file name without .json, "b": change the id or rename the file"#
@@ -531,7 +560,7 @@ mod tests {
     #[test]
     fn every_problem_of_a_preset_is_its_own_issue() {
         let schema = ConfigSchema::new();
-        let bad = br#"{"id":"a","name":"A","image":"x","agent":{"type":"t","command":["{prompt}"]},"allowed_tools":["deploi"],"limits":{"cpu":"two","memory":"1g","timeout_sec":1,"ttl_sec":1}}"#;
+        let bad = br#"{"id":"a","name":"A","image":"x","agent":{"type":"t","command":["{prompt}"]},"allowed_tools":["Deploi!"],"limits":{"cpu":"two","memory":"1g","timeout_sec":1,"ttl_sec":1}}"#;
         let sources = CatalogSources {
             presets: vec![("a.json".into(), bad.to_vec())],
             ..Default::default()
@@ -549,7 +578,13 @@ mod tests {
     #[test]
     fn a_preset_that_is_not_json_is_reported_with_line_and_column() {
         let schema = ConfigSchema::new();
-        let problems = parse_preset("a.json", b"{\n  \"id\": \"a\",\n}\n", &schema).unwrap_err();
+        let problems = parse_preset(
+            "a.json",
+            b"{\n  \"id\": \"a\",\n}\n",
+            &schema,
+            &crate::model::tools::shipped(),
+        )
+        .unwrap_err();
         assert_eq!(
             problems,
             vec![(

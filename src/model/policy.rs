@@ -80,8 +80,7 @@ impl Policy {
         if merged.id != preset.id {
             return refuse("id", "an override may not change the preset id");
         }
-        if let Some(t) =
-            crate::model::tools::widening(&preset.allowed_tools, &merged.allowed_tools)
+        if let Some(t) = crate::model::tools::widening(&preset.allowed_tools, &merged.allowed_tools)
         {
             return refuse(
                 "allowed_tools",

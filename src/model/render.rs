@@ -92,7 +92,11 @@ fn partial_skill(group: &ToolGroup, actions: &[String]) -> String {
     );
     for a in actions {
         let d = &group.actions[a];
-        let usage = if d.usage.is_empty() { String::new() } else { format!(" {}", d.usage) };
+        let usage = if d.usage.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", d.usage)
+        };
         out.push_str(&format!(
             "| `orchestrator {name} {a}{usage}` | {}{} |\n",
             d.help,
@@ -177,8 +181,11 @@ pub fn render(catalog: &Catalog, config: &WorkerConfig) -> Result<Vec<RenderedFi
     if !allowed.is_empty() {
         files.push(RenderedFile {
             path: TOOLS_FILE.to_string(),
-            content: serde_json::to_string_pretty(&delivered(&catalog.tools, &config.allowed_tools))
-                .expect("JSON values serialize"),
+            content: serde_json::to_string_pretty(&delivered(
+                &catalog.tools,
+                &config.allowed_tools,
+            ))
+            .expect("JSON values serialize"),
             mode: 0o644,
         });
     }

@@ -67,7 +67,15 @@ pub fn parse_group(stem: &str, bytes: &[u8]) -> Result<ToolGroup, Problems> {
         return Err(vec![(None, "a tool declaration is a JSON object".into())]);
     };
     for k in obj.keys() {
-        if !["name", "description", "upstream_url", "default_action", "actions"].contains(&k.as_str()) {
+        if ![
+            "name",
+            "description",
+            "upstream_url",
+            "default_action",
+            "actions",
+        ]
+        .contains(&k.as_str())
+        {
             return Err(problem(
                 k,
                 format!("{k:?} is not a field of a tool group (name, description, upstream_url, default_action, actions)"),
@@ -85,22 +93,42 @@ pub fn parse_group(stem: &str, bytes: &[u8]) -> Result<ToolGroup, Problems> {
         .get("description")
         .and_then(Value::as_str)
         .filter(|d| !d.trim().is_empty() && d.len() <= 500)
-        .ok_or_else(|| problem("description", "description: one line (at most 500 bytes) is required"))?;
+        .ok_or_else(|| {
+            problem(
+                "description",
+                "description: one line (at most 500 bytes) is required",
+            )
+        })?;
     let upstream_url = match obj.get("upstream_url") {
         None | Some(Value::Null) => None,
         Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
             Some(u.clone())
         }
-        Some(_) => return Err(problem("upstream_url", "upstream_url must be an http:// or https:// URL")),
+        Some(_) => {
+            return Err(problem(
+                "upstream_url",
+                "upstream_url must be an http:// or https:// URL",
+            ))
+        }
     };
-    let Some(declared) = obj.get("actions").and_then(Value::as_object).filter(|a| !a.is_empty()) else {
-        return Err(problem("actions", "actions: an object of at least one action is required"));
+    let Some(declared) = obj
+        .get("actions")
+        .and_then(Value::as_object)
+        .filter(|a| !a.is_empty())
+    else {
+        return Err(problem(
+            "actions",
+            "actions: an object of at least one action is required",
+        ));
     };
     let mut actions = BTreeMap::new();
     for (an, a) in declared {
         let at = format!("actions.{an}");
         if !is_name(an) {
-            return Err(problem(&at, format!("action name {an:?}: lowercase letters, digits, _ and -")));
+            return Err(problem(
+                &at,
+                format!("action name {an:?}: lowercase letters, digits, _ and -"),
+            ));
         }
         let help = a.get("help").and_then(Value::as_str).unwrap_or_default();
         if help.trim().is_empty() {
@@ -109,7 +137,12 @@ pub fn parse_group(stem: &str, bytes: &[u8]) -> Result<ToolGroup, Problems> {
         let read_only = match a.get("read_only") {
             None => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(problem(&format!("{at}.read_only"), "read_only is true or false")),
+            Some(_) => {
+                return Err(problem(
+                    &format!("{at}.read_only"),
+                    "read_only is true or false",
+                ))
+            }
         };
         let args = match a.get("args") {
             None => Vec::new(),
@@ -139,7 +172,10 @@ pub fn parse_group(stem: &str, bytes: &[u8]) -> Result<ToolGroup, Problems> {
     }
     if let Some(d) = obj.get("default_action") {
         if !d.as_str().is_some_and(|d| actions.contains_key(d)) {
-            return Err(problem("default_action", "default_action must name one of the group's actions"));
+            return Err(problem(
+                "default_action",
+                "default_action must name one of the group's actions",
+            ));
         }
     }
     Ok(ToolGroup {
@@ -154,35 +190,55 @@ pub fn parse_group(stem: &str, bytes: &[u8]) -> Result<ToolGroup, Problems> {
 /// Checks one argument declaration; its usage text.
 fn arg_usage(arg: &Value) -> Result<String, String> {
     let known = [
-        "name", "positional", "flag", "type", "values", "required", "default", "help", "value_name",
+        "name",
+        "positional",
+        "flag",
+        "type",
+        "values",
+        "required",
+        "default",
+        "help",
+        "value_name",
     ];
     let Some(o) = arg.as_object() else {
         return Err("an argument is an object".into());
     };
     if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(format!("{k:?} is not a field of an argument ({})", known.join(", ")));
+        return Err(format!(
+            "{k:?} is not a field of an argument ({})",
+            known.join(", ")
+        ));
     }
     let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
     let ok_name = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_lowercase()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !ok_name {
-        return Err(format!("argument name {name:?}: lowercase letters, digits and _"));
+        return Err(format!(
+            "argument name {name:?}: lowercase letters, digits and _"
+        ));
     }
     let ty = o.get("type").and_then(Value::as_str).unwrap_or("string");
     if !["string", "integer", "boolean", "enum"].contains(&ty) {
-        return Err(format!("type {ty:?} is not one of string, integer, boolean, enum"));
+        return Err(format!(
+            "type {ty:?} is not one of string, integer, boolean, enum"
+        ));
     }
     let values: Vec<&str> = o
         .get("values")
         .and_then(Value::as_array)
         .map(|v| v.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    if (ty == "enum") != !values.is_empty() {
+    if (ty == "enum") == values.is_empty() {
         return Err("values (a list of strings) goes with type \"enum\", and only with it".into());
     }
-    let positional = o.get("positional").and_then(Value::as_bool).unwrap_or(false);
+    let positional = o
+        .get("positional")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if positional && (o.contains_key("flag") || ty == "boolean") {
         return Err("a positional argument has no flag and is not a boolean".into());
     }
@@ -191,11 +247,12 @@ fn arg_usage(arg: &Value) -> Result<String, String> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| format!("--{}", name.replace('_', "-")));
-    if !positional
-        && !(flag.starts_with("--")
-            && flag.len() > 2
-            && flag[2..].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-    {
+    let good_flag = flag.len() > 2
+        && flag.starts_with("--")
+        && flag[2..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !positional && !good_flag {
         return Err(format!("flag {flag:?} must be --lowercase-words"));
     }
     let required = o.get("required").and_then(Value::as_bool).unwrap_or(false);
@@ -203,13 +260,20 @@ fn arg_usage(arg: &Value) -> Result<String, String> {
         ("boolean", _) => flag.clone(),
         ("enum", true) => format!("<{}>", values.join("|")),
         ("enum", false) => format!("{flag} <{}>", values.join("|")),
-        (_, true) => format!("<{}>", o.get("value_name").and_then(Value::as_str).unwrap_or(name)),
+        (_, true) => format!(
+            "<{}>",
+            o.get("value_name").and_then(Value::as_str).unwrap_or(name)
+        ),
         (_, false) => format!(
             "{flag} <{}>",
             o.get("value_name").and_then(Value::as_str).unwrap_or(name)
         ),
     };
-    Ok(if required { shown } else { format!("[{shown}]") })
+    Ok(if required {
+        shown
+    } else {
+        format!("[{shown}]")
+    })
 }
 
 /// One `allowed_tools` entry: a whole group, or one action of it.
@@ -251,12 +315,15 @@ pub fn allows(allowed: &[String], group: &str, action: &str) -> bool {
     grants(allowed).iter().any(|g| g.covers(group, action))
 }
 
-/// The groups `allowed` touches, sorted, each once.
+/// The groups `allowed` touches, each once, in the order it names them.
 pub fn allowed_groups(allowed: &[String]) -> Vec<String> {
-    let mut g: Vec<String> = grants(allowed).into_iter().map(|g| g.group).collect();
-    g.sort();
-    g.dedup();
-    g
+    let mut out: Vec<String> = Vec::new();
+    for g in grants(allowed) {
+        if !out.contains(&g.group) {
+            out.push(g.group);
+        }
+    }
+    out
 }
 
 /// The actions of `group` that `allowed` grants, in the group's order.
@@ -271,7 +338,10 @@ pub fn allowed_actions(allowed: &[String], group: &ToolGroup) -> Vec<String> {
 
 /// What is wrong with `allowed` against the catalog's groups: (index of
 /// the entry, message naming the known groups or actions).
-pub fn check_grants(allowed: &[String], tools: &BTreeMap<String, ToolGroup>) -> Option<(usize, String)> {
+pub fn check_grants(
+    allowed: &[String],
+    tools: &BTreeMap<String, ToolGroup>,
+) -> Option<(usize, String)> {
     let known: Vec<&str> = tools.keys().map(String::as_str).collect();
     for (i, s) in allowed.iter().enumerate() {
         let Some(g) = Grant::parse(s) else {
@@ -360,24 +430,38 @@ pub fn delivered(tools: &BTreeMap<String, ToolGroup>, allowed: &[String]) -> Val
     json!({"groups": groups, "known": known})
 }
 
+/// The shipped declarations (`skills/*.json`), compiled in for unit tests.
+#[cfg(test)]
+pub(crate) fn shipped_sources() -> Vec<(String, Vec<u8>)> {
+    [
+        ("admin", include_str!("../../skills/admin.json")),
+        ("deploy", include_str!("../../skills/deploy.json")),
+        ("engineering", include_str!("../../skills/engineering.json")),
+        ("infra", include_str!("../../skills/infra.json")),
+        ("project", include_str!("../../skills/project.json")),
+        ("respond", include_str!("../../skills/respond.json")),
+    ]
+    .iter()
+    .map(|(n, t)| (format!("{n}.json"), t.as_bytes().to_vec()))
+    .collect()
+}
+
+/// The shipped groups, parsed, for unit tests.
+#[cfg(test)]
+pub(crate) fn shipped() -> BTreeMap<String, ToolGroup> {
+    shipped_sources()
+        .into_iter()
+        .map(|(f, b)| {
+            let n = f.trim_end_matches(".json").to_string();
+            let g = parse_group(&n, &b).expect("a shipped group parses");
+            (n, g)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shipped() -> BTreeMap<String, ToolGroup> {
-        let files = [
-            ("admin", include_str!("../../skills/admin.json")),
-            ("deploy", include_str!("../../skills/deploy.json")),
-            ("engineering", include_str!("../../skills/engineering.json")),
-            ("infra", include_str!("../../skills/infra.json")),
-            ("project", include_str!("../../skills/project.json")),
-            ("respond", include_str!("../../skills/respond.json")),
-        ];
-        files
-            .iter()
-            .map(|(n, t)| (n.to_string(), parse_group(n, t.as_bytes()).expect(n)))
-            .collect()
-    }
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
@@ -407,8 +491,11 @@ mod tests {
         assert!(allows(&a, "deploy", "status"));
         assert!(!allows(&a, "deploy", "trigger"));
         assert!(!allows(&a, "infra", "list"));
-        assert_eq!(allowed_groups(&a), ["deploy", "project"]);
-        assert_eq!(allowed_actions(&a, &shipped()["deploy"]), ["logs", "status"]);
+        assert_eq!(allowed_groups(&a), ["project", "deploy"]);
+        assert_eq!(
+            allowed_actions(&a, &shipped()["deploy"]),
+            ["logs", "status"]
+        );
         assert_eq!(Grant::parse("Deploy"), None);
         assert_eq!(Grant::parse("deploy:"), None);
         assert_eq!(Grant::parse("a:b:c"), None);
@@ -421,7 +508,10 @@ mod tests {
         let (i, m) = check_grants(&v(&["respond", "deploi"]), &t).unwrap();
         assert_eq!(i, 1);
         assert!(m.contains("\"deploi\" is not a tool group"), "{m}");
-        assert!(m.contains("admin, deploy, engineering, infra, project, respond"), "{m}");
+        assert!(
+            m.contains("admin, deploy, engineering, infra, project, respond"),
+            "{m}"
+        );
         assert!(m.contains("did you mean \"deploy\""), "{m}");
         let (_, m) = check_grants(&v(&["deploy:nuke"]), &t).unwrap();
         assert!(m.contains("logs, status, trigger"), "{m}");
@@ -462,9 +552,20 @@ mod tests {
         let bad = |s: &str| parse_group("g", s.as_bytes()).unwrap_err()[0].0.clone();
         let ok = r#"{"name":"g","description":"d","actions":{"a":{"help":"h"}}}"#;
         assert!(parse_group("g", ok.as_bytes()).is_ok());
-        assert_eq!(parse_group("other", ok.as_bytes()).unwrap_err()[0].0.as_deref(), Some("name"));
-        assert_eq!(bad(r#"{"name":"g","actions":{"a":{"help":"h"}}}"#).as_deref(), Some("description"));
-        assert_eq!(bad(r#"{"name":"g","description":"d","actions":{}}"#).as_deref(), Some("actions"));
+        assert_eq!(
+            parse_group("other", ok.as_bytes()).unwrap_err()[0]
+                .0
+                .as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            bad(r#"{"name":"g","actions":{"a":{"help":"h"}}}"#).as_deref(),
+            Some("description")
+        );
+        assert_eq!(
+            bad(r#"{"name":"g","description":"d","actions":{}}"#).as_deref(),
+            Some("actions")
+        );
         assert_eq!(
             bad(r#"{"name":"g","description":"d","actions":{"a":{"help":"h","args":[{"name":"x","type":"float"}]}}}"#).as_deref(),
             Some("actions.a.args.0")

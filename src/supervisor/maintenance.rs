@@ -153,6 +153,7 @@ impl Ctx {
         let (catalog, issues) = loader::load(&self.dirs(), &self.schema, Some(&prev));
         let changed = catalog.presets != prev.presets
             || catalog.skills != prev.skills
+            || catalog.tools != prev.tools
             || catalog.layouts != prev.layouts
             || catalog.template_names != prev.template_names;
         if changed {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::model::catalog::{Catalog, CatalogIssue, CatalogSources};
-use crate::model::config::{ConfigSchema, FieldError, Tool, WorkerConfig};
+use crate::model::config::{ConfigSchema, FieldError, WorkerConfig};
 use serde_json::{json, Value};
 
 fn valid() -> Value {
@@ -123,16 +123,30 @@ fn a_memory_that_is_not_a_size_says_how_to_write_one() {
 
 #[test]
 fn an_unknown_tool_lists_the_known_ones_and_guesses() {
-    let v = set(valid(), "/allowed_tools", json!(["project", "deploi"]));
+    let mut p = valid();
+    p["allowed_tools"] = json!(["project", "deploi"]);
+    let (_, issues) = Catalog::build(
+        &CatalogSources {
+            presets: vec![(
+                format!("{}.json", p["id"].as_str().unwrap()),
+                p.to_string().into_bytes(),
+            )],
+            tools: crate::model::tools::shipped_sources(),
+            ..Default::default()
+        },
+        &ConfigSchema::new(),
+        None,
+    );
+    let i = issues
+        .iter()
+        .find(|i| i.field.as_deref() == Some("allowed_tools.1"))
+        .expect("an issue");
     assert_eq!(
-        error(&v),
-        (
-            "allowed_tools.1".into(),
-            r#"allowed_tools: unknown tool "deploi" (known: project, deploy, engineering, infra, respond, admin; did you mean "deploy"?)"#.into()
-        )
+        i.message,
+        r#"allowed_tools.1: "deploi" is not a tool group (known: admin, deploy, engineering, infra, project, respond; did you mean "deploy"?)"#
     );
     let v = set(valid(), "/allowed_tools", json!(["Respond"]));
-    assert!(message(&v).ends_with(r#"did you mean "respond"?)"#));
+    assert_eq!(error(&v).0, "allowed_tools.0");
 }
 
 #[test]
@@ -638,10 +652,11 @@ fn catalog_of(presets: &[Value], templates: &[&str]) -> Catalog {
             .iter()
             .map(|p| (format!("{}.json", p["id"].as_str().unwrap()), p.to_string().into_bytes()))
             .collect(),
-        skills: Tool::ALL
+        skills: ["admin", "deploy", "engineering", "infra", "project", "respond"]
             .iter()
             .map(|t| (format!("{t}.md"), format!("---\nname: {t}\ndescription: d\n---\n").into_bytes()))
             .collect(),
+        tools: crate::model::tools::shipped_sources(),
         templates: std::iter::once((
             "claude-code/agent.json".to_string(),
             br#"{"instructions_path": "/workspace/CLAUDE.md", "skill_path": "/workspace/{tool}.md"}"#.to_vec(),
@@ -718,7 +733,7 @@ fn render_problems_name_the_file_looked_for() {
             message: r#"agent.type "claude-cod" is not an agent type: there is no /t/templates/claude-cod/agent.json (known agent types: claude-code; did you mean "claude-code"?)"#.into(),
         }
     );
-    let e = crate::model::render::RenderError::MissingSkill(Tool::Deploy);
+    let e = crate::model::render::RenderError::MissingSkill("deploy".into());
     let cfg = config(valid());
     assert_eq!(
         render_problem(&c, &cfg, &e, "/s", "t").message,
