@@ -19,12 +19,15 @@ use serde_json::{json, Value};
 const UNIVERSAL: &str = "universal-worker-base:latest";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The calls a backend received: (path, body).
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A backend on loopback that records every call (path, body) and answers
 /// `{"ok": true, "data": {"path": ..., "call": ...}}`.
-fn backend() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+fn backend() -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let s = seen.clone();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
