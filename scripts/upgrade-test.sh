@@ -192,14 +192,21 @@ command -v redis-cli >/dev/null 2>&1 || die "redis-cli missing after test-env.sh
 
 rcli() { timeout 10 redis-cli -h 127.0.0.1 -p "$WS_TEST_REDIS_PORT" "$@"; }
 
-# The agent layouts both daemons read: the shipped ones without their
-# `conversation` (#16), which the old daemon's parser does not know and which
-# these `sh -c` agents could not take (docs/sessions.md).
-TEMPLATES="$WORK/templates"
-cp -r "$ROOT/templates" "$TEMPLATES"
-for f in "$TEMPLATES"/*/agent.json; do
+# Each daemon reads the catalog of its own version, as in a real upgrade
+# where the files ship with the binary: the old one its commit's skills and
+# templates, the new one this checkout's. Both without `conversation` (#16),
+# which these `sh -c` agents could not take (docs/sessions.md).
+CATALOG_OLD="$WORK/catalog-old"
+CATALOG_NEW="$WORK/catalog-new"
+mkdir -p "$CATALOG_OLD" "$CATALOG_NEW"
+git -C "$ROOT" archive "$FROM" templates skills | tar -x -C "$CATALOG_OLD" \
+    || die "cannot read the catalog of $FROM"
+cp -r "$ROOT/templates" "$ROOT/skills" "$CATALOG_NEW/"
+for f in "$CATALOG_OLD"/templates/*/agent.json "$CATALOG_NEW"/templates/*/agent.json; do
     jq 'del(.conversation)' "$f" > "$f.new" && mv "$f.new" "$f"
 done
+# catalog_of BIN: the catalog directory of that daemon.
+catalog_of() { case "$1" in *-old) echo "$CATALOG_OLD" ;; *) echo "$CATALOG_NEW" ;; esac; }
 
 # The presets, as an admin drops them: one JSON file per preset.
 PRESETS="$WORK/presets"
@@ -260,7 +267,9 @@ cat >"$POOL_PRESETS/upgrade_pool_v1.json" <<EOF
 EOF
 for which in old new; do
     bin="$WORK/workers-spawner-$which"
-    if ! { "$bin" presets validate "$PRESETS" && "$bin" presets validate "$POOL_PRESETS"; } >"$WORK/validate-$which.log" 2>&1; then
+    cat_dir="$(catalog_of "$bin")"
+    dirs=(--skills-dir "$cat_dir/skills" --templates-dir "$cat_dir/templates")
+    if ! { "$bin" "${dirs[@]}" presets validate "$PRESETS" && "$bin" "${dirs[@]}" presets validate "$POOL_PRESETS"; } >"$WORK/validate-$which.log" 2>&1; then
         cat "$WORK/validate-$which.log" >&2
         FAILED=1
         die "the $which daemon rejects the test presets"
@@ -294,8 +303,9 @@ D_LOG=""
 
 # start_daemon BIN INSTANCE PREFIX LOGFILE: starts `serve`, waits for /healthz.
 start_daemon() {
-    local bin="$1" instance="$2" prefix="$3" logfile="$4" http gw
+    local bin="$1" instance="$2" prefix="$3" logfile="$4" http gw cat_dir
     http="127.0.0.1:$(free_port)"
+    cat_dir="$(catalog_of "$bin")"
     # Same settings across the restart: the gateway port is the scenario's
     # (containers carry ORCHESTRATOR_API_URL with it).
     gw="${S_GW:-$(free_port)}"
@@ -305,7 +315,7 @@ start_daemon() {
         export WORKERS_SPAWNER_BLOCK=1s WORKERS_SPAWNER_GATEWAY_PORT="$gw"
         export RUST_LOG="${RUST_LOG:-info}"
         exec "$bin" --redis-url "$WS_TEST_REDIS_URL" --stream-prefix "$prefix" \
-            --presets-dir "${S_PRESETS:-$PRESETS}" --skills-dir "$ROOT/skills" --templates-dir "$TEMPLATES" \
+            --presets-dir "${S_PRESETS:-$PRESETS}" --skills-dir "$cat_dir/skills" --templates-dir "$cat_dir/templates" \
             --http-addr "$http" --instance-id "$instance" --max-concurrent 4 serve
     ) </dev/null >/dev/null 2>>"$logfile" &
     D_PID=$!

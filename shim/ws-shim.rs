@@ -12,12 +12,13 @@
 //! - `keep`: a session's idle keeper: records its pid, then waits forever;
 //! - `kill SIG`: signals (`TERM`, `KILL`, or `0` to count) every process but
 //!   init, the keeper, the keeper's children and itself; prints how many;
-//! - `turn RECORD N START_ARGV(N) AT LEN RESUME_ARGV`: a session task: when
-//!   the file RECORD holds a conversation id, `exec`s RESUME_ARGV with
-//!   `{agent_session}` replaced by it in the LEN elements from index AT (the
-//!   layout's resume pieces, never the prompt), else START_ARGV (the
-//!   session's first turn). So the container decides from its own volume,
-//!   and the daemon reads nothing before the task.
+//! - `turn RECORD KIND N START_ARGV(N) AT LEN RESUME_ARGV`: a session task:
+//!   when the file RECORD reads `KIND ID` (the same agent kind, an acceptable
+//!   id), `exec`s RESUME_ARGV with `{agent_session}` replaced by ID in the LEN
+//!   elements from index AT (the layout's resume pieces, never the prompt),
+//!   else START_ARGV (the session's first turn, or its first under another
+//!   agent). So the container decides from its own volume, and the daemon
+//!   reads nothing before the task.
 //!
 //! Exit codes: 70 the payload cannot be unpacked, 71 stdin closed before a
 //! single byte (nothing was delivered: the agent never ran), 126 the agent
@@ -378,31 +379,36 @@ fn kill_all(sig: &str) -> ! {
 /// The placeholder of a conversation id in a resume argv.
 pub const AGENT_SESSION: &str = "{agent_session}";
 
-/// The conversation id in a record's bytes, if it is an acceptable one (at
-/// most 128 characters of `[A-Za-z0-9._:-]`; `-` for an agent that needs none).
-pub fn record_id(bytes: &[u8]) -> Option<String> {
+/// The conversation id in a record's bytes (`KIND ID`), if the record is of
+/// agent kind `kind` and the id is acceptable (at most 128 characters of
+/// `[A-Za-z0-9._:-]`; `-` for an agent that needs none).
+pub fn record_id(bytes: &[u8], kind: &str) -> Option<String> {
     let s = std::str::from_utf8(bytes).ok()?.trim();
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
+    let (k, id) = s.split_once(' ')?;
+    let ok = k == kind
+        && !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ok.then(|| s.to_string())
+    ok.then(|| id.to_string())
 }
 
-/// The argv of a session task: `rest` is `RECORD N START(N) AT LEN RESUME...`.
+/// The argv of a session task: `rest` is `RECORD KIND N START(N) AT LEN RESUME...`.
 pub fn turn_argv(rest: &[OsString], record: Option<&[u8]>) -> Result<Vec<OsString>, String> {
-    let usage = "turn needs RECORD N START(N) AT LEN RESUME...";
+    let usage = "turn needs RECORD KIND N START(N) AT LEN RESUME...";
     let num = |i: usize| -> Result<usize, String> {
         rest.get(i)
             .and_then(|n| n.to_str())
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| usage.to_string())
     };
-    let n = num(1)?;
-    let start = rest.get(2..2 + n).ok_or(usage)?;
-    let (at, len) = (num(2 + n)?, num(3 + n)?);
-    let resume = rest.get(4 + n..).ok_or(usage)?;
-    Ok(match record.and_then(record_id) {
+    let kind = rest.get(1).and_then(|k| k.to_str()).ok_or(usage)?;
+    let n = num(2)?;
+    let start = rest.get(3..3 + n).ok_or(usage)?;
+    let (at, len) = (num(3 + n)?, num(4 + n)?);
+    let resume = rest.get(5 + n..).ok_or(usage)?;
+    Ok(match record.and_then(|r| record_id(r, kind)) {
         Some(id) => resume
             .iter()
             .enumerate()

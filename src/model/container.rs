@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, MountVolumeOptions};
 use sha2::{Digest, Sha256};
 
 use crate::model::render::RenderedFile;
@@ -41,6 +41,9 @@ pub mod labels {
     pub const USER_ID: &str = "io.workers-spawner.user-id";
     /// What a session volume holds: `workspace` or `home`.
     pub const VOLUME: &str = "io.workers-spawner.volume";
+    /// On a session container: its shim picks a task's turn (`turn` mode,
+    /// #16); containers of older daemons lack it and run tasks plainly.
+    pub const TURN: &str = "io.workers-spawner.turn";
 }
 
 /// Uid:gid the agent runs as.
@@ -100,8 +103,21 @@ pub struct LaunchContext {
     pub cmd: Option<Vec<String>>,
     /// How the files reach the container (see [`crate::model::delivery`]).
     pub delivery: FileDelivery,
-    /// Named volumes to mount: (volume name, folder), a session's.
-    pub volumes: Vec<(String, String)>,
+    /// Named volumes to mount, a session's.
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A named volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub name: String,
+    /// The folder it is mounted on.
+    pub target: String,
+    /// Its labels: given with the mount too, so a volume Docker makes for
+    /// the mount (one removed in between) is still labelled, found by the
+    /// sweep and bound to its user.
+    pub labels: HashMap<String, String>,
 }
 
 /// How a container receives its files before the agent starts.
@@ -198,7 +214,7 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
     if read_only {
         tmpfs.insert("/tmp".to_string(), "rw,noexec,nosuid,size=256m".to_string());
         for dir in WRITABLE_ROOTS {
-            if !ctx.volumes.iter().any(|(_, at)| at == dir) {
+            if !ctx.volumes.iter().any(|v| v.target == dir) {
                 volumes.insert(dir.to_string(), HashMap::new());
             }
         }
@@ -209,11 +225,15 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
     let mounts: Vec<Mount> = ctx
         .volumes
         .iter()
-        .map(|(name, at)| Mount {
-            target: Some(at.clone()),
-            source: Some(name.clone()),
+        .map(|v| Mount {
+            target: Some(v.target.clone()),
+            source: Some(v.name.clone()),
             typ: Some(MountTypeEnum::VOLUME),
             read_only: Some(false),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(v.labels.clone()),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();
@@ -470,6 +490,7 @@ pub fn session_labels(
         labels::USER_ID.to_string(),
         spec.user_id.clone().unwrap_or_default(),
     );
+    l.insert(labels::TURN.to_string(), "1".to_string());
     l
 }
 
@@ -525,12 +546,20 @@ pub fn volume_labels(
     ])
 }
 
-/// The mounts of a session's volumes.
-pub fn session_mounts(prefix: &str, session_id: &str) -> Vec<(String, String)> {
+/// The mounts of session `session_id`'s volumes (of `user_id`).
+pub fn session_mounts(prefix: &str, session_id: &str, user_id: &str) -> Vec<VolumeMount> {
     let (w, h) = session_volume_names(prefix, session_id);
     vec![
-        (w, crate::model::render::WORKSPACE.to_string()),
-        (h, crate::model::render::HOME.to_string()),
+        VolumeMount {
+            name: w,
+            target: crate::model::render::WORKSPACE.to_string(),
+            labels: volume_labels(prefix, session_id, user_id, "workspace"),
+        },
+        VolumeMount {
+            name: h,
+            target: crate::model::render::HOME.to_string(),
+            labels: volume_labels(prefix, session_id, user_id, "home"),
+        },
     ]
 }
 

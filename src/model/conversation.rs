@@ -20,9 +20,9 @@ use sha2::{Digest, Sha256};
 /// The placeholder replaced by the agent's conversation id.
 pub const AGENT_SESSION: &str = "{agent_session}";
 
-/// Where the daemon keeps the record of a session's conversation (the
-/// agent's id, or `-` when the agent needs none), on the session's home
-/// volume.
+/// Where the daemon keeps the record of a session's conversation
+/// (`<kind> <id>`: the agent kind, see [`Conversation::kind`], and its id,
+/// `-` when the agent needs none), on the session's home volume.
 pub const RECORD_PATH: &str = "/home/worker/.workers-spawner/conversation";
 
 /// Longest conversation id the daemon accepts from an agent's output.
@@ -114,6 +114,17 @@ impl Conversation {
             )),
             _ => None,
         }
+    }
+
+    /// What a record is of: the agent type and where its id comes from
+    /// (`claude-code:derived`); a record of another kind starts afresh.
+    pub fn kind(&self, agent_type: &str) -> String {
+        let id = match self.id {
+            IdSource::Derived => "derived",
+            IdSource::Reported => "reported",
+            IdSource::None => "none",
+        };
+        format!("{agent_type}:{id}")
     }
 
     /// The id a session's first task starts with, when it is known before.
@@ -262,22 +273,26 @@ enum Scan {
 /// After `"field"`: optional spaces, `:`, optional spaces, a string.
 fn value_after(rest: &[u8]) -> Scan {
     let mut i = 0;
+    // JSON writers put a space or two here; endless whitespace is not a
+    // value (and must not make the scanner keep the stream).
     let skip = |i: &mut usize| {
-        while rest.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
+        let from = *i;
+        while rest.get(*i).is_some_and(|b| b.is_ascii_whitespace()) && *i - from < 16 {
             *i += 1;
         }
     };
     skip(&mut i);
     match rest.get(i) {
-        None => return Scan::Incomplete,
+        None if i < 16 => return Scan::Incomplete,
         Some(b':') => i += 1,
-        Some(_) => return Scan::NotAValue,
+        _ => return Scan::NotAValue,
     }
+    let colon = i;
     skip(&mut i);
     match rest.get(i) {
-        None => return Scan::Incomplete,
+        None if i - colon < 16 => return Scan::Incomplete,
         Some(b'"') => i += 1,
-        Some(_) => return Scan::NotAValue,
+        _ => return Scan::NotAValue,
     }
     let start = i;
     while let Some(&b) = rest.get(i) {
@@ -525,6 +540,17 @@ mod tests {
             assert_eq!(s.found(), Some("ab-12_c"), "chunks of {size}");
             assert!(s.carry.len() <= s.tail_len() + size, "bounded carry");
         }
+    }
+
+    #[test]
+    fn endless_whitespace_after_the_field_is_no_value_and_keeps_nothing() {
+        let mut s = IdScanner::new("session_id");
+        s.push(b"{\"session_id\"");
+        for _ in 0..1000 {
+            s.push(&[b' '; 1024]);
+        }
+        assert!(s.carry.len() <= s.tail_len() + 1024, "{}", s.carry.len());
+        assert_eq!(s.found(), None);
     }
 
     #[test]

@@ -100,11 +100,13 @@ pub fn keeper_command() -> Vec<String> {
 }
 
 /// A session task's command: the shim picks `start` when the record file
-/// at `record` holds no conversation id, else `resume` with the id in
-/// place of `{agent_session}` in its elements `pieces` (the layout's resume
-/// pieces; never the prompt) (see the shim's `turn` mode).
+/// at `record` holds no conversation of agent kind `kind`, else `resume`
+/// with the recorded id in place of `{agent_session}` in its elements
+/// `pieces` (the layout's resume pieces; never the prompt) (see the shim's
+/// `turn` mode).
 pub fn turn_command(
     record: &str,
+    kind: &str,
     start: &[String],
     resume: &[String],
     pieces: std::ops::Range<usize>,
@@ -114,6 +116,7 @@ pub fn turn_command(
         ENV_FILE.into(),
         "turn".into(),
         record.into(),
+        kind.into(),
         start.len().to_string(),
     ];
     v.extend_from_slice(start);
@@ -477,8 +480,18 @@ mod tests {
             "{agent_session}".into(),
             "say {agent_session}".into(),
         ];
-        let cmd = turn_command("/rec", &start, &resume, 1..3);
-        assert_eq!(&cmd[..5], [SHIM_PATH, ENV_FILE, "turn", "/rec", "4"]);
+        let cmd = turn_command("/rec", "claude-code:derived", &start, &resume, 1..3);
+        assert_eq!(
+            &cmd[..6],
+            [
+                SHIM_PATH,
+                ENV_FILE,
+                "turn",
+                "/rec",
+                "claude-code:derived",
+                "4"
+            ]
+        );
         let rest: Vec<std::ffi::OsString> = cmd[3..].iter().map(Into::into).collect();
         let got = |rec: Option<&[u8]>| -> Vec<String> {
             shim::turn_argv(&rest, rec)
@@ -490,13 +503,16 @@ mod tests {
         assert_eq!(got(None), start);
         // The prompt (outside the pieces) is data: its text stays as it is.
         assert_eq!(
-            got(Some(b"u-1\n")),
+            got(Some(b"claude-code:derived u-1\n")),
             ["agent", "--resume", "u-1", "say {agent_session}"]
         );
-        // Not an acceptable id: a fresh start, never a broken argv.
+        // Another agent's conversation, or none acceptable: a fresh start.
+        assert_eq!(got(Some(b"codex:none -\n")), start);
+        assert_eq!(got(Some(b"u-1\n")), start);
         assert_eq!(got(Some(b"")), start);
-        assert_eq!(got(Some(b"has space")), start);
-        assert_eq!(got(Some("x".repeat(129).as_bytes())), start);
+        assert_eq!(got(Some(b"claude-code:derived has space")), start);
+        let long = format!("claude-code:derived {}", "x".repeat(129));
+        assert_eq!(got(Some(long.as_bytes())), start);
         assert!(shim::turn_argv(&rest[..3], None).is_err());
     }
 }

@@ -178,6 +178,15 @@ pub fn parse_group(stem: &str, bytes: &[u8]) -> Result<ToolGroup, Problems> {
             ));
         }
     }
+    // What the in-container CLI could not turn into commands (reserved
+    // names, defaults of the wrong type, positional order, ...) is refused
+    // here, by the CLI's own parser, not at the worker's first call.
+    if let Err(e) = orchestrator::Catalog::from_value(&json!({"groups": [json.clone()]})) {
+        return Err(vec![(
+            None,
+            format!("the orchestrator CLI cannot use it: {e}"),
+        )]);
+    }
     Ok(ToolGroup {
         name: name.to_string(),
         description: description.to_string(),
@@ -545,6 +554,22 @@ mod tests {
         assert!(!d["groups"].to_string().contains("trigger"));
         assert_eq!(d["known"]["deploy"], json!(["logs", "status", "trigger"]));
         assert_eq!(d["known"]["admin"], json!(["cancel", "workers"]));
+    }
+
+    #[test]
+    fn what_the_cli_could_not_build_is_refused_here() {
+        for bad in [
+            r#"{"name":"g","description":"d","actions":{"a":{"help":"h","args":[{"name":"x","type":"boolean","default":false}]}}}"#,
+            r#"{"name":"g","description":"d","actions":{"a":{"help":"h","args":[{"name":"x","type":"integer","default":"abc"}]}}}"#,
+            r#"{"name":"g","description":"d","actions":{"a":{"help":"h","args":[{"name":"help"}]}}}"#,
+            r#"{"name":"g","description":"d","actions":{"a":{"help":"h","args":[{"name":"x","flag":"--y"},{"name":"z","flag":"--y"}]}}}"#,
+        ] {
+            let e = parse_group("g", bad.as_bytes()).unwrap_err();
+            assert!(
+                e[0].1.contains("orchestrator CLI cannot use it"),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]

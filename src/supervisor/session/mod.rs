@@ -61,6 +61,8 @@ pub struct SessionContainer {
     /// The `task.user_id` it belongs to (`None`: made before sessions were
     /// bound to users).
     pub user: Option<String>,
+    /// Whether its shim has the `turn` mode (made by this daemon version).
+    pub turn: bool,
 }
 
 /// Why a session ends (the `reason` of its `session_expired` event).
@@ -205,7 +207,13 @@ impl Sessions {
     /// its container ends it there, volumes and all; a session no live
     /// instance holds loses its leftover container and its volumes here.
     pub async fn end_for_good(self: &Arc<Self>, sid: &str) {
-        if self.has_container(sid) {
+        // A loop here (with its container, or making one) ends it itself.
+        let here = self
+            .handles
+            .lock()
+            .expect("sessions lock")
+            .contains_key(sid);
+        if here {
             self.send(sid, Message::End(End::Ended));
             return;
         }
@@ -275,6 +283,12 @@ impl Sessions {
             }
             if in_use {
                 continue;
+            }
+            // A task may have come meanwhile (it records the use before it
+            // makes its container): look once more, right before removing.
+            match ctx.bus.session_volumes_used(&sid, now).await {
+                Ok(again) if now.saturating_sub(again) >= keep => {}
+                _ => continue,
             }
             tracing::info!(session_id = %sid, idle_secs = now - used, "removing the volumes of a session unused for session_keep");
             remove_volumes(ctx, &sid).await;
@@ -394,6 +408,8 @@ impl Session {
                 Event::Message(Message::End(why)) => {
                     if self.container.is_some() {
                         self.end(why).await;
+                    } else if why == End::Ended {
+                        remove_volumes(&self.ctx, &self.sid).await;
                     }
                 }
                 Event::Tick => {
@@ -541,6 +557,8 @@ impl Session {
         if let Some(why) = ending {
             if self.container.is_some() {
                 self.end(why).await;
+            } else if why == End::Ended {
+                remove_volumes(&self.ctx, &self.sid).await;
             }
         }
         true

@@ -168,7 +168,11 @@ impl Session {
             network_mode: net.network.clone(),
             cmd: Some(crate::model::delivery::keeper_command()),
             delivery: FileDelivery::Archive,
-            volumes: session_mounts(&self.ctx.settings.stream_prefix, sid),
+            volumes: session_mounts(
+                &self.ctx.settings.stream_prefix,
+                sid,
+                spec.user_id.as_deref().unwrap_or_default(),
+            ),
         };
         match self.ctx.images.image_for(&spec.config, |_| {}).await {
             Ok(image) => launch.image = image,
@@ -229,6 +233,7 @@ impl Session {
             preset: spec.preset_id.clone().unwrap_or_default(),
             deadline_unix: deadline,
             user: spec.user_id.clone(),
+            turn: true,
         };
         self.ctx.env
             .sink
@@ -290,8 +295,14 @@ impl Session {
     /// conversation or resumes the one the session's volume records (so
     /// nothing is read before the task); and the field the agent reports
     /// its id in.
-    fn task_argv(&self, spec: &WorkerSpec) -> (Vec<String>, Option<String>) {
-        let Some(conv) = &spec.conversation else {
+    fn task_argv(
+        &self,
+        spec: &WorkerSpec,
+        container: &SessionContainer,
+    ) -> (Vec<String>, Option<String>) {
+        // An older daemon's container has a shim without the `turn` mode:
+        // its tasks run plainly, as they did there.
+        let Some(conv) = spec.conversation.as_ref().filter(|_| container.turn) else {
             return (spec.command.clone(), None);
         };
         let known = conv.known_id(&self.ctx.settings.stream_prefix, &self.sid);
@@ -303,7 +314,14 @@ impl Session {
             &Turn::Resume(AGENT_SESSION.to_string()),
         );
         let at = spec.prompt_at.min(spec.command.len());
-        let argv = turn_command(RECORD_PATH, &start, &resume, at..at + conv.resume.len());
+        let kind = conv.kind(&spec.config.agent.kind);
+        let argv = turn_command(
+            RECORD_PATH,
+            &kind,
+            &start,
+            &resume,
+            at..at + conv.resume.len(),
+        );
         let field = (conv.id == IdSource::Reported)
             .then(|| conv.report_field.clone())
             .flatten();
@@ -318,7 +336,7 @@ impl Session {
         container: &SessionContainer,
         end: &ExecEnd,
     ) {
-        let Some(conv) = &spec.conversation else {
+        let Some(conv) = spec.conversation.as_ref().filter(|_| container.turn) else {
             return;
         };
         // 126/127: the agent never started, so neither did a conversation.
@@ -339,7 +357,7 @@ impl Session {
         }
         let file = RenderedFile {
             path: RECORD_PATH.to_string(),
-            content: format!("{now}\n"),
+            content: format!("{} {now}\n", conv.kind(&spec.config.agent.kind)),
             mode: 0o600,
         };
         match self.ctx.env.engine.upload(&container.id, &[file]).await {
@@ -446,7 +464,7 @@ impl Session {
             env.push(format!("ORCHESTRATOR_API_KEY={api_key}"));
         }
         env.push(format!("HOME={HOME}"));
-        let (argv, report_field) = self.task_argv(spec);
+        let (argv, report_field) = self.task_argv(spec, container);
         let engine = &ctx.env.engine;
         let delivered = self.delivered.take().as_deref() == Some(rid.as_str());
         let upload = if delivered {
@@ -578,6 +596,7 @@ pub(super) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
         deadline_unix: l(labels::DEADLINE).parse().unwrap_or(0),
         // Containers of daemons before sessions were bound to users have none.
         user: f.labels.get(labels::USER_ID).cloned(),
+        turn: f.labels.get(labels::TURN).is_some_and(|v| v == "1"),
     }
 }
 
