@@ -35,16 +35,40 @@ fn env_nonempty(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The catalog of a worker whose daemon delivers none (a daemon before tool
+/// catalogs, #17): the gateway's own group `respond` alone, whose meaning
+/// (a `respond` event) the gateway keeps itself, so an older daemon's
+/// worker on an image with this CLI can still answer its user.
+const WITHOUT_A_CATALOG: &str = r#"{"groups": [{"name": "respond",
+  "description": "Send a message to the user who asked for the current task.",
+  "default_action": "send",
+  "actions": {"send": {"help": "Send a message to the user.",
+    "args": [{"name": "message", "positional": true, "required": true,
+              "help": "The whole message, quoted as one argument."}]}}}]}"#;
+
 /// Reads and parses the tool catalog file; the error is one line naming the
-/// file.
-fn load_catalog() -> Result<Catalog, String> {
-    let path = env_nonempty(TOOLS_FILE_ENV).unwrap_or_else(|| DEFAULT_TOOLS_FILE.to_owned());
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "orchestrator not configured: cannot read the tool catalog {path} \
-             ({TOOLS_FILE_ENV}): {e}"
-        )
-    })?;
+/// file. With no file at the default path and no `ORCHESTRATOR_TOOLS_FILE`,
+/// `respond` still works ([`WITHOUT_A_CATALOG`]).
+fn load_catalog(group: Option<&str>) -> Result<Catalog, String> {
+    let given = env_nonempty(TOOLS_FILE_ENV);
+    let path = given
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TOOLS_FILE.to_owned());
+    let text = match std::fs::read_to_string(&path) {
+        Err(e)
+            if given.is_none()
+                && e.kind() == std::io::ErrorKind::NotFound
+                && group == Some("respond") =>
+        {
+            WITHOUT_A_CATALOG.to_string()
+        }
+        r => r.map_err(|e| {
+            format!(
+                "orchestrator not configured: cannot read the tool catalog {path} \
+                 ({TOOLS_FILE_ENV}): {e}"
+            )
+        })?,
+    };
     Catalog::parse(&text)
         .map_err(|e| format!("orchestrator not configured: invalid tool catalog {path}: {e}"))
 }
@@ -68,7 +92,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     let scan = prescan(&rest);
 
     // 1. The tool catalog.
-    let catalog = match load_catalog() {
+    let catalog = match load_catalog(scan.group.as_deref()) {
         Ok(c) => c,
         Err(msg) => return emit_failure(scan.json, &Outcome::not_configured(msg)),
     };

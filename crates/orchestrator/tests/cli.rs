@@ -650,3 +650,27 @@ fn missing_or_invalid_tools_file_is_69() {
         stderr(&o)
     );
 }
+
+/// A worker of a daemon that delivers no tool catalog (before #17) on an
+/// image with this CLI: `respond`, the gateway's own group, still works;
+/// every other group says the catalog is missing.
+#[test]
+fn without_a_catalog_only_respond_works() {
+    let (base, rx) = serve_once(200, r#"{"ok":true,"data":{"delivered":true}}"#);
+    let env = full_env(&base, "project,respond");
+    let o = run_raw(&["respond", "done, see the branch"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(seen.path, "/v1/tools/respond/send");
+    assert_eq!(
+        seen.body,
+        json!({"args": {"message": "done, see the branch"}})
+    );
+    let o = run_raw(&["project", "list"], &env);
+    assert_eq!(o.status.code(), Some(69));
+    assert!(stderr(&o).contains("tool catalog"), "{}", stderr(&o));
+    // A catalog named but missing is an error for respond too.
+    let mut named = env.clone();
+    named.push(("ORCHESTRATOR_TOOLS_FILE", "/nonexistent/tools.json"));
+    assert_eq!(run_raw(&["respond", "x"], &named).status.code(), Some(69));
+}
