@@ -467,10 +467,21 @@ impl Session {
         let (argv, report_field) = self.task_argv(spec, container);
         let engine = &ctx.env.engine;
         let delivered = self.delivered.take().as_deref() == Some(rid.as_str());
+        // An older daemon's container got no tool catalog for the CLI: it
+        // comes with this task's files.
+        let mut files = spec.request_files.clone();
+        if !container.turn {
+            files.extend(
+                spec.files
+                    .iter()
+                    .filter(|f| f.path == crate::model::tools::TOOLS_FILE)
+                    .cloned(),
+            );
+        }
         let upload = if delivered {
             Ok(())
         } else {
-            engine.upload(&container.id, &spec.request_files).await
+            engine.upload(&container.id, &files).await
         };
         let exec = match upload {
             Ok(()) => engine.exec(&container.id, argv, env).await,
