@@ -1600,6 +1600,40 @@ struct Report<'a> {
     failures: Vec<String>,
 }
 
+/// A table of sequential samples: per method and measure, n and the
+/// percentiles (each sample holds one figure per measure), then failures.
+fn sample_table<const N: usize>(
+    w: &mut String,
+    measures: &[&str; N],
+    methods: &[(&str, &Vec<[f64; N]>)],
+    failures: &[String],
+) {
+    let _ = writeln!(
+        w,
+        "| method | n | measure | p50 ms | p90 ms | p99 ms | max ms |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    for (label, v) in methods {
+        for (k, what) in measures.iter().enumerate() {
+            let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
+            x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+            let _ = writeln!(
+                w,
+                "| {label} | {} | {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                x.len(),
+                percentile(&x, 50.0),
+                percentile(&x, 90.0),
+                percentile(&x, 99.0),
+                x.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if !failures.is_empty() {
+        let _ = writeln!(w, "\nFailures: {}", failures.join("; "));
+    }
+    let _ = writeln!(w);
+}
+
 impl Report<'_> {
     fn markdown(&self, analysis: &str) -> String {
         let mut o = String::new();
@@ -1833,37 +1867,16 @@ impl Report<'_> {
              agent runs) and the result.\n",
             self.args.session_preset
         );
-        let _ = writeln!(
+        sample_table(
             w,
-            "| method | n | measure | p50 ms | p90 ms | p99 ms | max ms |"
+            &["XADD → `started`", "XADD → result"],
+            &[
+                ("live session", &p.live),
+                ("resumed session", &p.resumed),
+                ("cold one-shot", &p.cold),
+            ],
+            &p.failures,
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
-        for (label, v) in [
-            ("live session", &p.live),
-            ("resumed session", &p.resumed),
-            ("cold one-shot", &p.cold),
-        ] {
-            for (k, what) in ["XADD → `started`", "XADD → result"]
-                .into_iter()
-                .enumerate()
-            {
-                let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
-                x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-                let _ = writeln!(
-                    w,
-                    "| {label} | {} | {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                    x.len(),
-                    percentile(&x, 50.0),
-                    percentile(&x, 90.0),
-                    percentile(&x, 99.0),
-                    x.last().copied().unwrap_or(f64::NAN)
-                );
-            }
-        }
-        if !p.failures.is_empty() {
-            let _ = writeln!(w, "\nFailures: {}", p.failures.join("; "));
-        }
-        let _ = writeln!(w);
     }
 
     fn pool_table(&self, w: &mut String) {
@@ -1878,33 +1891,12 @@ impl Report<'_> {
              agent's own first line, the stricter measure) and the result.\n",
             self.args.pool_preset, p.size, self.args.preset
         );
-        let _ = writeln!(
+        sample_table(
             w,
-            "| method | n | measure | p50 ms | p90 ms | p99 ms | max ms |"
+            &["XADD → `started`", "XADD → first output", "XADD → result"],
+            &[("pooled", &p.pooled), ("cold", &p.cold)],
+            &p.failures,
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
-        for (label, v) in [("pooled", &p.pooled), ("cold", &p.cold)] {
-            for (k, what) in ["XADD → `started`", "XADD → first output", "XADD → result"]
-                .into_iter()
-                .enumerate()
-            {
-                let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
-                x.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-                let _ = writeln!(
-                    w,
-                    "| {label} | {} | {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                    x.len(),
-                    percentile(&x, 50.0),
-                    percentile(&x, 90.0),
-                    percentile(&x, 99.0),
-                    x.last().copied().unwrap_or(f64::NAN)
-                );
-            }
-        }
-        if !p.failures.is_empty() {
-            let _ = writeln!(w, "\nFailures: {}", p.failures.join("; "));
-        }
-        let _ = writeln!(w);
     }
 
     fn latency_tables(&self, w: &mut String) {

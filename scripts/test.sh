@@ -131,27 +131,27 @@ bash scripts/bench.sh --smoke
 section "cargo test --workspace --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
 cargo test --no-fail-fast --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 
+# leak_check WHAT HEADER LISTED PREEXISTING: fails when a line of LISTED
+# (tab-separated, its first field the object's id or name) is not in
+# PREEXISTING.
+leak_check() {
+    local what=$1 header=$2 listed=$3 pre=$4 leaked
+    leaked="$(echo "$listed" | awk -F'\t' -v pre="$(echo "$pre" | tr '\n' ' ')" '
+        BEGIN { n = split(pre, a, " "); for (i = 1; i <= n; i++) seen[a[i]] = 1 }
+        NF && !($1 in seen) { print }')"
+    if [ -n "$leaked" ]; then
+        echo "FAIL: $what labelled $MANAGED_LABEL remain after the tests:" >&2
+        printf '%s\n%s\n' "$header" "$leaked" >&2
+        exit 1
+    fi
+    echo "no managed $what left behind"
+}
+
 section "leftover container check"
-leaked="$(managed_containers | awk -F'\t' -v pre="$(echo "$preexisting" | tr '\n' ' ')" '
-    BEGIN { n = split(pre, a, " "); for (i = 1; i <= n; i++) seen[a[i]] = 1 }
-    !($1 in seen) { print }')"
-if [ -n "$leaked" ]; then
-    echo "FAIL: containers labelled $MANAGED_LABEL remain after the tests:" >&2
-    printf 'ID\tNAME\tSTREAM_PREFIX\n%s\n' "$leaked" >&2
-    exit 1
-fi
-echo "no managed containers left behind"
+leak_check containers "$(printf 'ID\tNAME\tSTREAM_PREFIX')" "$(managed_containers)" "$preexisting"
 
 section "leftover volume check"
-leaked="$(managed_volumes | awk -F'\t' -v pre="$(echo "$preexisting_volumes" | tr '\n' ' ')" '
-    BEGIN { n = split(pre, a, " "); for (i = 1; i <= n; i++) seen[a[i]] = 1 }
-    !($1 in seen) { print }')"
-if [ -n "$leaked" ]; then
-    echo "FAIL: volumes labelled $MANAGED_LABEL remain after the tests:" >&2
-    printf 'NAME\tSTREAM_PREFIX\n%s\n' "$leaked" >&2
-    exit 1
-fi
-echo "no managed volumes left behind"
+leak_check volumes "$(printf 'NAME\tSTREAM_PREFIX')" "$(managed_volumes)" "$preexisting_volumes"
 
 section "firewall chain check"
 # Every rule the tests' daemons added must be gone: gateway holes outlive no

@@ -1228,57 +1228,6 @@ for i in 1 2 3 4 5 6 7 8; do echo "r$i: $(gw /v1/tools/respond/send '{{"args":{{
     assert_eq!(dropped as usize, limited, "every refusal is counted");
 }
 
-/// Calls an upstream recorder received: (request target, body).
-type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
-
-/// A stand-in orchestrator backend on loopback that records each call's
-/// raw request target and body, and answers `{"ok":true}`.
-fn upstream_recorder() -> (String, Recorded) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let c = calls.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(h) = text.find("\r\n\r\n") {
-                    let len = text[..h]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= h + 4 + len {
-                        break;
-                    }
-                }
-            }
-            let text = String::from_utf8_lossy(&buf).to_string();
-            let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
-            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-            c.lock().unwrap().push((target, body));
-            let reply = "{\"ok\":true,\"data\":{}}";
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                reply.len()
-            );
-        }
-    });
-    (format!("http://{addr}"), calls)
-}
-
 /// Shell (busybox) that defines `gw PATH BODY`: one raw HTTP/1.0 POST to
 /// the worker's gateway with its key, the path sent byte for byte (no
 /// client normalises it), printing the response. The request side stays
@@ -1303,7 +1252,7 @@ fn statuses(out: &str) -> HashMap<String, String> {
 /// identity the upstream sees is the gateway's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_forwards_only_validated_group_and_action_names() {
-    let (upstream, calls) = upstream_recorder();
+    let (upstream, calls) = tool_backend();
     let d = Daemon::start(DaemonOpts::new("sec-gw-path").setting("upstream_url", &upstream));
     let rid = unique_request_id("gwpath");
     let script = format!(

@@ -161,17 +161,6 @@ async fn wait_volumes_gone(prefix: &str, sid: &str, timeout: Duration) {
     }
 }
 
-async fn container_id(name: &str) -> Option<String> {
-    let d = docker().await;
-    d.inspect_container(
-        name,
-        None::<bollard::query_parameters::InspectContainerOptions>,
-    )
-    .await
-    .ok()
-    .and_then(|c| c.id)
-}
-
 async fn remove_container(name: &str) {
     let d = docker().await;
     let opts = bollard::query_parameters::RemoveContainerOptions {

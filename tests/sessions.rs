@@ -36,18 +36,6 @@ fn output(r: &Value) -> String {
     r["output"].as_str().unwrap_or_default().to_string()
 }
 
-/// Id of a container by name (`None` when it does not exist).
-async fn container_id(name: &str) -> Option<String> {
-    let d = docker().await;
-    d.inspect_container(
-        name,
-        None::<bollard::query_parameters::InspectContainerOptions>,
-    )
-    .await
-    .ok()
-    .and_then(|c| c.id)
-}
-
 /// Waits until some event of the prefix satisfies `pred`.
 async fn wait_any_event(prefix: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;

@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,57 +16,13 @@ use serde_json::{json, Value};
 const UNIVERSAL: &str = "universal-worker-base:latest";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The calls a backend received: (path, body).
-type Seen = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// A backend on loopback that records every call (path, body) and answers
-/// `{"ok": true, "data": {"path": ..., "call": ...}}`.
-fn backend() -> (String, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(h) = text.find("\r\n\r\n") {
-                    let len = text[..h]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= h + 4 + len {
-                        break;
-                    }
-                }
-            }
-            let text = String::from_utf8_lossy(&buf).to_string();
-            let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
-            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-            let call: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            s.lock().unwrap().push((path.clone(), call.clone()));
-            let reply = json!({"ok": true, "data": {"path": path, "call": call}}).to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                reply.len(),
-                reply
-            );
-        }
-    });
-    (format!("http://127.0.0.1:{port}"), seen)
+/// The calls a backend received, bodies parsed.
+fn calls_of(r: &Recorded) -> Vec<(String, Value)> {
+    r.lock()
+        .unwrap()
+        .iter()
+        .map(|(p, b)| (p.clone(), serde_json::from_str(b).unwrap_or(Value::Null)))
+        .collect()
 }
 
 fn universal_preset(id: &str, tools: &[&str]) -> Value {
@@ -136,11 +89,11 @@ async fn run_when_known(prefix: &str, preset: &str, script: &str) -> Value {
 /// show` renders the group's skill; a preset naming a group that does not
 /// exist is a `catalog_error` naming its file and field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tool_group_dropped_into_a_running_daemon_reaches_its_own_backend() {
+async fn a_tool_group_dropped_into_a_running_daemon_reaches_its_own_tool_backend() {
     let skills = skills_copy();
     let presets = presets_dir_with(&[]);
-    let (default_url, default_seen) = backend();
-    let (review_url, review_seen) = backend();
+    let (default_url, default_seen) = tool_backend();
+    let (review_url, review_seen) = tool_backend();
     let mut opts = DaemonOpts::new("tools-drop")
         .presets_dir(presets.path())
         .setting("UPSTREAM_URL", &default_url);
@@ -188,7 +141,7 @@ async fn a_tool_group_dropped_into_a_running_daemon_reaches_its_own_backend() {
         out.contains("verdict"),
         "the help lists the group's actions: {out}"
     );
-    let seen = review_seen.lock().unwrap().clone();
+    let seen = calls_of(&review_seen);
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].0, "/v1/tools/review/submit");
     assert_eq!(
@@ -266,7 +219,7 @@ async fn a_single_action_grant_holds_in_the_cli_and_in_the_gateway() {
         "status_only_v1",
         universal_preset("status_only_v1", &["deploy:status", "respond"]),
     )]);
-    let (url, seen) = backend();
+    let (url, seen) = tool_backend();
     let d = Daemon::start(
         DaemonOpts::new("tools-action")
             .presets_dir(presets.path())
@@ -300,7 +253,7 @@ grep -c trigger /workspace/CLAUDE.md /home/worker/.claude/skills/deploy/SKILL.md
                 == "Permission denied: deploy trigger is not allowed (allowed: deploy status)"),
         "{events:?}"
     );
-    let calls = seen.lock().unwrap().clone();
+    let calls = calls_of(&seen);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].0, "/v1/tools/deploy/status");
     assert_eq!(calls[0].1["args"], json!({"deploy_id": "dep_1"}));

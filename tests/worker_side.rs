@@ -5,10 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -29,58 +25,6 @@ fn universal_preset(id: &str, tools: &[&str]) -> Value {
     })
 }
 
-/// A stand-in orchestrator backend on loopback: answers every tool call
-/// with `{"ok":true,"data":{"echo":<the call>}}` and counts the calls.
-fn upstream() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read headers and the body (Content-Length).
-            loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(h) = text.find("\r\n\r\n") {
-                    let len = text[..h]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= h + 4 + len {
-                        break;
-                    }
-                }
-            }
-            c.fetch_add(1, Ordering::SeqCst);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
-            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-            let call: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let reply = json!({"ok": true, "data": {"path": path, "call": call}}).to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                reply.len(),
-                reply
-            );
-        }
-    });
-    (format!("http://{addr}"), calls)
-}
-
 fn output_of(result: &Value) -> String {
     result["output"].as_str().unwrap_or_default().to_string()
 }
@@ -91,7 +35,7 @@ async fn the_orchestrator_cli_reaches_the_gateway_and_both_enforce_allowed_tools
         "uni_v1",
         universal_preset("uni_v1", &["project", "respond"]),
     )]);
-    let (upstream_url, calls) = upstream();
+    let (upstream_url, calls) = tool_backend();
     let d = Daemon::start(
         DaemonOpts::new("worker-side-cli")
             .presets_dir(presets.path())
@@ -135,7 +79,7 @@ echo "user=$(id -u)"
     );
     assert!(out.contains("user=1000"), "{out}");
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        calls.lock().unwrap().len(),
         1,
         "only the allowed call went upstream"
     );

@@ -446,17 +446,11 @@ pub async fn serve(
     }
 }
 
-/// Whether `s` may name a tool group or an action: `^[a-z][a-z0-9_-]{0,63}$`,
-/// checked on the raw (still percent-encoded) path segment, so no `%`, `.`,
-/// `/`, `?` or `#` ever reaches the upstream URL.
-pub fn is_valid_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
-}
+/// Whether `s` may name a tool group or an action: `^[a-z][a-z0-9_-]{0,63}$`
+/// ([`crate::model::tools::is_name`]), checked on the raw (still
+/// percent-encoded) path segment, so no `%`, `.`, `/`, `?` or `#` ever
+/// reaches the upstream URL.
+pub use crate::model::tools::is_name as is_valid_name;
 
 /// The upstream URL of a call: the configured base, then only the group's
 /// own name and an action that passed [`is_valid_name`].

@@ -149,18 +149,6 @@ pub enum Turn {
     Resume(String),
 }
 
-impl Turn {
-    /// The turn after a session's record: none yet means a start.
-    pub fn from_record(conv: &Conversation, record: Option<&str>, known: Option<String>) -> Turn {
-        match record {
-            Some(id) if conv.id == IdSource::None || !id.is_empty() && id != NO_ID => {
-                Turn::Resume(id.to_string())
-            }
-            _ => Turn::Start(known),
-        }
-    }
-}
-
 /// The record's content for an agent that needs no id.
 pub const NO_ID: &str = "-";
 
@@ -451,28 +439,6 @@ mod tests {
         );
         assert!(parts[2].starts_with('4'));
         assert!("89ab".contains(&parts[3][..1]));
-    }
-
-    #[test]
-    fn a_record_decides_the_turn() {
-        let derived = layout("claude-code");
-        let none = layout("codex");
-        assert_eq!(
-            Turn::from_record(&derived, None, Some("u".into())),
-            Turn::Start(Some("u".into()))
-        );
-        assert_eq!(
-            Turn::from_record(&derived, Some("u"), None),
-            Turn::Resume("u".into())
-        );
-        assert_eq!(
-            Turn::from_record(&derived, Some(NO_ID), Some("u".into())),
-            Turn::Start(Some("u".into()))
-        );
-        assert_eq!(
-            Turn::from_record(&none, Some(NO_ID), None),
-            Turn::Resume(NO_ID.into())
-        );
     }
 
     #[test]

@@ -915,3 +915,70 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// The calls a [`tool_backend`] received: (raw request target, raw body).
+pub type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A stand-in orchestrator backend on loopback (a real HTTP server): it
+/// records each call's raw request target and body and answers
+/// `{"ok": true, "data": {"path": <target>, "call": <the body as JSON>}}`.
+pub fn tool_backend() -> (String, Recorded) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls: Recorded = Default::default();
+    let c = calls.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= h + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            let call: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            c.lock().unwrap().push((target.clone(), body));
+            let reply =
+                serde_json::json!({"ok": true, "data": {"path": target, "call": call}}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), calls)
+}
+
+/// Id of a container by name (`None` when it does not exist).
+pub async fn container_id(name: &str) -> Option<String> {
+    docker()
+        .await
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|c| c.id)
+}
