@@ -28,7 +28,8 @@ RUN cargo build --release --locked --workspace --bin workers-spawner --bin orche
 FROM ${RUNTIME_IMAGE}
 RUN groupadd -g 10001 spawner \
     && useradd -u 10001 -g 10001 -M -d /app -s /usr/sbin/nologin spawner \
-    && mkdir -p /app
+    && mkdir -p /app /var/lib/workers-spawner/egress \
+    && chown 10001:10001 /var/lib/workers-spawner/egress
 COPY --from=builder /out/workers-spawner /out/orchestrator /usr/local/bin/
 COPY presets/ /app/presets/
 COPY skills/ /app/skills/

@@ -11,6 +11,12 @@
 //!   (4) workers-spawner end to end: XADD to the result entry;
 //!   all running the same image and command.
 //! - `live`: N sleeping workers; the daemon's memory and idle CPU.
+//! - `egress`: the proxy of a worker's egress socket: bytes/s through a
+//!   `CONNECT` tunnel (100 MiB from a local server, from the host through
+//!   the socket and from inside a worker through the forwarder), the latency
+//!   a model route adds to a call to a local upstream, the daemon's CPU and
+//!   RSS meanwhile. (The three kinds of worker, tool-less offline, offline
+//!   with tools and internet with an allow-list, are methods of `latency`.)
 //! - `output`: one worker printing many lines; forwarding rate and loss,
 //!   unbounded (a daemon with a huge `output_lines_per_sec`) and bounded
 //!   (a second daemon with the default bound), every line delivered or
@@ -51,6 +57,7 @@ enum Scenario {
     Pool,
     Fresh,
     Session,
+    Egress,
     All,
 }
 
@@ -139,6 +146,26 @@ struct Args {
     /// Rounds of the fresh-image scenario (default 5; smoke 1).
     #[arg(long)]
     fresh_rounds: Option<usize>,
+    /// Preset like `--preset` with a tool (offline, the egress socket).
+    #[arg(long, default_value = "bench_tools_v1")]
+    tools_preset: String,
+    /// Preset like `--preset` with internet through an allow-list.
+    #[arg(long, default_value = "bench_net_v1")]
+    net_preset: String,
+    /// Preset running `sh -c {prompt}` with internet (`big.test`) and an
+    /// `anthropic` model route to the local upstream.
+    #[arg(long, default_value = "bench_proxy_v1")]
+    proxy_preset: String,
+    /// Port of the local upstream the driver serves (`big.test` and the
+    /// model route point at it in the daemon's settings).
+    #[arg(long, default_value_t = 0)]
+    upstream_port: u16,
+    /// The daemon's `egress_dir`.
+    #[arg(long, default_value = "/run/workers-spawner/egress")]
+    egress_dir: String,
+    /// MiB per tunnel transfer of the egress scenario (default 100; smoke 8).
+    #[arg(long)]
+    transfer_mib: Option<u64>,
     /// The daemon's internal network, for the informative bridge floor.
     #[arg(long, default_value = "ws-workers-internal")]
     worker_network: String,
@@ -319,14 +346,18 @@ enum Method {
     Replay,
     Shell,
     Spawner,
+    SpawnerTools,
+    SpawnerNet,
 }
 
-const METHODS: [Method; 5] = [
+const METHODS: [Method; 7] = [
     Method::Floor,
     Method::FloorBridge,
     Method::Replay,
     Method::Shell,
     Method::Spawner,
+    Method::SpawnerTools,
+    Method::SpawnerNet,
 ];
 
 impl Method {
@@ -337,6 +368,8 @@ impl Method {
             Method::Replay => "the daemon's Docker calls, replayed bare",
             Method::Shell => "shell `docker run --rm`",
             Method::Spawner => "workers-spawner end to end",
+            Method::SpawnerTools => "workers-spawner, offline with tools (egress socket)",
+            Method::SpawnerNet => "workers-spawner, internet with an allow-list (egress socket)",
         }
     }
 }
@@ -691,24 +724,22 @@ impl Ctx {
         Ok(ms)
     }
 
-    /// XADD to the result entry.
-    async fn spawner_one(&self) -> anyhow::Result<f64> {
+    /// XADD to the result entry, with `preset`; `main`: the spawner
+    /// method whose breakdown is kept.
+    async fn spawner_one(&self, preset: &str, main: bool) -> anyhow::Result<f64> {
         let rid = self.next_id("req");
         let (ms, v) = self
             .watcher
-            .request(
-                &rid,
-                &self.args.preset,
-                "ok",
-                Duration::from_secs(120),
-                self.daemon,
-            )
+            .request(&rid, preset, "ok", Duration::from_secs(120), self.daemon)
             .await?;
         anyhow::ensure!(
             v["status"] == "succeeded" && v["output"] == "ok\n",
             "result of {rid}: {}",
             v
         );
+        if !main {
+            return Ok(ms);
+        }
         let t = &v["timings"];
         let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
         self.breakdown.lock().expect("breakdown").push([
@@ -726,7 +757,9 @@ impl Ctx {
             Method::FloorBridge => self.floor_one(&self.args.worker_network).await,
             Method::Replay => self.replay_one().await,
             Method::Shell => self.shell_one().await,
-            Method::Spawner => self.spawner_one().await,
+            Method::Spawner => self.spawner_one(&self.args.preset, true).await,
+            Method::SpawnerTools => self.spawner_one(&self.args.tools_preset, false).await,
+            Method::SpawnerNet => self.spawner_one(&self.args.net_preset, false).await,
         }
     }
 
@@ -1235,6 +1268,325 @@ async fn pool(ctx: &Ctx, cfg: &Config) -> anyhow::Result<PoolRun> {
     Ok(run)
 }
 
+// ---------------------------------------------------------------- egress
+
+struct EgressRun {
+    mib: u64,
+    tunnel_s: Vec<f64>,
+    direct_s: Vec<f64>,
+    inside_s: Vec<f64>,
+    model_via: MethodStats,
+    model_direct: MethodStats,
+    cpu_s: f64,
+    rss_max_mib: f64,
+    rss_start_mib: f64,
+    failures: Vec<String>,
+}
+
+/// The local upstream: `GET /big` is `mib` MiB, anything else a small JSON
+/// reply; HTTP/1.1 keep-alive.
+async fn upstream(listener: tokio::net::TcpListener, mib: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut c, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = c.set_nodelay(true);
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                // One request: its head, then its body by Content-Length.
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..head_end + len);
+                if head.contains(" /big ") {
+                    let total = mib << 20;
+                    let _ = c
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                    let block = vec![b'x'; 1 << 20];
+                    for _ in 0..mib {
+                        if c.write_all(&block).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let body = "{\"id\":\"msg_bench\",\"type\":\"message\"}";
+                    let _ = c
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                                .as_bytes(),
+                        )
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+/// Reads an HTTP response head from `s`; returns the bytes read after it.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            return Ok((head, buf[i + 4..].to_vec()));
+        }
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Downloads `/big` over `s` (after `preamble`, e.g. a CONNECT); seconds.
+async fn download<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    connect: Option<&str>,
+    want: u64,
+) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = Instant::now();
+    if let Some(target) = connect {
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await?;
+        let (head, _) = read_head(&mut s).await?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "CONNECT: {head}");
+    }
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\n\r\n")
+        .await?;
+    let (head, rest) = read_head(&mut s).await?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET: {head}");
+    let mut got = rest.len() as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    while got < want {
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed after {got} of {want} bytes");
+        got += n as u64;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// `n` sequential POSTs on one kept-alive connection; ms each.
+async fn posts<S>(s: S, path: &str, headers: &[(&str, &str)], n: usize) -> anyhow::Result<Vec<f64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt, Full};
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
+    tokio::spawn(conn);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut req = hyper::Request::post(path)
+            .header("host", "bench.test")
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from_static(
+            b"{\"model\":\"m\",\"max_tokens\":1}",
+        )))?;
+        // The connection takes the next request once the last is done.
+        send.ready().await?;
+        let t0 = Instant::now();
+        let resp = send.send_request(req).await?;
+        anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+        resp.into_body().collect().await?;
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+async fn egress(ctx: &Ctx, cfg: &Config, daemon: Option<Proc>) -> anyhow::Result<EgressRun> {
+    let mib = ctx
+        .args
+        .transfer_mib
+        .unwrap_or(if ctx.args.smoke { 8 } else { 100 });
+    let port = ctx.args.upstream_port;
+    anyhow::ensure!(
+        port != 0,
+        "--upstream-port is needed for the egress scenario"
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let server = tokio::spawn(upstream(listener, mib));
+    let mut run = EgressRun {
+        mib,
+        tunnel_s: Vec::new(),
+        direct_s: Vec::new(),
+        inside_s: Vec::new(),
+        model_via: MethodStats::default(),
+        model_direct: MethodStats::default(),
+        cpu_s: 0.0,
+        rss_max_mib: 0.0,
+        rss_start_mib: daemon
+            .map(|p| p.status("VmRSS") as f64 / 1024.0)
+            .unwrap_or(0.0),
+        failures: Vec::new(),
+    };
+    // A worker that waits while the driver uses its socket.
+    let rid = ctx.next_id("egress-holder");
+    let (_, holder) = ctx
+        .watcher
+        .publish(&rid, &ctx.args.proxy_preset, "sleep 300")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (name, placeholder) = loop {
+        let found = ctx
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("io.workers-spawner.request-id={rid}")],
+                )])),
+                ..Default::default()
+            }))
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|c| c.names.and_then(|n| n.into_iter().next()));
+        if let Some(n) = found {
+            let n = n.trim_start_matches('/').to_string();
+            let i = ctx
+                .docker
+                .inspect_container(
+                    &n,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await?;
+            let env = i.config.and_then(|c| c.env).unwrap_or_default();
+            let ph = env
+                .iter()
+                .find_map(|e| e.strip_prefix("ANTHROPIC_API_KEY=").map(str::to_string))
+                .unwrap_or_default();
+            break (n, ph);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the egress holder did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sock = format!(
+        "{}/sock",
+        workers_spawner::model::egress::folder(&ctx.args.egress_dir, &name)
+    );
+    let rounds = if ctx.args.smoke { 2 } else { 5 };
+    eprintln!("bench: egress: {rounds} tunnel rounds of {mib} MiB through {sock}");
+    let sampler = daemon.map(RssSampler::start);
+    let want = mib << 20;
+    for _ in 0..rounds {
+        let cpu0 = daemon.map(|p| p.cpu_secs()).unwrap_or(0.0);
+        match tokio::net::UnixStream::connect(&sock).await {
+            Ok(s) => match download(s, Some(&format!("big.test:{port}")), want).await {
+                Ok(t) => run.tunnel_s.push(t),
+                Err(e) => run.failures.push(format!("tunnel: {e:#}")),
+            },
+            Err(e) => run.failures.push(format!("socket {sock}: {e}")),
+        }
+        run.cpu_s += daemon.map(|p| p.cpu_secs()).unwrap_or(0.0) - cpu0;
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        match download(s, None, want).await {
+            Ok(t) => run.direct_s.push(t),
+            Err(e) => run.failures.push(format!("direct: {e:#}")),
+        }
+    }
+    run.rss_max_mib = sampler.as_ref().map(|s| s.max_mib()).unwrap_or(0.0);
+    drop(sampler);
+    // Model calls, kept alive both ways.
+    let n = cfg.samples.max(50) * 2;
+    match tokio::net::UnixStream::connect(&sock).await {
+        Ok(s) => match posts(
+            s,
+            "/model/anthropic/v1/messages",
+            &[("x-api-key", &placeholder)],
+            n,
+        )
+        .await
+        {
+            Ok(v) => run.model_via.lat_ms = v,
+            Err(e) => run.failures.push(format!("model via the socket: {e:#}")),
+        },
+        Err(e) => run.failures.push(format!("socket {sock}: {e}")),
+    }
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    match posts(s, "/v1/messages", &[("x-api-key", "sk-direct")], n).await {
+        Ok(v) => run.model_direct.lat_ms = v,
+        Err(e) => run.failures.push(format!("model direct: {e:#}")),
+    }
+    publish_cancel(ctx, &rid).await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), holder).await;
+    // From inside a worker: plain HTTP through HTTP_PROXY, the forwarder
+    // and the socket (busybox `time` prints seconds with two decimals).
+    for _ in 0..rounds.min(3) {
+        let rid = ctx.next_id("egress-inside");
+        let script = format!("time wget -qO /dev/null http://big.test:{port}/big 2>&1");
+        match ctx
+            .watcher
+            .request(
+                &rid,
+                &ctx.args.proxy_preset,
+                &script,
+                Duration::from_secs(120),
+                None,
+            )
+            .await
+        {
+            Ok((_, v)) => {
+                let out = v["output"].as_str().unwrap_or_default();
+                let real = out
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("real"))
+                    .and_then(|t| {
+                        let t = t.trim().trim_end_matches('s');
+                        let (m, s) = t.split_once('m').unwrap_or(("0", t));
+                        Some(m.trim().parse::<f64>().ok()? * 60.0 + s.trim().parse::<f64>().ok()?)
+                    });
+                match real {
+                    Some(t) if v["status"] == "succeeded" => run.inside_s.push(t),
+                    _ => run.failures.push(format!("inside: {}", v)),
+                }
+            }
+            Err(e) => run.failures.push(format!("inside: {e:#}")),
+        }
+    }
+    server.abort();
+    Ok(run)
+}
+
+/// Cancels `rid` through the control stream.
+async fn publish_cancel(ctx: &Ctx, rid: &str) {
+    let json = json!({"command": "cancel", "request_id": rid}).to_string();
+    if let Err(e) = ctx.watcher.bus.publish_control(&json).await {
+        eprintln!("bench: cancel of {rid} failed: {e}");
+    }
+}
+
 // ---------------------------------------------------------------- sessions
 
 /// Session follow-ups against a cold one-shot, one request at a time,
@@ -1597,6 +1949,7 @@ struct Report<'a> {
     pool: Option<PoolRun>,
     fresh: Option<FreshRun>,
     sessions: Option<SessionRun>,
+    egress: Option<EgressRun>,
     failures: Vec<String>,
 }
 
@@ -1690,6 +2043,7 @@ impl Report<'_> {
         self.output_table(w);
         self.pool_table(w);
         self.session_table(w);
+        self.egress_table(w);
         self.fresh_table(w);
         self.method_notes(w);
         o
@@ -1750,6 +2104,47 @@ impl Report<'_> {
                 verdict(gain >= 100.0)
             );
         }
+        for l in &self.levels {
+            let Some(f) = l.stats.get(&Method::Floor) else {
+                continue;
+            };
+            for m in [Method::Spawner, Method::SpawnerTools, Method::SpawnerNet] {
+                let Some(s) = l.stats.get(&m) else { continue };
+                if l.c == 1 {
+                    let d50 = s.p50() - f.p50();
+                    let _ = writeln!(
+                        w,
+                        "| egress (#18): {}, c=1: p50 ≤ floor (network none) + 10 ms | {:.0} ms vs {:.0} ms: +{d50:.0} ms | {} |",
+                        m.label(),
+                        s.p50(),
+                        f.p50(),
+                        verdict(d50 <= 10.0)
+                    );
+                }
+                if l.c == 8 {
+                    let r = s.throughput() / f.throughput();
+                    let _ = writeln!(
+                        w,
+                        "| egress (#18): {}, c=8: throughput ≥ 90% of the floor's | {:.1} vs {:.1} req/s: {:.0}% | {} |",
+                        m.label(),
+                        s.throughput(),
+                        f.throughput(),
+                        r * 100.0,
+                        verdict(r >= 0.9)
+                    );
+                }
+            }
+        }
+        if let Some(e) = &self.egress {
+            let _ = writeln!(
+                w,
+                "| egress (#18): a model route adds < 1 ms per call (p50) | {:.2} ms via the socket vs {:.2} ms direct: +{:.2} ms | {} |",
+                e.model_via.p50(),
+                e.model_direct.p50(),
+                e.model_via.p50() - e.model_direct.p50(),
+                verdict(e.model_via.p50() - e.model_direct.p50() < 1.0)
+            );
+        }
         if let Some(l) = &self.live {
             let _ = writeln!(
                 w,
@@ -1801,6 +2196,67 @@ impl Report<'_> {
             );
         }
         let _ = writeln!(w);
+    }
+
+    fn egress_table(&self, w: &mut String) {
+        let Some(e) = &self.egress else { return };
+        let _ = writeln!(w, "## Egress proxy\n");
+        let _ = writeln!(
+            w,
+            "A worker of `{}` (network `none`) sleeps; the driver serves a local upstream on \
+             127.0.0.1 (`big.test` is pinned to it by `egress_resolve`, the `anthropic` route's \
+             upstream by `model_upstreams`). Tunnel: `CONNECT big.test` through the worker's \
+             socket file, then `GET /big` ({} MiB), against the same download over TCP \
+             directly, alternating; in the worker: `time wget` of the same file through \
+             `HTTP_PROXY`, the forwarder and the socket. Model: {} sequential POSTs of a small \
+             body on one kept-alive connection, through the socket (`/model/anthropic/...`, \
+             the placeholder swapped for the key) against the same POSTs to the upstream \
+             directly.\n",
+            self.args.proxy_preset,
+            e.mib,
+            e.model_via.lat_ms.len()
+        );
+        let _ = writeln!(w, "| measure | through the daemon | direct | ratio |");
+        let _ = writeln!(w, "|---|---|---|---|");
+        let rate = |v: &[f64]| e.mib as f64 / med(v);
+        let _ = writeln!(
+            w,
+            "| tunnel from the host, MiB/s (median of {}) | {:.0} | {:.0} | {:.2} |",
+            e.tunnel_s.len(),
+            rate(&e.tunnel_s),
+            rate(&e.direct_s),
+            rate(&e.tunnel_s) / rate(&e.direct_s)
+        );
+        if !e.inside_s.is_empty() {
+            let _ = writeln!(
+                w,
+                "| plain HTTP from inside the worker (forwarder + socket), MiB/s (median of {}) | {:.0} | | |",
+                e.inside_s.len(),
+                rate(&e.inside_s)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "| model call p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | +{:.2} ms p50 |",
+            e.model_via.p50(),
+            e.model_via.p99(),
+            e.model_direct.p50(),
+            e.model_direct.p99(),
+            e.model_via.p50() - e.model_direct.p50()
+        );
+        let _ = writeln!(
+            w,
+            "\nDaemon during the tunnel transfers: {:.2} s CPU for {} MiB ({:.1} ms CPU per MiB), \
+             RSS max {:.1} MiB (at the start {:.1} MiB).\n",
+            e.cpu_s,
+            e.mib * e.tunnel_s.len() as u64,
+            e.cpu_s * 1000.0 / (e.mib * e.tunnel_s.len().max(1) as u64) as f64,
+            e.rss_max_mib,
+            e.rss_start_mib
+        );
+        if !e.failures.is_empty() {
+            let _ = writeln!(w, "Failures: {}\n", e.failures.join("; "));
+        }
     }
 
     fn fresh_table(&self, w: &mut String) {
@@ -2328,6 +2784,20 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let egress_r = if want(Scenario::Egress) && !dead() {
+        match egress(&ctx, &cfg, daemon).await {
+            Ok(r) => {
+                failures.extend(r.failures.iter().map(|f| format!("egress: {f}")));
+                Some(r)
+            }
+            Err(e) => {
+                failures.push(format!("egress: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     for p in [daemon, args.bounded_daemon_pid.map(Proc::new)]
         .into_iter()
         .flatten()
@@ -2351,6 +2821,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         pool: pool_r,
         fresh: fresh_r,
         sessions: session_r,
+        egress: egress_r,
         failures: failures.clone(),
     };
     let analysis = args

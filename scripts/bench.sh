@@ -90,6 +90,51 @@ cat > "$work/presets/bench_v1.json" <<EOF
   "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
 }
 EOF
+# The three kinds of worker of the egress issue (#18), each like bench_v1.
+cat > "$work/presets/bench_tools_v1.json" <<EOF
+{
+  "id": "bench_tools_v1",
+  "name": "Benchmark: echo the prompt, offline with a tool (egress socket)",
+  "image": "$WS_TEST_IMAGE",
+  "agent": { "type": "claude-code", "command": ["sh", "-c", "echo \$0", "{prompt}"] },
+  "allowed_tools": ["respond"],
+  "has_internet": false,
+  "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
+}
+EOF
+cat > "$work/presets/bench_net_v1.json" <<EOF
+{
+  "id": "bench_net_v1",
+  "name": "Benchmark: echo the prompt, internet through an allow-list",
+  "image": "$WS_TEST_IMAGE",
+  "agent": { "type": "claude-code", "command": ["sh", "-c", "echo \$0", "{prompt}"] },
+  "allowed_tools": ["respond"],
+  "has_internet": true,
+  "egress": { "allow": ["big.test", "*.githubusercontent.com"] },
+  "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
+}
+EOF
+cat > "$work/presets/bench_proxy_v1.json" <<EOF
+{
+  "id": "bench_proxy_v1",
+  "name": "Benchmark: a shell with internet (big.test) and a model route",
+  "image": "$WS_TEST_IMAGE",
+  "agent": { "type": "claude-code", "command": ["sh", "-c", "{prompt}"] },
+  "allowed_tools": [],
+  "has_internet": true,
+  "egress": { "allow": ["big.test"] },
+  "model_api": { "anthropic": { "key": { "from_env": "WS_BENCH_MODEL_KEY" } } },
+  "limits": { "cpu": 1.0, "memory": "64m", "timeout_sec": 300, "ttl_sec": 600 }
+}
+EOF
+# The driver's local upstream: big.test and the model route point at it.
+upstream_port="$(_ws_free_port)"
+cat > "$work/settings.toml" <<EOF
+[egress_resolve]
+"big.test" = "127.0.0.1"
+[model_upstreams]
+anthropic = "http://127.0.0.1:$upstream_port"
+EOF
 cat > "$work/presets/bench_pool_v1.json" <<EOF
 {
   "id": "bench_pool_v1",
@@ -153,6 +198,8 @@ start_daemon() {
     WORKERS_SPAWNER_OUTPUT_LINES_PER_SEC="$lps" \
     WORKERS_SPAWNER_STREAM_MAXLEN=1000000 \
     WORKERS_SPAWNER_GATEWAY_PORT="$gw" \
+    WORKERS_SPAWNER_CONFIG="$work/settings.toml" \
+    WS_BENCH_MODEL_KEY="sk-bench-model-key-not-real" \
     RUST_LOG="${RUST_LOG:-info}" \
         "$work/ws-bench-daemon" "${common[@]}" \
         --stream-prefix "$prefix" --instance-id "bench-$name-$$" \
@@ -194,7 +241,7 @@ rc=0
 "$bindir/examples/bench" \
     --redis-url "$WS_TEST_REDIS_URL" --image "$WS_TEST_IMAGE" \
     --prefix "bench-a-$run_id" --daemon-pid "$pid_a" --metrics-addr "$http_a" \
-    --pool-preset bench_pool_v1 --pool-size 4 \
+    --pool-preset bench_pool_v1 --pool-size 4 --upstream-port "$upstream_port" \
     --bounded-prefix "bench-b-$run_id" --bounded-daemon-pid "$pid_b" --bounded-lines-per-sec 2000 \
     --invocation "$invocation" --out "$out" \
     ${smoke_flag[@]+"${smoke_flag[@]}"} ${driver_args[@]+"${driver_args[@]}"} || rc=$?

@@ -58,6 +58,7 @@ project="wscompose${run_id}"
 prefix="$project"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ws-compose-test.XXXXXX")"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+docker_root="$(docker info --format '{{.DockerRootDir}}')"
 cmd=("${compose[@]}" -p "$project" -f "$repo_root/docker-compose.yml" -f "$work/override.yml")
 export DOCKER_GID="$(stat -c %g /var/run/docker.sock)"
 export WORKERS_SPAWNER_PORT="127.0.0.1:$port"
@@ -111,8 +112,12 @@ services:
       WORKERS_SPAWNER_WORKER_NETWORK: $project-workers
       WORKERS_SPAWNER_STREAM_PREFIX: $prefix
       WORKERS_SPAWNER_INSTANCE_ID: $project
+      WORKERS_SPAWNER_EGRESS_HOST_DIR: $docker_root/volumes/$project-egress/_data
     volumes:
       - $work/presets:/app/presets:ro
+volumes:
+  egress:
+    name: $project-egress
 networks:
   workers:
     name: $project-workers
@@ -138,7 +143,9 @@ redis_cli() { "${cmd[@]}" exec -T redis redis-cli "$@"; }
 
 rid="compose-$run_id"
 message="hello from compose $run_id"
-script="orchestrator respond '$message'; echo respond_rc=\$?"
+# The worker has no interface but lo: the gateway is reached through its
+# egress socket on the shared volume.
+script="orchestrator respond '$message'; echo respond_rc=\$?; echo ifaces=\$(ls /sys/class/net | tr '\\n' ' ')"
 request="$(python3 -c 'import json, sys; print(json.dumps({"request_id": sys.argv[1], "worker_config_id": "compose_shell_v1", "task": {"prompt": sys.argv[2]}}))' "$rid" "$script")"
 redis_cli XADD "$prefix:spawn" '*' data "$request" >/dev/null
 
@@ -170,6 +177,7 @@ import json, sys
 r = json.loads(sys.stdin.readline())
 assert r["status"] == "succeeded", r
 assert "respond_rc=0" in r["output"], r["output"]
+assert "ifaces=lo\n" in r["output"], r["output"]
 ' || fail "result: $result"
 
 events=""
@@ -188,6 +196,7 @@ assert responds[0]["data"]["message"] == sys.argv[1], responds[0]
 assert "removed" in kinds, kinds
 ' "$message" || fail "events: $events"
 log "request $rid: succeeded, one respond event, container removed"
+
 
 if [ "$keep" = 0 ]; then
     "${cmd[@]}" down -v --remove-orphans

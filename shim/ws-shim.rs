@@ -20,6 +20,13 @@
 //!   agent). So the container decides from its own volume, and the daemon
 //!   reads nothing before the task.
 //!
+//! - `forward LISTEN SOCKET`: the egress forwarder: accepts TCP connections
+//!   on LISTEN (the container's loopback) and relays each, byte for byte,
+//!   to a new connection to the unix socket SOCKET (the daemon's, one per
+//!   worker). `run`, `pool` and `keep` start it first, as a child, when
+//!   `WS_EGRESS_FORWARD` holds `LISTEN SOCKET`, and go on only once it
+//!   listens; it needs no network interface but `lo`.
+//!
 //! Exit codes: 70 the payload cannot be unpacked, 71 stdin closed before a
 //! single byte (nothing was delivered: the agent never ran), 126 the agent
 //! cannot be executed, 127 the agent's command is not in the image. Every
@@ -429,16 +436,115 @@ fn turn(rest: Vec<OsString>) -> ! {
     }
 }
 
+/// The variable naming the forwarder's listen address and socket.
+pub const EGRESS_ENV: &str = "WS_EGRESS_FORWARD";
+
+/// Starts the egress forwarder (this binary, mode `forward`) when the
+/// container asks for one, and returns once it listens.
+fn start_forwarder() {
+    let Some(spec) = std::env::var_os(EGRESS_ENV) else {
+        return;
+    };
+    let spec = spec.to_string_lossy().into_owned();
+    let parts: Vec<&str> = spec.split(' ').collect();
+    if parts.len() != 2 {
+        fail(FAILED, &format!("{EGRESS_ENV} must be \"LISTEN SOCKET\""));
+    }
+    let exe =
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/.workers-spawner/ws-shim"));
+    let child = std::process::Command::new(exe)
+        .args(["-", "forward", parts[0], parts[1]])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let mut child = child.unwrap_or_else(|e| {
+        fail(
+            FAILED,
+            &format!("the egress forwarder could not start: {e}"),
+        )
+    });
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = io::BufRead::read_line(&mut BufReader::new(out), &mut line);
+    }
+    if line.trim() != "ready" {
+        fail(
+            FAILED,
+            &format!(
+                "the egress forwarder could not listen on {}: {}",
+                parts[0],
+                line.trim()
+            ),
+        );
+    }
+    // The forwarder lives as long as the container: never waited for.
+    std::mem::forget(child);
+}
+
+/// Relays one accepted connection to a new connection to `socket`.
+fn relay(tcp: std::net::TcpStream, socket: &Path) {
+    let Ok(unix) = std::os::unix::net::UnixStream::connect(socket) else {
+        // The daemon is away (restarting): the worker sees a closed
+        // connection and may try again.
+        return;
+    };
+    let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+        return;
+    };
+    let up = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = io::copy(&mut tcp_r, &mut unix_w);
+            let _ = unix_w.shutdown(std::net::Shutdown::Write);
+        });
+    let (mut unix_r, mut tcp_w) = (unix, tcp);
+    let _ = io::copy(&mut unix_r, &mut tcp_w);
+    // The daemon's side ended (its answer is complete, or the daemon
+    // died): nothing more can pass, so the worker's connection closes both
+    // ways (a client waiting to send, like nc, sees it too).
+    let _ = tcp_w.shutdown(std::net::Shutdown::Both);
+    if let Ok(up) = up {
+        let _ = up.join();
+    }
+}
+
+fn forward(rest: &[OsString]) -> ! {
+    let (Some(listen), Some(socket)) = (rest.first(), rest.get(1)) else {
+        fail(2, "usage: ws-shim - forward LISTEN SOCKET")
+    };
+    let listener = match std::net::TcpListener::bind(listen.to_string_lossy().as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("{e}");
+            std::process::exit(FAILED)
+        }
+    };
+    println!("ready");
+    let socket = PathBuf::from(socket);
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let socket = socket.clone();
+        let _ = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || relay(conn, &socket));
+    }
+    std::process::exit(0)
+}
+
 #[allow(dead_code)]
 fn main() {
     let mut args = std::env::args_os().skip(1);
     let env_file = PathBuf::from(args.next().unwrap_or_default());
     let mode = args.next().unwrap_or_default();
     let rest: Vec<OsString> = args.collect();
+    if matches!(mode.to_str(), Some("run" | "pool" | "keep")) {
+        start_forwarder();
+    }
     match mode.to_str() {
         Some("run") => deliver_and_exec(&env_file, false, rest),
         Some("pool") => deliver_and_exec(&env_file, true, rest),
         Some("keep") => keep(),
+        Some("forward") => forward(&rest),
         Some("kill") => kill_all(
             &rest
                 .first()
@@ -448,7 +554,7 @@ fn main() {
         Some("turn") => turn(rest),
         _ => fail(
             2,
-            "usage: ws-shim ENV_FILE run|pool|keep|kill|turn [ARGV...]",
+            "usage: ws-shim ENV_FILE run|pool|keep|kill|turn|forward [ARGV...]",
         ),
     }
 }

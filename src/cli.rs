@@ -316,6 +316,7 @@ pub async fn serve(settings: Settings) -> i32 {
     };
     let shutdown = daemon.shutdown_token();
     let gateway = daemon.gateway();
+    daemon.connect_gateway(gateway.clone());
     for addr in daemon.gateway_addrs() {
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
@@ -631,12 +632,15 @@ pub async fn run(
         }
     };
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let env = WorkerEnv::new(
-        engine.clone(),
-        crate::adapters::sink::Sink::print(),
-        metrics,
-        settings,
-    );
+    let sink = crate::adapters::sink::Sink::print();
+    let egress = match crate::supervisor::egress_for(settings, sink.clone(), metrics.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("workers-spawner: {e}");
+            return 1;
+        }
+    };
+    let env = WorkerEnv::new(engine.clone(), sink, metrics, settings, egress);
     let name = request_container_name(&settings.stream_prefix, &rid);
     let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
     let owner = crate::model::container::Owner {

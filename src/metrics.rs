@@ -14,6 +14,22 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label of egress decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabel {
+    /// `allowed`, `denied` or `over_limit` (the worker's connection cap).
+    pub decision: String,
+    /// `tunnel`, `proxy`, `model` or `gateway`.
+    pub kind: String,
+}
+
+/// Label of bytes by direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `up` (from the worker) or `down` (to it).
+    pub direction: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +67,10 @@ pub struct Metrics {
     pub adopted: Counter,
     /// Warm-pool containers ready to take a request.
     pub pool_ready: Gauge,
+    /// Requests on the workers' egress sockets, by decision and kind.
+    pub egress: Family<EgressLabel, Counter>,
+    /// Bytes through the egress sockets, by direction.
+    pub egress_bytes: Family<DirectionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +104,8 @@ impl Metrics {
             output_dropped: Counter::default(),
             adopted: Counter::default(),
             pool_ready: Gauge::default(),
+            egress: Family::default(),
+            egress_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +184,16 @@ impl Metrics {
             "adopted",
             "Containers adopted at start-up",
             m.adopted.clone(),
+        );
+        registry.register(
+            "egress",
+            "Requests on the workers' egress sockets, by decision and kind",
+            m.egress.clone(),
+        );
+        registry.register(
+            "egress_bytes",
+            "Bytes through the workers' egress sockets, by direction",
+            m.egress_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

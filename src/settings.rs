@@ -99,6 +99,36 @@ pub struct Settings {
     /// Full re-scan of the catalog directories, the backup of the file watcher.
     #[serde(with = "humantime_serde")]
     pub rescan_interval: Duration,
+    /// How workers get out: `socket` (network `none`, the daemon's unix
+    /// socket per worker, the default) or `bridge` (the workers' bridge
+    /// networks, the slower path; for an engine on another host).
+    pub worker_egress: crate::model::egress::Mode,
+    /// Folder of the workers' egress sockets (one folder per worker,
+    /// bind-mounted into its container: a path on the engine's host).
+    pub egress_dir: PathBuf,
+    /// The same folder as the engine's host sees it, when the daemon runs
+    /// in a container (the mount source of each worker's folder); empty:
+    /// `egress_dir`.
+    pub egress_host_dir: PathBuf,
+    /// Names the egress proxy resolves to fixed addresses (like curl's
+    /// `--resolve`); such an address is dialled even when it is private or
+    /// loopback, since the operator named it.
+    pub egress_resolve: std::collections::BTreeMap<String, String>,
+    /// Whether the proxy may dial private addresses (10/8, 172.16/12,
+    /// 192.168/16, 100.64/10, fc00::/7) that a name resolves to.
+    pub egress_allow_private: bool,
+    /// Upstream base URL per model route (`anthropic`, `openai`, a preset's
+    /// own route name), over the preset's and the public endpoint.
+    pub model_upstreams: std::collections::BTreeMap<String, String>,
+    /// Open connections per worker on its egress socket (more are refused
+    /// and counted).
+    pub egress_max_connections: usize,
+    /// Bound of the proxy's connect to an allowed host.
+    #[serde(with = "humantime_serde")]
+    pub egress_connect_timeout: Duration,
+    /// `egress` events per worker per minute (the rest are counted in the
+    /// next one as `suppressed`).
+    pub egress_events_per_minute: u32,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -140,6 +170,15 @@ impl Default for Settings {
             respond_bytes_per_minute: 256 * 1024,
             manage_firewall: true,
             rescan_interval: Duration::from_secs(30),
+            worker_egress: crate::model::egress::Mode::Socket,
+            egress_dir: "/run/workers-spawner/egress".into(),
+            egress_host_dir: PathBuf::new(),
+            egress_resolve: Default::default(),
+            egress_allow_private: false,
+            model_upstreams: Default::default(),
+            egress_max_connections: 64,
+            egress_connect_timeout: Duration::from_secs(10),
+            egress_events_per_minute: 120,
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()

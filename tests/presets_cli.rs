@@ -195,7 +195,7 @@ fn showing_a_preset_never_prints_a_secret_from_the_environment() {
     // The config shows the reference, not the value.
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
-        v["config"]["env"]["ANTHROPIC_API_KEY"]["from_env"],
+        v["config"]["model_api"]["anthropic"]["key"]["from_env"],
         "ANTHROPIC_API_KEY"
     );
 }

@@ -744,7 +744,7 @@ fn an_unknown_agent_type_is_a_typed_rejection() {
 }
 
 #[test]
-fn a_missing_from_env_variable_names_the_env_entry() {
+fn a_missing_model_key_names_its_route() {
     let err = resolve_with(
         real_catalog(),
         &Policy::default(),
@@ -755,11 +755,11 @@ fn a_missing_from_env_variable_names_the_env_entry() {
     assert_eq!(
         err,
         ResolveError::MissingEnv {
-            name: "ANTHROPIC_API_KEY".into(),
+            field: "model_api.anthropic.key".into(),
             from_env: "ANTHROPIC_API_KEY".into()
         }
     );
-    assert_eq!(err.info().field.as_deref(), Some("env.ANTHROPIC_API_KEY"));
+    assert_eq!(err.info().field.as_deref(), Some("model_api.anthropic.key"));
     assert_eq!(err.status(), Status::Error);
 }
 
@@ -918,15 +918,16 @@ fn bad_wire_input_never_panics_and_names_the_problem() {
 }
 
 #[test]
-fn secrets_resolve_into_env_and_orchestrator_variables_are_set() {
+fn model_keys_resolve_for_the_daemon_only_and_orchestrator_variables_are_set() {
     let spec = resolve(real_catalog(), &request("po_claude_v1", None, "x")).unwrap();
-    let key = spec
-        .env
-        .iter()
-        .find(|v| v.name == "ANTHROPIC_API_KEY")
-        .unwrap();
-    assert!(key.secret);
-    assert_eq!(key.value, "secret-value-of-ANTHROPIC_API_KEY");
+    // The key is the daemon's (for the egress socket and the redactor),
+    // never one of the worker's variables.
+    assert!(!spec.env.iter().any(|v| v.name == "ANTHROPIC_API_KEY"));
+    assert_eq!(spec.model_keys, vec!["secret-value-of-ANTHROPIC_API_KEY"]);
+    assert!(spec
+        .redactor()
+        .redact("x secret-value-of-ANTHROPIC_API_KEY y")
+        .contains("[REDACTED]"));
     let allowed = spec
         .env
         .iter()
@@ -935,9 +936,16 @@ fn secrets_resolve_into_env_and_orchestrator_variables_are_set() {
     assert_eq!(allowed.value, "project,deploy,respond");
     // The secret reaches no file and the shown config keeps the reference.
     for f in spec.files.iter().chain(&spec.request_files) {
-        assert!(!f.content.contains(&key.value), "{}", f.path);
+        assert!(
+            !f.content.contains("secret-value-of-ANTHROPIC_API_KEY"),
+            "{}",
+            f.path
+        );
     }
-    assert!(!spec.config_view().to_string().contains(&key.value));
+    assert!(!spec
+        .config_view()
+        .to_string()
+        .contains("secret-value-of-ANTHROPIC_API_KEY"));
 }
 
 // ---------------------------------------------------------------------------

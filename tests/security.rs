@@ -251,8 +251,9 @@ async fn a_running_worker_has_every_hardened_setting() {
     assert_eq!(hc.memory_swap, Some(64 << 20), "swap equals memory");
     assert_eq!(hc.nano_cpus, Some(1_000_000_000));
     assert_eq!(hc.privileged, Some(false));
+    // Network none: the worker's way out is its egress socket (tests/egress.rs).
     let net = hc.network_mode.clone().unwrap_or_default();
-    assert_eq!(net, "ws-workers-internal");
+    assert_eq!(net, "none");
     for (what, mode) in [
         ("pid", hc.pid_mode.clone()),
         ("ipc", hc.ipc_mode.clone()),
@@ -271,15 +272,22 @@ async fn a_running_worker_has_every_hardened_setting() {
         "{:?}",
         hc.binds
     );
-    assert!(
-        hc.mounts.clone().unwrap_or_default().is_empty(),
-        "{:?}",
-        hc.mounts
+    // One mount: the worker's own egress folder, read-only.
+    let mounts = c.mounts.clone().unwrap_or_default();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(
+        mounts[0].destination.as_deref(),
+        Some("/.workers-spawner/egress"),
+        "{mounts:?}"
     );
+    assert_eq!(mounts[0].rw, Some(false), "{mounts:?}");
     assert!(
-        c.mounts.clone().unwrap_or_default().is_empty(),
-        "{:?}",
-        c.mounts
+        !mounts[0]
+            .source
+            .clone()
+            .unwrap_or_default()
+            .contains("docker.sock"),
+        "{mounts:?}"
     );
     assert!(hc.devices.clone().unwrap_or_default().is_empty());
     assert_eq!(hc.readonly_rootfs, Some(false));
@@ -337,6 +345,10 @@ async fn a_read_only_root_keeps_workspace_home_and_tmp_writable() {
     let mut volumes = Vec::new();
     for m in &mounts {
         let dest = m.destination.clone().unwrap_or_default();
+        if dest == "/.workers-spawner/egress" {
+            assert_eq!(m.rw, Some(false), "the egress folder is read-only: {m:?}");
+            continue;
+        }
         assert_eq!(
             m.typ.as_ref().map(|t| t.to_string()).as_deref(),
             Some("volume"),
@@ -604,7 +616,12 @@ async fn probe(d: &Daemon, preset: &str, targets: &[String]) -> (Value, Vec<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_reach_the_gateway_but_not_the_host_redis_or_other_networks() {
     let presets = security_presets();
-    let d = Daemon::start(DaemonOpts::new("sec-net").presets_dir(presets.path()));
+    // The bridge path (tests/egress.rs covers the socket path).
+    let d = Daemon::start(
+        DaemonOpts::new("sec-net")
+            .presets_dir(presets.path())
+            .setting("worker_egress", "bridge"),
+    );
     let port = host_listener();
     let rport = redis_port();
     let mut targets = Vec::new();
@@ -673,22 +690,6 @@ async fn wait_rules(
         assert!(Instant::now() < deadline, "{what}: {rules:#?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The gateway address of the workers' internal network.
-async fn internal_gateway_ip() -> String {
-    let net = docker()
-        .await
-        .inspect_network(
-            "ws-workers-internal",
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .expect("the daemon made ws-workers-internal");
-    net.ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-        .expect("a gateway address")
 }
 
 /// Issue #14, 5: a daemon's gateway hole in the host firewall does not
@@ -882,7 +883,11 @@ async fn workers_on_one_network_do_not_reach_each_other() {
     let base = format!("wstest-icc-{}", random_suffix());
     let nets = vec![base.clone(), format!("{base}-internal")];
     let _cleanup = Networks(nets.clone());
-    let d = Daemon::start(DaemonOpts::new("sec-icc").setting("worker_network", &base));
+    let d = Daemon::start(
+        DaemonOpts::new("sec-icc")
+            .setting("worker_network", &base)
+            .setting("worker_egress", "bridge"),
+    );
     for n in &nets {
         assert_eq!(network_icc(n).await.0.as_deref(), Some("false"), "{n}");
     }
@@ -910,7 +915,11 @@ async fn a_network_made_with_icc_on_gets_its_workers_kept_apart_by_the_firewall(
             .await
             .unwrap();
     }
-    let d = Daemon::start(DaemonOpts::new("sec-icc-old").setting("worker_network", &base));
+    let d = Daemon::start(
+        DaemonOpts::new("sec-icc-old")
+            .setting("worker_network", &base)
+            .setting("worker_egress", "bridge"),
+    );
     let mut bridges = Vec::new();
     for n in &nets {
         let (icc, bridge) = network_icc(n).await;
@@ -974,7 +983,13 @@ async fn the_gateway_enforces_allowed_tools_and_worker_keys() {
     publish_spawn(&d.prefix, &shell_request(&rid, "shell_v1", script)).await;
     let c = inspect_worker(&d.prefix, &rid).await;
     let key = env_value(&c, "ORCHESTRATOR_API_KEY");
-    let url = env_value(&c, "ORCHESTRATOR_API_URL");
+    assert_eq!(
+        env_value(&c, "ORCHESTRATOR_API_URL"),
+        "http://127.0.0.1:4750",
+        "the gateway through the worker's egress socket"
+    );
+    // The host calls the gateway where it listens, on the bridge.
+    let url = format!("http://{}:{}", internal_gateway_ip().await, d.gateway_port);
     assert!(key.starts_with("wsk_"), "{key}");
 
     // From inside: refused with 403 (not allowed) and 401 (wrong key).
@@ -1091,6 +1106,7 @@ echo "stolen-body: $(gw /v1/tools/respond/send '{{"args":{{"message":"sent with 
 async fn the_gateway_bounds_idle_slow_and_greedy_callers() {
     let d = Daemon::start(
         DaemonOpts::new("sec-gw-bounds")
+            .setting("worker_egress", "bridge")
             .setting("gateway_header_timeout", "3s")
             .setting("gateway_body_timeout", "3s")
             .setting("gateway_max_inflight_per_key", "2")

@@ -146,6 +146,10 @@ async fn a_worker_key_is_refused_once_its_worker_has_ended() {
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default()
     };
+    // The worker reaches the gateway through its egress socket; the host
+    // calls it where it listens, on the bridge.
+    assert_eq!(url, "http://127.0.0.1:4750");
+    let url = format!("http://{}:{}", internal_gateway_ip().await, d.gateway_port);
     assert_eq!(
         call(key.clone(), url.clone()),
         "403",

@@ -105,6 +105,8 @@ pub struct ContainerFacts {
     pub api_key: Option<String>,
     /// Its addresses on the networks it is attached to (inspect only).
     pub ips: Vec<String>,
+    /// The source of its egress folder's bind mount (inspect only).
+    pub egress_folder: Option<String>,
 }
 
 /// Which output stream a chunk came from.
@@ -360,7 +362,13 @@ impl Engine {
             })
             .unwrap_or_default();
         let started_at = state.started_at.filter(|s| !s.starts_with("0001-"));
+        let egress_folder = r.mounts.unwrap_or_default().into_iter().find_map(|m| {
+            (m.destination.as_deref() == Some(crate::model::egress::SOCKET_DIR))
+                .then_some(m.source)
+                .flatten()
+        });
         Ok(ContainerFacts {
+            egress_folder,
             id: r.id.unwrap_or_default(),
             name: r
                 .name
@@ -598,6 +606,31 @@ impl Engine {
                     e.into()
                 }
             })
+    }
+
+    /// The names of every managed container with an egress socket, of any
+    /// stream prefix (the sockets' folder may be shared), running or not.
+    pub async fn egress_container_names(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", labels::MANAGED),
+                crate::model::egress::LABEL.to_string(),
+            ],
+        )]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self.docker.list_containers(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
     }
 
     /// Every container with the managed label of `prefix`, running or not.

@@ -2,6 +2,7 @@
 //! does I/O on the daemon's behalf.
 //!
 //! - `bus`: Redis (streams, result marks, run marks, keys), nothing else;
+//! - `egress`: the workers' egress sockets and the network beyond them;
 //! - `engine`: the Docker Engine API (bollard), never the `docker` CLI;
 //! - `images`: preparing and caching the images workers run on (Docker);
 //! - `loader` / `watcher`: the catalog directories and their changes;
@@ -9,6 +10,7 @@
 //! - `sink`: where events and results go (Redis, or a terminal).
 
 pub mod bus;
+pub mod egress;
 pub mod engine;
 pub mod firewall;
 pub mod images;

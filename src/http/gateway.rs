@@ -16,11 +16,11 @@
 //! most `gateway_max_inflight_per_key` requests in progress.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, RawPathParams, State};
+use axum::extract::{RawPathParams, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -390,8 +390,44 @@ impl Drop for Slot {
     }
 }
 
-/// The gateway's router. Handlers read the caller's address from a
-/// [`ConnectInfo`] extension, which [`serve`] sets.
+/// Who calls the gateway: an address on the workers' bridges, or a worker
+/// known by the egress socket its call came through.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A TCP peer (the bridge path).
+    Address(IpAddr),
+    /// The container of the egress socket the call arrived on.
+    Worker(String),
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Address(ip) => write!(f, "{ip}"),
+            Caller::Worker(name) => write!(f, "egress socket of {name}"),
+        }
+    }
+}
+
+/// The gateway as the egress sockets' tool-call handler: each call carries
+/// its worker's container name as the caller.
+pub fn tool_call(gw: Arc<Gateway>) -> crate::adapters::egress::ToolCall {
+    use tower::ServiceExt;
+    let app = router(gw);
+    Arc::new(move |mut req, container| {
+        req.extensions_mut().insert(Caller::Worker(container));
+        let app = app.clone();
+        Box::pin(async move {
+            match app.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        })
+    })
+}
+
+/// The gateway's router. Handlers read the [`Caller`] from an extension,
+/// which [`serve`] and [`tool_call`] set.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/tools/{group}/{action}", post(call))
@@ -433,7 +469,7 @@ pub async fn serve(
             let _slot = slot;
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(Caller::Address(peer.ip()));
                     app.clone().oneshot(req)
                 },
             );
@@ -490,7 +526,7 @@ struct CallBody {
 
 async fn call(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(caller): axum::Extension<Caller>,
     params: RawPathParams,
     headers: HeaderMap,
     body: axum::body::Body,
@@ -547,11 +583,18 @@ async fn call(
     };
     // The key works only from its own container: another worker, or the
     // host, holding a copy of it gains nothing.
-    if let Some(container) = &record.container {
-        match gw.is_caller(container, peer.ip()).await {
+    let checked = match (&caller, &record.container) {
+        // Through a worker's egress socket: the socket says which container
+        // calls, so the key must be that container's.
+        (Caller::Worker(name), container) => Ok(container.as_deref() == Some(name.as_str())),
+        (Caller::Address(ip), Some(container)) => gw.is_caller(container, *ip).await,
+        (Caller::Address(_), None) => Ok(true),
+    };
+    {
+        match checked {
             Ok(true) => {}
             Ok(false) | Err(crate::adapters::engine::EngineError::NotFound(_)) => {
-                tracing::warn!(request_id = %record.request_id, caller = %peer.ip(), "gateway refused a key used outside its container");
+                tracing::warn!(request_id = %record.request_id, caller = %caller, "gateway refused a key used outside its container");
                 return reply(
                     StatusCode::FORBIDDEN,
                     "wrong_caller",

@@ -105,6 +105,18 @@ pub struct LaunchContext {
     pub delivery: FileDelivery,
     /// Named volumes to mount, a session's.
     pub volumes: Vec<VolumeMount>,
+    /// The worker's egress socket, on the socket path.
+    pub egress: Option<EgressPlan>,
+}
+
+/// A worker's egress socket: what it serves and the folder (on the
+/// engine's host) mounted at [`crate::model::egress::SOCKET_DIR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressPlan {
+    /// What the socket serves.
+    pub grant: crate::model::egress::Grant,
+    /// The bind mount's source.
+    pub folder: String,
 }
 
 /// A named volume mounted into a container.
@@ -237,8 +249,27 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
             ..Default::default()
         })
         .collect();
+    let mut mounts = mounts;
+    if let Some(e) = &ctx.egress {
+        // The folder, read-only: connecting to a socket needs no write
+        // access to its file system, and a socket the daemon makes anew in
+        // the folder is seen through the same mount.
+        mounts.push(Mount {
+            target: Some(crate::model::egress::SOCKET_DIR.to_string()),
+            source: Some(e.folder.clone()),
+            typ: Some(MountTypeEnum::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let cmd = ctx.cmd.clone().unwrap_or_else(|| spec.command.clone());
     let mut labels = ctx.labels.clone();
+    if let Some(e) = &ctx.egress {
+        labels.insert(
+            crate::model::egress::LABEL.to_string(),
+            serde_json::to_string(&e.grant).unwrap_or_default(),
+        );
+    }
     if let FileDelivery::Stdin(_) = ctx.delivery {
         labels.insert(labels::DELIVERY.to_string(), "stdin".to_string());
     }
@@ -264,6 +295,8 @@ pub fn create_body(spec: &WorkerSpec, ctx: &LaunchContext) -> ContainerCreateBod
         } else {
             Some(volumes)
         },
+        // Disabled networking still has `lo` up (runc's), which is all the
+        // egress forwarder needs, and skips the engine's network sandbox.
         network_disabled: Some(ctx.network_mode == "none"),
         host_config: Some(HostConfig {
             init: Some(true),
@@ -367,6 +400,25 @@ pub struct WorkerNet {
     pub api_url: String,
     /// `ORCHESTRATOR_API_KEY` (a secret).
     pub api_key: String,
+    /// The egress socket, on the socket path (network `none`).
+    pub egress: Option<EgressPlan>,
+}
+
+impl WorkerNet {
+    /// The container's variables for reaching out: the egress socket's
+    /// (gateway URL, model routes, proxy), else the gateway's URL; and the
+    /// worker's key when `with_key`.
+    pub fn env(&self, with_key: bool) -> Vec<(String, String)> {
+        let mut env = match &self.egress {
+            Some(e) => e.grant.container_env(),
+            None if self.api_url.is_empty() => Vec::new(),
+            None => vec![("ORCHESTRATOR_API_URL".to_string(), self.api_url.clone())],
+        };
+        if with_key && !self.api_key.is_empty() && !self.api_url.is_empty() {
+            env.push(("ORCHESTRATOR_API_KEY".to_string(), self.api_key.clone()));
+        }
+        env
+    }
 }
 
 /// Who launches a container: the setup's stream prefix and the instance.
@@ -437,14 +489,7 @@ pub fn launch_context(
         l.insert(labels::SESSION_ID.to_string(), s.clone());
     }
     let (network_mode, extra_env) = match net {
-        Some(n) if n.api_url.is_empty() => (n.network.clone(), Vec::new()),
-        Some(n) => (
-            n.network.clone(),
-            vec![
-                ("ORCHESTRATOR_API_URL".to_string(), n.api_url.clone()),
-                ("ORCHESTRATOR_API_KEY".to_string(), n.api_key.clone()),
-            ],
-        ),
+        Some(n) => (n.network.clone(), n.env(true)),
         None => {
             let mode = if spec.config.has_internet {
                 "bridge"
@@ -463,6 +508,7 @@ pub fn launch_context(
         cmd: None,
         delivery: oneshot_delivery(spec),
         volumes: Vec::new(),
+        egress: net.and_then(|n| n.egress.clone()),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod container;
 pub mod conversation;
 pub mod delivery;
 pub mod diagnose;
+pub mod egress;
 pub mod image_ref;
 pub mod outcome;
 pub mod policy;

@@ -127,6 +127,24 @@ impl Policy {
                 "an override may only turn internet access off",
             );
         }
+        if let Some(host) = crate::model::egress::widening(
+            &crate::model::egress::Allow::of(preset),
+            &crate::model::egress::Allow::of(merged),
+        ) {
+            return refuse(
+                "egress.allow",
+                format!(
+                    "{host} is not allowed by preset {}: an override only narrows the list",
+                    preset.id
+                ),
+            );
+        }
+        if merged.model_api != preset.model_api {
+            return refuse(
+                "model_api",
+                "an override may not change the model API routes",
+            );
+        }
         if merged.image != preset.image {
             let same = image_ref::normalize(&merged.image).ok()
                 == image_ref::normalize(&preset.image).ok();
@@ -262,6 +280,12 @@ impl Policy {
             return refuse(
                 &format!("env.{name}"),
                 "inline configs may not use from_env references",
+            );
+        }
+        if let Some(name) = c.model_api.keys().next() {
+            return refuse(
+                &format!("model_api.{name}"),
+                "inline configs may not declare model API routes (their keys are from_env references)",
             );
         }
         // No preset states these for an inline config.

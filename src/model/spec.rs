@@ -55,6 +55,9 @@ pub struct WorkerSpec {
     /// How a session's tasks continue the agent's conversation: the
     /// preset's `agent.conversation`, else its agent layout's.
     pub conversation: Option<crate::model::conversation::Conversation>,
+    /// The values of the model API keys (`model_api`), for the redactor
+    /// only: they never reach the container.
+    pub model_keys: Vec<String>,
 }
 
 impl WorkerSpec {
@@ -63,6 +66,9 @@ impl WorkerSpec {
         let mut r = Redactor::default();
         for v in self.env.iter().filter(|v| v.secret) {
             r.add(&v.value);
+        }
+        for k in &self.model_keys {
+            r.add(k);
         }
         r
     }
@@ -122,10 +128,10 @@ pub enum ResolveError {
     #[error(transparent)]
     Render(#[from] RenderError),
     /// A `from_env` variable is not set in the daemon's environment.
-    #[error("env.{name}: the daemon's environment has no {from_env}")]
+    #[error("{field}: the daemon's environment has no {from_env}")]
     MissingEnv {
-        /// Worker env name.
-        name: String,
+        /// The config field (`env.NAME`, `model_api.NAME.key`).
+        field: String,
         /// Daemon variable.
         from_env: String,
     },
@@ -157,9 +163,7 @@ impl ResolveError {
                 (ErrorCode::UnknownAgentType, Some("agent.type".to_string()))
             }
             ResolveError::Render(_) => (ErrorCode::RenderFailed, None),
-            ResolveError::MissingEnv { name, .. } => {
-                (ErrorCode::MissingEnv, Some(format!("env.{name}")))
-            }
+            ResolveError::MissingEnv { field, .. } => (ErrorCode::MissingEnv, Some(field.clone())),
         };
         code.info(field.as_deref(), self.to_string())
     }
@@ -232,12 +236,21 @@ impl Resolver<'_> {
                 EnvValue::FromEnv { from_env } => EnvVar {
                     name: name.clone(),
                     value: (self.env)(from_env).ok_or_else(|| ResolveError::MissingEnv {
-                        name: name.clone(),
+                        field: format!("env.{name}"),
                         from_env: from_env.clone(),
                     })?,
                     secret: true,
                 },
             });
+        }
+        let mut model_keys = Vec::new();
+        for (name, m) in &config.model_api {
+            model_keys.push((self.env)(&m.key.from_env).ok_or_else(|| {
+                ResolveError::MissingEnv {
+                    field: format!("model_api.{name}.key"),
+                    from_env: m.key.from_env.clone(),
+                }
+            })?);
         }
         let command: Vec<String> = config
             .agent
@@ -283,6 +296,7 @@ impl Resolver<'_> {
             command,
             prompt_at,
             conversation,
+            model_keys,
             config,
         };
         let mut spec = spec;
@@ -326,6 +340,16 @@ impl Resolver<'_> {
                     self.limits.max_env_entries
                 ),
             });
+        }
+        if let Some(list) = &config.egress.allow {
+            for (i, p) in list.iter().enumerate() {
+                if let Some(message) = crate::model::egress::pattern_problem(p) {
+                    return Err(ResolveError::Invalid {
+                        field: format!("egress.allow.{i}"),
+                        message: format!("egress.allow.{i}: {message}"),
+                    });
+                }
+            }
         }
         // The tools must exist in the catalog in force (the schema knows
         // only their spelling).

@@ -92,6 +92,9 @@ impl Supervisor {
                 // A session container runs an idle keeper, not a task: it goes
                 // back to its session (TTL reaper, cancel, next request), never
                 // to the one-shot supervisor.
+                if facts.running {
+                    ctx.reopen_egress(&facts, None).await;
+                }
                 self.sessions.adopt(facts).await;
                 return;
             }
@@ -114,6 +117,9 @@ impl Supervisor {
         }
         ctx.metrics.adopted.inc();
         tracing::info!(request_id = %rid, container = %facts.name, running = facts.running, "adopting container");
+        if facts.running {
+            ctx.reopen_egress(&facts, Some(&rid)).await;
+        }
         let permit = match permit {
             Some(p) => p,
             None => match ctx.slots.clone().try_acquire_owned() {

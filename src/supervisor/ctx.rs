@@ -99,17 +99,47 @@ impl Ctx {
         resolver.resolve(req)
     }
 
-    /// The network and gateway URL of a new worker.
-    pub fn worker_net(&self, config: &WorkerConfig, api_key: &str) -> WorkerNet {
-        // A worker with no tools, no internet and no extra network needs no
-        // gateway: it gets no network at all (and skips a bridge attachment,
-        // the costliest part of a container start).
-        if config.allowed_tools.is_empty() && !config.has_internet && config.network.is_none() {
+    /// The network and gateway URL of a new worker in container `name`:
+    /// on the socket path (the default) network `none` and an egress socket
+    /// when the worker may reach anything; on the bridge path (the setting,
+    /// an archive delivery with no shim to forward, an extra `network`) a
+    /// workers' bridge.
+    pub fn worker_net(&self, config: &WorkerConfig, api_key: &str, name: &str) -> WorkerNet {
+        use crate::model::egress::{placeholder, Grant, Mode, LISTEN};
+        let socket_path = self.settings.worker_egress == Mode::Socket
+            && config.network.is_none()
+            && config.agent.delivery == crate::model::config::Delivery::Stdin;
+        let grant = Grant::of(
+            config,
+            &placeholder(&crate::model::worker_key::new_key()[4..28]),
+        );
+        // A worker with nothing to reach gets no network at all (and skips
+        // a bridge attachment, the costliest part of a container start).
+        if !grant.serves_anything() && config.network.is_none() {
             return WorkerNet {
                 network: "none".to_string(),
                 api_url: String::new(),
                 api_key: String::new(),
+                egress: None,
             };
+        }
+        if socket_path {
+            return WorkerNet {
+                network: "none".to_string(),
+                api_url: if grant.tools {
+                    format!("http://{LISTEN}")
+                } else {
+                    String::new()
+                },
+                api_key: api_key.to_string(),
+                egress: Some(crate::model::container::EgressPlan {
+                    folder: self.env.egress.folder(name),
+                    grant,
+                }),
+            };
+        }
+        if !config.model_api.is_empty() {
+            tracing::warn!(preset = %config.id, "model_api routes need the socket path (network none, stdin delivery, no extra network): this worker gets no route");
         }
         let (network, ip) = if config.has_internet {
             &self.networks.external
@@ -125,6 +155,76 @@ impl Ctx {
             network: network.clone(),
             api_url: format!("http://{host}:{}", self.settings.gateway_port),
             api_key: api_key.to_string(),
+            egress: None,
+        }
+    }
+
+    /// Serves the egress socket of a container found on the engine (an
+    /// adopted one) again, with the grant its label records, in the folder
+    /// it has mounted; events go to `request_id`.
+    pub async fn reopen_egress(
+        &self,
+        facts: &crate::adapters::engine::ContainerFacts,
+        request_id: Option<&str>,
+    ) {
+        let Some(label) = facts.labels.get(crate::model::egress::LABEL) else {
+            return;
+        };
+        if self.env.egress.is_open(&facts.name) {
+            self.env
+                .egress
+                .assign(&facts.name, request_id.map(str::to_string));
+            return;
+        }
+        let folder = match &facts.egress_folder {
+            Some(f) => Some(f.clone()),
+            None => self
+                .env
+                .engine
+                .inspect(&facts.id)
+                .await
+                .ok()
+                .and_then(|f| f.egress_folder),
+        };
+        // Served where this daemon's own sockets are: the container must
+        // have mounted that very folder.
+        let (Some(_), Ok(grant)) = (
+            folder.filter(|f| *f == self.env.egress.folder(&facts.name)),
+            serde_json::from_str::<crate::model::egress::Grant>(label),
+        ) else {
+            tracing::warn!(container = %facts.name, "an adopted container's egress socket cannot be served here (its folder is another daemon's, or it has no grant)");
+            return;
+        };
+        if let Err(e) = self
+            .env
+            .egress
+            .open(&facts.name, grant, request_id.map(str::to_string))
+        {
+            tracing::warn!(container = %facts.name, error = %e, "cannot serve an adopted container's egress socket");
+        }
+    }
+
+    /// Opens the egress socket `launch` plans (before its container is
+    /// created: the bind mount's folder must exist), telling its events to
+    /// `request_id`. `false` when it cannot be opened.
+    pub fn open_egress(
+        &self,
+        launch: &crate::model::container::LaunchContext,
+        request_id: Option<&str>,
+    ) -> bool {
+        let Some(plan) = &launch.egress else {
+            return true;
+        };
+        match self.env.egress.open(
+            &launch.name,
+            plan.grant.clone(),
+            request_id.map(str::to_string),
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(container = %launch.name, folder = %plan.folder, error = %e, "cannot open the worker's egress socket");
+                false
+            }
         }
     }
 

@@ -28,6 +28,9 @@ const VOLUME_SWEEP: Duration = Duration::from_secs(30);
 
 /// How often the gateway firewall rules are looked after.
 const FIREWALL_REFRESH: Duration = Duration::from_secs(10);
+/// Egress folders younger than this are never swept: a folder is made just
+/// before its container is created.
+const EGRESS_FOLDER_MIN_AGE: Duration = Duration::from_secs(600);
 
 impl Supervisor {
     pub(super) async fn maintenance_loop(self: Arc<Self>) {
@@ -62,6 +65,11 @@ impl Supervisor {
             if last_adopt.elapsed() >= self.reclaim_interval() {
                 last_adopt = Instant::now();
                 self.adopt_orphans().await;
+                // Sockets whose containers are gone (removed by hand, or
+                // by a path that did not close them) stop being served.
+                if let Ok(live) = ctx.env.engine.egress_container_names().await {
+                    ctx.env.egress.sweep(&live, EGRESS_FOLDER_MIN_AGE);
+                }
             }
         }
     }

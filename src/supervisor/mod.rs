@@ -28,6 +28,8 @@ pub mod session;
 mod settle;
 mod setup;
 
+pub use setup::egress_for;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +54,10 @@ pub enum StartError {
     /// Docker is missing or unreachable.
     #[error("cannot reach the Docker engine: {0}")]
     Docker(EngineError),
+    /// The egress sockets' folder cannot be made, or a setting of theirs
+    /// is not valid.
+    #[error("egress: {0}")]
+    Egress(String),
     /// The HTTP address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Http {
@@ -127,6 +133,14 @@ impl Supervisor {
         ips.into_iter()
             .map(|ip| format!("{ip}:{}", self.ctx.settings.gateway_port))
             .collect()
+    }
+
+    /// Hands the egress sockets' tool calls to `gateway`.
+    pub fn connect_gateway(&self, gateway: Arc<crate::http::gateway::Gateway>) {
+        self.ctx
+            .env
+            .egress
+            .set_tools(crate::http::gateway::tool_call(gateway));
     }
 
     /// The gateway's shared state.

@@ -162,7 +162,8 @@ impl Pools {
         let ctx = &self.ctx;
         let rid = spec.request_id.clone();
         let api_key = new_key();
-        let net = ctx.worker_net(&spec.config, &api_key);
+        let net = ctx.worker_net(&spec.config, &api_key, &container.name);
+        ctx.env.egress.assign(&container.name, Some(rid.clone()));
         let env = request_env(spec, &net.api_url, &api_key);
         let payload = match delivery::payload(&spec.request_files, &env) {
             Ok(p) => p,
@@ -199,6 +200,7 @@ impl Pools {
             tracing::warn!(request_id = %rid, container = %container.name, error = %e, "pooled container did not take the request; starting cold");
             let _ = ctx.bus.revoke_worker_key(&api_key).await;
             let _ = ctx.env.engine.remove(&container.id).await;
+            ctx.env.egress.close(&container.name);
             return Err(permit);
         }
         ctx.env
@@ -254,6 +256,7 @@ impl Pools {
         self.ctx.metrics.pool_ready.dec_by(stale.len() as i64);
         for c in stale {
             let _ = self.ctx.env.engine.remove(&c.id).await;
+            self.ctx.env.egress.close(&c.name);
         }
         // Grow, leaving at least half the slots to cold starts.
         for (preset, (size, spec)) in wanted {
@@ -315,26 +318,36 @@ impl Pools {
         );
         let deadline = unix_now() + spec.config.limits.ttl_sec;
         let l = pool_labels(self.ctx.owner(), preset, &spec.config_hash, deadline);
-        let net = self.ctx.worker_net(&spec.config, "");
+        let net = self.ctx.worker_net(&spec.config, "", &name);
         let ctx = LaunchContext {
             name: name.clone(),
             image,
             labels: l,
-            // The gateway URL comes with the request's key, on stdin.
-            extra_env: Vec::new(),
+            // On the bridge path the gateway URL comes with the request's
+            // key, on stdin; the egress socket's variables name no request.
+            extra_env: if net.egress.is_some() {
+                net.env(false)
+            } else {
+                Vec::new()
+            },
             network_mode: net.network.clone(),
             // The preset's argv with its `{prompt}` element: the shim puts
             // the request's prompt there.
             cmd: Some(spec.config.agent.command.clone()),
             delivery: FileDelivery::Stdin(ShimMode::Pool),
             volumes: Vec::new(),
+            egress: net.egress.clone(),
         };
         let mut base = spec.clone();
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
         let engine = &self.ctx.env.engine;
+        if !self.ctx.open_egress(&ctx, None) {
+            return None;
+        }
         let id = match engine.create(&name, create_body(&base, &ctx)).await {
             Ok(id) => id,
             Err(e) => {
+                self.ctx.env.egress.close(&name);
                 tracing::warn!(preset, error = %e, "creating a pool container failed");
                 return None;
             }
@@ -364,6 +377,7 @@ impl Pools {
             Err(e) => {
                 tracing::warn!(preset, error = %e, "starting a pool container failed");
                 let _ = engine.remove(&id).await;
+                self.ctx.env.egress.close(&name);
                 None
             }
         }

@@ -125,12 +125,9 @@ impl Supervisor {
         }
         maintenance::log_catalog_warnings(&settings, &catalog);
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
-        let env = WorkerEnv::new(
-            engine,
-            Sink::Redis(bus.clone(), metrics.clone()),
-            metrics.clone(),
-            &settings,
-        );
+        let sink = Sink::Redis(bus.clone(), metrics.clone());
+        let egress = egress_for(&settings, sink.clone(), metrics.clone())?;
+        let env = WorkerEnv::new(engine, sink, metrics.clone(), &settings, egress);
         let images = ImageBuilder::new(env.engine.clone(), metrics.clone());
         let ctx = Arc::new(Ctx {
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
@@ -152,4 +149,52 @@ impl Supervisor {
             ctx,
         }))
     }
+}
+
+/// The workers' egress sockets as `settings` describe them.
+pub fn egress_for(
+    settings: &Settings,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+) -> Result<crate::adapters::egress::Egress, StartError> {
+    let mut resolve = std::collections::HashMap::new();
+    for (name, addr) in &settings.egress_resolve {
+        let ip = addr.parse().map_err(|_| {
+            StartError::Egress(format!(
+                "egress_resolve.{name}: {addr:?} is not an IP address"
+            ))
+        })?;
+        resolve.insert(name.trim_end_matches('.').to_ascii_lowercase(), ip);
+    }
+    let cfg = crate::adapters::egress::EgressConfig {
+        dir: settings.egress_dir.clone(),
+        host_dir: if settings.egress_host_dir.as_os_str().is_empty() {
+            settings.egress_dir.clone()
+        } else {
+            settings.egress_host_dir.clone()
+        },
+        resolve,
+        allow_private: settings.egress_allow_private,
+        upstreams: settings
+            .model_upstreams
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        max_connections: settings.egress_max_connections.max(1),
+        connect_timeout: settings.egress_connect_timeout,
+        header_timeout: settings.gateway_header_timeout,
+        events_per_minute: settings.egress_events_per_minute,
+    };
+    crate::adapters::egress::Egress::new(
+        cfg,
+        sink,
+        metrics,
+        std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
+    )
+    .map_err(|e| {
+        StartError::Egress(format!(
+            "cannot make egress_dir {}: {e}",
+            settings.egress_dir.display()
+        ))
+    })
 }

@@ -52,6 +52,8 @@ pub struct WorkerEnv {
     pub output: OutputLimits,
     /// This daemon instance.
     pub instance: String,
+    /// The workers' egress sockets (closed with their containers).
+    pub egress: crate::adapters::egress::Egress,
 }
 
 impl WorkerEnv {
@@ -62,8 +64,10 @@ impl WorkerEnv {
         sink: Sink,
         metrics: Arc<Metrics>,
         settings: &crate::settings::Settings,
+        egress: crate::adapters::egress::Egress,
     ) -> WorkerEnv {
         WorkerEnv {
+            egress,
             engine,
             sink,
             metrics,

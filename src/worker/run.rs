@@ -416,6 +416,7 @@ pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
     }
     match env.engine.remove(&job.container_id).await {
         Ok(()) => {
+            env.egress.close(&job.container_name);
             env.sink
                 .event(
                     &job.request_id,

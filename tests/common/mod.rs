@@ -982,3 +982,19 @@ pub async fn container_id(name: &str) -> Option<String> {
         .ok()
         .and_then(|c| c.id)
 }
+
+/// The gateway address of the workers' internal network.
+pub async fn internal_gateway_ip() -> String {
+    let net = docker()
+        .await
+        .inspect_network(
+            "ws-workers-internal",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .expect("the daemon made ws-workers-internal");
+    net.ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .expect("a gateway address")
+}

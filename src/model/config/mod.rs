@@ -17,7 +17,7 @@ pub use env::{is_process_start_env, is_valid_env_name, RESERVED_ENV_PREFIX};
 pub use merge::{canonical_json, config_hash, merge};
 pub use schema::{ConfigError, ConfigSchema, FieldError, SCHEMA_JSON};
 pub use types::{
-    cpu_in_range, is_valid_slug, parse_memory, AgentSpec, Delivery, EnvValue, Limits, Pool,
-    Security, WorkerConfig, DEFAULT_PIDS, MAX_CPU, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU,
-    MIN_MEMORY_BYTES, MIN_PIDS,
+    cpu_in_range, is_valid_slug, parse_memory, AgentSpec, Delivery, EgressRule, EnvValue, KeyRef,
+    Limits, ModelApi, ModelEnv, Pool, Security, WorkerConfig, DEFAULT_PIDS, MAX_CPU,
+    MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU, MIN_MEMORY_BYTES, MIN_PIDS,
 };

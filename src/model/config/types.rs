@@ -42,6 +42,13 @@ pub struct WorkerConfig {
     /// Whether the worker may reach the internet.
     #[serde(default)]
     pub has_internet: bool,
+    /// Which hosts it may reach when it may (`model::egress`).
+    #[serde(default, skip_serializing_if = "EgressRule::is_default")]
+    pub egress: EgressRule,
+    /// Model API routes whose keys the daemon adds on the way out, so that
+    /// the keys never enter the container (`model::egress::Route`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_api: BTreeMap<String, ModelApi>,
     /// Environment of the agent.
     #[serde(default)]
     pub env: BTreeMap<String, EnvValue>,
@@ -194,6 +201,57 @@ impl Security {
     fn is_default(&self) -> bool {
         *self == Security::default()
     }
+}
+
+/// `egress` of a worker config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    /// Host names, `*.suffix` patterns and IP literals the worker may
+    /// reach; absent: every public host (with `has_internet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+}
+
+impl EgressRule {
+    fn is_default(&self) -> bool {
+        *self == EgressRule::default()
+    }
+}
+
+/// One entry of `model_api`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelApi {
+    /// The key, from the daemon's environment.
+    pub key: KeyRef,
+    /// The upstream (a shipped provider's public endpoint when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The header carrying the key (`authorization` gets `Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The worker's variables for the base URL and the placeholder key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<ModelEnv>,
+}
+
+/// A secret read from the daemon's environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRef {
+    /// The daemon's variable.
+    pub from_env: String,
+}
+
+/// `model_api.<name>.env`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEnv {
+    /// The variable holding the route's base URL.
+    pub base_url: String,
+    /// The variable holding the placeholder key.
+    pub key: String,
 }
 
 /// `pool` of a worker config.

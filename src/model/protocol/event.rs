@@ -40,6 +40,9 @@ pub enum EventType {
     RespondDropped,
     /// A preset, skill or template file was rejected on reload.
     CatalogError,
+    /// A decision of the worker's egress socket (a tunnel, proxied request
+    /// or model call: allowed or denied, and its bytes each way once closed).
+    Egress,
 }
 
 /// One entry of `workers:events`.

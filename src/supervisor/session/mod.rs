@@ -593,6 +593,7 @@ impl Session {
                 tracing::warn!(session_id = %sid, error = %e, "removing the session container failed");
             }
         }
+        ctx.env.egress.close(&name);
         self.record = None;
         let kept = if why == End::Ended {
             remove_volumes(&ctx, &sid).await;

@@ -105,7 +105,12 @@ impl Session {
         let existing = match known {
             Some(c) => Some(c),
             None => match self.find_container().await {
-                Ok(Some(f)) if f.running => Some(session_from_facts(&f)),
+                Ok(Some(f)) if f.running => {
+                    // Another instance's container before: its socket is
+                    // served here from now on.
+                    self.ctx.reopen_egress(&f, None).await;
+                    Some(session_from_facts(&f))
+                }
                 Ok(Some(f)) => {
                     // A stopped session container is over: clear it away.
                     let _ = self.ctx.env.engine.remove(&f.id).await;
@@ -155,16 +160,12 @@ impl Session {
         let deadline = unix_now() + spec.config.limits.ttl_sec;
         let received_ms = chrono::Utc::now().timestamp_millis();
         let l = session_labels(spec, self.ctx.owner(), sid, deadline, received_ms);
-        let net = self.ctx.worker_net(&spec.config, "");
+        let net = self.ctx.worker_net(&spec.config, "", &name);
         let mut launch = LaunchContext {
             name: name.clone(),
             image: spec.config.image.clone(),
             labels: l,
-            extra_env: if net.api_url.is_empty() {
-                Vec::new()
-            } else {
-                vec![("ORCHESTRATOR_API_URL".into(), net.api_url.clone())]
-            },
+            extra_env: net.env(false),
             network_mode: net.network.clone(),
             cmd: Some(crate::model::delivery::keeper_command()),
             delivery: FileDelivery::Archive,
@@ -173,6 +174,7 @@ impl Session {
                 sid,
                 spec.user_id.as_deref().unwrap_or_default(),
             ),
+            egress: net.egress.clone(),
         };
         match self.ctx.images.image_for(&spec.config, |_| {}).await {
             Ok(image) => launch.image = image,
@@ -183,7 +185,14 @@ impl Session {
         let mut base = spec.clone();
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
         let body = create_body(&base, &launch);
-        let id = match self.ctx.env.engine.create(&name, body).await {
+        if !self.ctx.open_egress(&launch, Some(&spec.request_id)) {
+            return Err(None);
+        }
+        let created = self.ctx.env.engine.create(&name, body).await;
+        if created.is_err() {
+            self.ctx.env.egress.close(&name);
+        }
+        let id = match created {
             Ok(id) => id,
             Err(EngineError::ImageNotFound(i)) => {
                 return Err(Some(ErrorCode::ImageNotFound.info(
@@ -199,6 +208,7 @@ impl Session {
         if let Some(extra) = &spec.config.network {
             if let Err(e) = self.ctx.env.engine.connect_network(extra, &id).await {
                 let _ = self.ctx.env.engine.remove(&id).await;
+                self.ctx.env.egress.close(&name);
                 return Err(Some(
                     ErrorCode::NetworkNotFound.info(Some("network"), e.to_string()),
                 ));
@@ -223,6 +233,7 @@ impl Session {
             Err(e) => Err(e),
         } {
             let _ = engine.remove(&id).await;
+            self.ctx.env.egress.close(&name);
             return Err(Some(ErrorCode::StartFailed.info(None, e.to_string())));
         }
         self.delivered = Some(spec.request_id.clone());
@@ -428,7 +439,8 @@ impl Session {
         let sid = &self.sid.clone();
         let rid = spec.request_id.clone();
         let api_key = new_key();
-        let net = ctx.worker_net(&spec.config, &api_key);
+        let net = ctx.worker_net(&spec.config, &api_key, &container.name);
+        ctx.env.egress.assign(&container.name, Some(rid.clone()));
         if !ctx.register_key(spec, &container.name, &api_key).await {
             return ctx
                 .settle(
