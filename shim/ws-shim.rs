@@ -23,7 +23,7 @@
 //! - `forward LISTEN SOCKET`: the egress forwarder: accepts TCP connections
 //!   on LISTEN (the container's loopback) and relays each, byte for byte,
 //!   to a new connection to the unix socket SOCKET (the daemon's, one per
-//!   worker). `run`, `pool` and `keep` start it first, as a child, when
+//!   worker). `run`, `pool` and `keep` start it first, as a forked child, when
 //!   `WS_EGRESS_FORWARD` holds `LISTEN SOCKET`, and go on only once it
 //!   listens; it needs no network interface but `lo`.
 //!
@@ -312,6 +312,8 @@ fn exec(argv: Vec<OsString>) -> ! {
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn getuid() -> u32;
+    fn fork() -> i32;
+    fn dup2(old: i32, new: i32) -> i32;
 }
 
 fn uid() -> u32 {
@@ -439,8 +441,10 @@ fn turn(rest: Vec<OsString>) -> ! {
 /// The variable naming the forwarder's listen address and socket.
 pub const EGRESS_ENV: &str = "WS_EGRESS_FORWARD";
 
-/// Starts the egress forwarder (this binary, mode `forward`) when the
-/// container asks for one, and returns once it listens.
+/// Starts the egress forwarder when the container asks for one: binds its
+/// listener here (so it listens before the agent starts), then forks; the
+/// child serves it, the parent goes on to the agent. A fork of this small
+/// process is cheaper than starting another (and needs no second exec).
 fn start_forwarder() {
     let Some(spec) = std::env::var_os(EGRESS_ENV) else {
         return;
@@ -450,35 +454,52 @@ fn start_forwarder() {
     if parts.len() != 2 {
         fail(FAILED, &format!("{EGRESS_ENV} must be \"LISTEN SOCKET\""));
     }
-    let exe =
-        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/.workers-spawner/ws-shim"));
-    let child = std::process::Command::new(exe)
-        .args(["-", "forward", parts[0], parts[1]])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn();
-    let mut child = child.unwrap_or_else(|e| {
+    // Close-on-exec (std's default): the agent never holds it.
+    let listener = std::net::TcpListener::bind(parts[0]).unwrap_or_else(|e| {
         fail(
             FAILED,
-            &format!("the egress forwarder could not start: {e}"),
+            &format!("the egress forwarder could not listen on {}: {e}", parts[0]),
         )
     });
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = io::BufRead::read_line(&mut BufReader::new(out), &mut line);
+    // SAFETY: the shim has started no thread yet, so the child is a whole
+    // copy of a single-threaded process; it only runs the accept loop.
+    match unsafe { fork() } {
+        -1 => fail(FAILED, "the egress forwarder could not start (fork failed)"),
+        0 => {
+            // The child never reads the delivery or writes output: both
+            // point at /dev/null, so no later descriptor takes their numbers.
+            if let Ok(null) = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                use std::os::unix::io::AsRawFd;
+                // SAFETY: dup2 onto descriptors this process owns.
+                unsafe {
+                    dup2(null.as_raw_fd(), 0);
+                    dup2(null.as_raw_fd(), 1);
+                }
+            }
+            serve_forwarder(listener, PathBuf::from(parts[1]))
+        }
+        _ => drop(listener),
     }
-    if line.trim() != "ready" {
-        fail(
-            FAILED,
-            &format!(
-                "the egress forwarder could not listen on {}: {}",
-                parts[0],
-                line.trim()
-            ),
-        );
+}
+
+/// The forwarder's accept loop: a thread per connection.
+fn serve_forwarder(listener: std::net::TcpListener, socket: PathBuf) -> ! {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else {
+            // Out of descriptors or threads: wait, never spin.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        };
+        let socket = socket.clone();
+        let _ = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || relay(conn, &socket));
     }
-    // The forwarder lives as long as the container: never waited for.
-    std::mem::forget(child);
+    std::process::exit(0)
 }
 
 /// Relays one accepted connection to a new connection to `socket`.
@@ -500,9 +521,9 @@ fn relay(tcp: std::net::TcpStream, socket: &Path) {
     let (mut unix_r, mut tcp_w) = (unix, tcp);
     let _ = io::copy(&mut unix_r, &mut tcp_w);
     // The daemon's side ended (its answer is complete, or the daemon
-    // died): nothing more can pass, so the worker's connection closes both
-    // ways (a client waiting to send, like nc, sees it too).
-    let _ = tcp_w.shutdown(std::net::Shutdown::Both);
+    // died): the worker reads the end; what it still sends goes on until
+    // it closes (or, with the daemon gone, fails).
+    let _ = tcp_w.shutdown(std::net::Shutdown::Write);
     if let Ok(up) = up {
         let _ = up.join();
     }
@@ -512,23 +533,9 @@ fn forward(rest: &[OsString]) -> ! {
     let (Some(listen), Some(socket)) = (rest.first(), rest.get(1)) else {
         fail(2, "usage: ws-shim - forward LISTEN SOCKET")
     };
-    let listener = match std::net::TcpListener::bind(listen.to_string_lossy().as_ref()) {
-        Ok(l) => l,
-        Err(e) => {
-            println!("{e}");
-            std::process::exit(FAILED)
-        }
-    };
-    println!("ready");
-    let socket = PathBuf::from(socket);
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let socket = socket.clone();
-        let _ = std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(move || relay(conn, &socket));
-    }
-    std::process::exit(0)
+    let listener = std::net::TcpListener::bind(listen.to_string_lossy().as_ref())
+        .unwrap_or_else(|e| fail(FAILED, &format!("cannot listen on {listen:?}: {e}")));
+    serve_forwarder(listener, PathBuf::from(socket))
 }
 
 #[allow(dead_code)]

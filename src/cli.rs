@@ -618,7 +618,8 @@ pub async fn run(
         env: &env_lookup,
     };
     let spec = match resolver.resolve(&req) {
-        Ok(s) => s,
+        // A local run has no egress socket: the bridge path, keys as env.
+        Ok(s) => s.with_model_keys_as_env(),
         Err(e) => {
             eprintln!("workers-spawner: {e}");
             return 2;

@@ -385,6 +385,10 @@ async fn the_allow_list_decides_by_name_and_refuses_the_daemons_host_and_metadat
     script.push_str(&format!(
         "echo \"denied=$(wget -qO- http://denied.test:{port}/ 2>&1)\"\n"
     ));
+    // A Host header of the worker's own never picks another virtual host.
+    script.push_str(&format!(
+        "echo \"vhost=$( (printf 'GET http://allowed.test:{port}/vhost HTTP/1.1\\r\\nHost: internal.corp\\r\\nConnection: close\\r\\n\\r\\n'; sleep 1) | nc 127.0.0.1 4750 | tail -n 1)\"\n"
+    ));
     for t in [
         format!("allowed.test:{port}"),
         format!("127.0.0.1:{port}"),
@@ -438,7 +442,18 @@ async fn the_allow_list_decides_by_name_and_refuses_the_daemons_host_and_metadat
     );
     // The server saw the two plain requests (origin form, Host kept) and the tunnel.
     let heads = seen.lock().unwrap().clone();
-    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert_eq!(heads.len(), 4, "{heads:?}");
+    let vhost = heads
+        .iter()
+        .find(|h| h.starts_with("GET /vhost "))
+        .expect("the vhost request arrived")
+        .to_ascii_lowercase();
+    assert!(
+        vhost.contains(&format!("host: allowed.test:{port}")),
+        "{vhost}"
+    );
+    assert!(!vhost.contains("internal.corp"), "{vhost}");
+    assert!(out.contains("vhost=hello-through-proxy"), "{out}");
     assert!(heads.iter().any(|h| h.starts_with("GET /x HTTP/1.1")
         && h.to_ascii_lowercase()
             .contains(&format!("host: allowed.test:{port}"))));

@@ -923,7 +923,22 @@ fn model_keys_resolve_for_the_daemon_only_and_orchestrator_variables_are_set() {
     // The key is the daemon's (for the egress socket and the redactor),
     // never one of the worker's variables.
     assert!(!spec.env.iter().any(|v| v.name == "ANTHROPIC_API_KEY"));
-    assert_eq!(spec.model_keys, vec!["secret-value-of-ANTHROPIC_API_KEY"]);
+    assert_eq!(
+        spec.model_keys,
+        vec![(
+            "ANTHROPIC_API_KEY".to_string(),
+            "secret-value-of-ANTHROPIC_API_KEY".to_string()
+        )]
+    );
+    // On the bridge path (no socket) the key is the worker's secret env.
+    let bridged = spec.with_model_keys_as_env();
+    let key = bridged
+        .env
+        .iter()
+        .find(|v| v.name == "ANTHROPIC_API_KEY")
+        .unwrap();
+    assert!(key.secret);
+    assert_eq!(key.value, "secret-value-of-ANTHROPIC_API_KEY");
     assert!(spec
         .redactor()
         .redact("x secret-value-of-ANTHROPIC_API_KEY y")

@@ -110,6 +110,8 @@ struct Open {
 /// One worker's socket: who it is and what it may do.
 struct Worker {
     container: String,
+    /// Fires when the socket closes: every connection and tunnel ends.
+    stop: CancellationToken,
     grant: Grant,
     request: Mutex<Option<String>>,
     connections: AtomicUsize,
@@ -139,7 +141,6 @@ impl Egress {
                 crate::model::egress::MAX_DIR_LEN
             )));
         }
-        std::fs::create_dir_all(&cfg.dir)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
             .map_err(std::io::Error::other)?
@@ -189,9 +190,11 @@ impl Egress {
         std::fs::create_dir_all(&folder)?;
         std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755))?;
         let path = folder.join(SOCKET_NAME);
-        // Served by someone (another instance on this host, handling the
-        // same container): never taken from them.
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        // Served by someone else (another instance on this host, handling
+        // the same container): never taken from them. One served here is
+        // replaced below.
+        let ours = self.is_open(name);
+        if !ours && std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!("{} is served by another process", path.display()),
@@ -204,8 +207,10 @@ impl Egress {
         let listener = UnixListener::bind(&path)?;
         // The worker runs as uid 1000: connecting needs write access.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        let stop = CancellationToken::new();
         let worker = Arc::new(Worker {
             container: name.to_string(),
+            stop: stop.clone(),
             grant,
             request: Mutex::new(request_id),
             connections: AtomicUsize::new(0),
@@ -215,7 +220,6 @@ impl Egress {
                 suppressed: 0,
             }),
         });
-        let stop = CancellationToken::new();
         let old = self.inner.open.lock().expect("egress lock").insert(
             name.to_string(),
             Open {
@@ -247,6 +251,16 @@ impl Egress {
             .lock()
             .expect("egress lock")
             .contains_key(name)
+    }
+
+    /// Stops serving container `name` and leaves its folder (a container
+    /// that failed to be made here may be another's, whose mount it is; the
+    /// sweep removes folders no container has).
+    pub fn release(&self, name: &str) {
+        let open = self.inner.open.lock().expect("egress lock").remove(name);
+        if let Some(o) = open {
+            o.stop.cancel();
+        }
     }
 
     /// Stops serving container `name` and removes its folder.
@@ -538,7 +552,9 @@ async fn handle(inner: Arc<Inner>, worker: Arc<Worker>, req: Request<Incoming>) 
 
 fn denied(inner: &Inner, worker: &Worker, kind: &str, t: &Target, why: &str) {
     count(inner, "denied", kind);
-    tracing::info!(container = %worker.container, host = %t.host, port = t.port, reason = %why, "egress denied");
+    // Per decision at debug only: the events (rate-bound) and the metric
+    // tell it; a worker sending denied requests cannot flood the log.
+    tracing::debug!(container = %worker.container, host = %t.host, port = t.port, reason = %why, "egress denied");
     inner.event(
         worker,
         json!({"kind": kind, "host": t.host, "port": t.port, "allowed": false, "reason": why}),
@@ -565,13 +581,19 @@ async fn tunnel(
     };
     count(&inner, "allowed", "tunnel");
     let upgrade = hyper::upgrade::on(&mut req);
+    // The tunnel outlives the HTTP connection that asked for it: it holds a
+    // connection slot of its own and ends with the socket.
+    worker.connections.fetch_add(1, Ordering::SeqCst);
+    let slot = ConnectionSlot(worker.clone());
     tokio::spawn(async move {
+        let _slot = slot;
         let Ok(upgraded) = upgrade.await else { return };
         let mut client = TokioIo::new(upgraded);
         let mut upstream = upstream;
-        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-            .await
-            .unwrap_or((0, 0));
+        let (up, down) = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.unwrap_or((0, 0)),
+            _ = worker.stop.cancelled() => (0, 0),
+        };
         count_bytes(&inner, up, down);
         inner.event(
             &worker,
@@ -637,15 +659,18 @@ async fn proxy(
     tokio::spawn(conn);
     let (parts, body) = req.into_parts();
     let mut headers = end_to_end(&parts.headers);
-    if !headers.contains_key(hyper::header::HOST) {
-        let host = if t.port == 80 {
-            t.host.clone()
-        } else {
-            format!("{}:{}", t.host, t.port)
-        };
-        if let Ok(v) = HeaderValue::from_str(&host) {
+    // The host decided on is the host asked of: a Host header of the
+    // worker's own never reaches another virtual host behind the address.
+    let host = if t.port == 80 {
+        t.host.clone()
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
+    match HeaderValue::from_str(&host) {
+        Ok(v) => {
             headers.insert(hyper::header::HOST, v);
         }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "the host is not valid"),
     }
     let up = Arc::new(AtomicU64::new(0));
     let mut out = Request::new(Body::new(Counted::new(body, up.clone(), None)));
@@ -737,12 +762,16 @@ async fn model(
             &format!("the daemon's environment has no {}", route.from_env),
         );
     };
-    let base = inner
-        .cfg
-        .upstreams
-        .get(&name)
-        .cloned()
-        .unwrap_or_else(|| route.upstream.clone());
+    let operators = inner.cfg.upstreams.get(&name).cloned();
+    // The key travels in clear only to an upstream the operator named.
+    if operators.is_none() && !route.upstream.starts_with("https://") {
+        count(&inner, "denied", "model");
+        return text(
+            StatusCode::BAD_GATEWAY,
+            &format!("route {name}: the key goes only to an https upstream (or one in the daemon's model_upstreams)"),
+        );
+    }
+    let base = operators.unwrap_or_else(|| route.upstream.clone());
     let Some(url) = model_url(&base, &rest) else {
         count(&inner, "denied", "model");
         return text(StatusCode::BAD_REQUEST, "the path leaves the route");

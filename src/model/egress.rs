@@ -203,7 +203,7 @@ impl Target {
 /// what only it should reach.
 pub fn refused_address(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
         },
@@ -213,6 +213,28 @@ pub fn refused_address(ip: IpAddr, allow_private: bool) -> Option<&'static str> 
         IpAddr::V4(a) => v4_refused(a, allow_private),
         IpAddr::V6(a) => v6_refused(a, allow_private),
     }
+}
+
+/// The IPv4 address an IPv6 one carries and reaches: mapped
+/// (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and
+/// 6to4 (`2002:AABB:CCDD::/48`), so none of them is a way around the IPv4
+/// rules.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    None
 }
 
 fn v4_refused(a: Ipv4Addr, allow_private: bool) -> Option<&'static str> {
@@ -240,6 +262,8 @@ fn v6_refused(a: Ipv6Addr, allow_private: bool) -> Option<&'static str> {
         Some("an unspecified address")
     } else if (s[0] & 0xffc0) == 0xfe80 {
         Some("a link-local address (cloud metadata lives there)")
+    } else if (s[0] & 0xffc0) == 0xfec0 || (s[0] == 0x2001 && s[1] == 0) {
+        Some("a site-local or Teredo address")
     } else if a.is_multicast() {
         Some("a multicast address")
     } else if !allow_private && (s[0] & 0xfe00) == 0xfc00 {
@@ -641,6 +665,12 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(refused_address(ip.parse().unwrap(), true).is_some(), "{ip}");
         }
@@ -650,6 +680,7 @@ mod tests {
             "192.168.1.1",
             "100.64.0.1",
             "fd00::1",
+            "64:ff9b::a00:1",
         ] {
             assert!(
                 refused_address(ip.parse().unwrap(), false).is_some(),

@@ -55,9 +55,10 @@ pub struct WorkerSpec {
     /// How a session's tasks continue the agent's conversation: the
     /// preset's `agent.conversation`, else its agent layout's.
     pub conversation: Option<crate::model::conversation::Conversation>,
-    /// The values of the model API keys (`model_api`), for the redactor
-    /// only: they never reach the container.
-    pub model_keys: Vec<String>,
+    /// The model API keys (`model_api`): the worker's key variable and the
+    /// value. On the socket path they stay the daemon's (the redactor's);
+    /// on the bridge path they become secret env ([`Self::with_model_keys_as_env`]).
+    pub model_keys: Vec<(String, String)>,
 }
 
 impl WorkerSpec {
@@ -67,10 +68,25 @@ impl WorkerSpec {
         for v in self.env.iter().filter(|v| v.secret) {
             r.add(&v.value);
         }
-        for k in &self.model_keys {
+        for (_, k) in &self.model_keys {
             r.add(k);
         }
         r
+    }
+
+    /// This spec with its model keys as secret env: for a worker on the
+    /// bridge path, which has no socket to add them on the way out.
+    pub fn with_model_keys_as_env(&self) -> WorkerSpec {
+        let mut s = self.clone();
+        for (name, value) in &self.model_keys {
+            s.env.retain(|v| &v.name != name);
+            s.env.push(EnvVar {
+                name: name.clone(),
+                value: value.clone(),
+                secret: true,
+            });
+        }
+        s
     }
 
     /// The merged config with secret env values replaced by `{"from_env": ..}`.
@@ -244,13 +260,12 @@ impl Resolver<'_> {
             });
         }
         let mut model_keys = Vec::new();
-        for (name, m) in &config.model_api {
-            model_keys.push((self.env)(&m.key.from_env).ok_or_else(|| {
-                ResolveError::MissingEnv {
-                    field: format!("model_api.{name}.key"),
-                    from_env: m.key.from_env.clone(),
-                }
-            })?);
+        for route in crate::model::egress::routes(&config.model_api) {
+            let value = (self.env)(&route.from_env).ok_or_else(|| ResolveError::MissingEnv {
+                field: format!("model_api.{}.key", route.name),
+                from_env: route.from_env.clone(),
+            })?;
+            model_keys.push((route.key_env, value));
         }
         let command: Vec<String> = config
             .agent

@@ -141,7 +141,13 @@ impl Ctx {
         if !config.model_api.is_empty() {
             tracing::warn!(preset = %config.id, "model_api routes need the socket path (network none, stdin delivery, no extra network): this worker gets no route");
         }
-        let (network, ip) = if config.has_internet {
+        // A bridge has no allow-list: a worker that should reach only some
+        // hosts gets none (fail closed) rather than all.
+        let allow_listed = config.egress.allow.is_some();
+        if config.has_internet && allow_listed {
+            tracing::warn!(preset = %config.id, "egress.allow needs the socket path (network none, stdin delivery, no extra network): this worker gets no internet");
+        }
+        let (network, ip) = if config.has_internet && !allow_listed {
             &self.networks.external
         } else {
             &self.networks.internal

@@ -77,6 +77,11 @@ impl Supervisor {
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let api_key = new_key();
         let net = ctx.worker_net(&spec.config, &api_key, &name);
+        let spec = if net.egress.is_none() {
+            spec.with_model_keys_as_env()
+        } else {
+            spec
+        };
         // A worker without a route to the gateway gets no key to register
         // (and revoke): two Redis round trips less on its way to start.
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
@@ -148,7 +153,7 @@ impl Supervisor {
                 // Another delivery of this request won the race: its handler
                 // (or, if that instance dies, an adopter) owns the container.
                 let _ = ctx.bus.revoke_worker_key(&api_key).await;
-                ctx.env.egress.close(&name);
+                ctx.env.egress.release(&name);
                 match ctx.env.engine.inspect(&name).await {
                     Ok(facts) if !ctx.is_ours(&facts) => {
                         let r = outcome::name_conflict(&rid, &name, true);
@@ -175,7 +180,7 @@ impl Supervisor {
                 return;
             }
             Err(e @ EngineError::ImageNotFound(_)) => {
-                ctx.env.egress.close(&name);
+                ctx.env.egress.release(&name);
                 ctx.metrics.docker_errors.inc();
                 let info = ErrorCode::ImageNotFound.info(Some("image"), e.to_string());
                 let r =
@@ -183,7 +188,7 @@ impl Supervisor {
                 return ctx.settle(entry, Disposition::Answer(r)).await;
             }
             Err(e) => {
-                ctx.env.egress.close(&name);
+                ctx.env.egress.release(&name);
                 ctx.metrics.docker_errors.inc();
                 tracing::warn!(request_id = %rid, error = %e, "creating the container failed");
                 return ctx

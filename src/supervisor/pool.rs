@@ -163,8 +163,11 @@ impl Pools {
         let rid = spec.request_id.clone();
         let api_key = new_key();
         let net = ctx.worker_net(&spec.config, &api_key, &container.name);
-        ctx.env.egress.assign(&container.name, Some(rid.clone()));
-        let env = request_env(spec, &net.api_url, &api_key);
+        let env = if net.egress.is_none() {
+            request_env(&spec.with_model_keys_as_env(), &net.api_url, &api_key)
+        } else {
+            request_env(spec, &net.api_url, &api_key)
+        };
         let payload = match delivery::payload(&spec.request_files, &env) {
             Ok(p) => p,
             Err(e) => {
@@ -203,6 +206,8 @@ impl Pools {
             ctx.env.egress.close(&container.name);
             return Err(permit);
         }
+        // Its socket's events are this request's from now on.
+        ctx.env.egress.assign(&container.name, Some(rid.clone()));
         ctx.env
             .sink
             .event(
@@ -347,7 +352,7 @@ impl Pools {
         let id = match engine.create(&name, create_body(&base, &ctx)).await {
             Ok(id) => id,
             Err(e) => {
-                self.ctx.env.egress.close(&name);
+                self.ctx.env.egress.release(&name);
                 tracing::warn!(preset, error = %e, "creating a pool container failed");
                 return None;
             }

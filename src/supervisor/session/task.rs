@@ -182,7 +182,11 @@ impl Session {
             Err(e) => return Err(Some(e.info())),
         }
         // The container env carries no request's values: each exec brings its own.
-        let mut base = spec.clone();
+        let mut base = if net.egress.is_none() {
+            spec.with_model_keys_as_env()
+        } else {
+            spec.clone()
+        };
         base.env.retain(|v| !v.name.starts_with("ORCHESTRATOR_"));
         let body = create_body(&base, &launch);
         if !self.ctx.open_egress(&launch, Some(&spec.request_id)) {
@@ -190,7 +194,7 @@ impl Session {
         }
         let created = self.ctx.env.engine.create(&name, body).await;
         if created.is_err() {
-            self.ctx.env.egress.close(&name);
+            self.ctx.env.egress.release(&name);
         }
         let id = match created {
             Ok(id) => id,
@@ -466,7 +470,14 @@ impl Session {
             .sink
             .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": ctx.settings.instance_id, "session_id": sid, "container": container.name}))
             .await;
-        let mut env: Vec<String> = spec
+        let bridged;
+        let with_keys = if net.egress.is_none() {
+            bridged = spec.with_model_keys_as_env();
+            &bridged
+        } else {
+            spec
+        };
+        let mut env: Vec<String> = with_keys
             .env
             .iter()
             .map(|v| format!("{}={}", v.name, v.value))
