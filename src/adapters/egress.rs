@@ -591,7 +591,8 @@ async fn tunnel(
         let mut client = TokioIo::new(upgraded);
         let mut upstream = upstream;
         let (up, down) = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.unwrap_or((0, 0)),
+            // 64 KiB each way (the default 8 KiB costs a third of the rate).
+            r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 << 10, 64 << 10) => r.unwrap_or((0, 0)),
             _ = worker.stop.cancelled() => (0, 0),
         };
         count_bytes(&inner, up, down);
