@@ -138,8 +138,21 @@ impl Ctx {
                 }),
             };
         }
+        self.bridge_net(config, api_key)
+    }
+
+    /// The bridge path: a workers' bridge and the gateway on it.
+    pub fn bridge_net(&self, config: &WorkerConfig, api_key: &str) -> WorkerNet {
+        if config.allowed_tools.is_empty() && !config.has_internet && config.network.is_none() {
+            return WorkerNet {
+                network: "none".to_string(),
+                api_url: String::new(),
+                api_key: String::new(),
+                egress: None,
+            };
+        }
         if !config.model_api.is_empty() {
-            tracing::warn!(preset = %config.id, "model_api routes need the socket path (network none, stdin delivery, no extra network): this worker gets no route");
+            tracing::warn!(preset = %config.id, "model_api routes need the socket path (network none, stdin delivery, no extra network): this worker gets its keys as env");
         }
         // A bridge has no allow-list: a worker that should reach only some
         // hosts gets none (fail closed) rather than all.

@@ -63,6 +63,9 @@ pub struct SessionContainer {
     pub user: Option<String>,
     /// Whether its shim has the `turn` mode (made by this daemon version).
     pub turn: bool,
+    /// Whether it reaches out through an egress socket (else a bridge: an
+    /// older daemon's container, or the bridge path).
+    pub egress: bool,
 }
 
 /// Why a session ends (the `reason` of its `session_expired` event).

@@ -249,6 +249,7 @@ impl Session {
             deadline_unix: deadline,
             user: spec.user_id.clone(),
             turn: true,
+            egress: launch.egress.is_some(),
         };
         self.ctx.env
             .sink
@@ -443,7 +444,13 @@ impl Session {
         let sid = &self.sid.clone();
         let rid = spec.request_id.clone();
         let api_key = new_key();
-        let net = ctx.worker_net(&spec.config, &api_key, &container.name);
+        // The task reaches out the way its container does: an older
+        // daemon's container (or one on the bridge path) has no socket.
+        let net = if container.egress {
+            ctx.worker_net(&spec.config, &api_key, &container.name)
+        } else {
+            ctx.bridge_net(&spec.config, &api_key)
+        };
         ctx.env.egress.assign(&container.name, Some(rid.clone()));
         if !ctx.register_key(spec, &container.name, &api_key).await {
             return ctx
@@ -631,6 +638,7 @@ pub(super) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
         // Containers of daemons before sessions were bound to users have none.
         user: f.labels.get(labels::USER_ID).cloned(),
         turn: f.labels.get(labels::TURN).is_some_and(|v| v == "1"),
+        egress: f.labels.contains_key(crate::model::egress::LABEL),
     }
 }
 
