@@ -647,3 +647,50 @@ echo probe-done
     publish_control(&d.prefix, &json!({"command": "cancel", "request_id": a})).await;
     wait_result(&d.prefix, &a, TIMEOUT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_count_against_the_connection_cap() {
+    // A server that holds every connection open.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _c = c;
+                std::thread::sleep(Duration::from_secs(60));
+            });
+        }
+    });
+    let p = preset(
+        "tunnels_v1",
+        &test_image(),
+        json!({"has_internet": true, "egress": {"allow": ["allowed.test"]}}),
+    );
+    let toml = "egress_max_connections = 4\n[egress_resolve]\n\"allowed.test\" = \"127.0.0.1\"\n";
+    let (d, _dir) = daemon("egress-tunnels", &[("tunnels_v1", p)], toml);
+    let rid = unique_request_id("tunnels");
+    // Eight tunnels, one after the other, each kept open: once four hold
+    // their slots, the rest are refused at the socket.
+    let script = format!(
+        r#"
+for i in 1 2 3 4 5 6 7 8; do
+  ( (printf 'CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n'; sleep 8) | nc 127.0.0.1 4750 | head -n 1 | sed "s/^/tunnel $i: /" ) &
+  sleep 0.3
+done
+sleep 3
+echo probe-done
+"#
+    );
+    publish_spawn(&d.prefix, &request(&rid, "tunnels_v1", &script)).await;
+    let r = wait_result(&d.prefix, &rid, TIMEOUT).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let out = r["output"].as_str().unwrap_or_default().to_string();
+    let opened = out.matches("HTTP/1.1 200").count();
+    assert_eq!(opened, 4, "four tunnels, the cap: {out}");
+    let events = egress_events(&events_for(&d.prefix, &rid).await);
+    let refused = events
+        .iter()
+        .filter(|e| e["kind"] == "connection" && e["allowed"] == false)
+        .count();
+    assert_eq!(refused, 4, "{events:?}");
+}
