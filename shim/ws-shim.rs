@@ -20,12 +20,12 @@
 //!   agent). So the container decides from its own volume, and the daemon
 //!   reads nothing before the task.
 //!
-//! - `forward LISTEN SOCKET`: the egress forwarder: accepts TCP connections
-//!   on LISTEN (the container's loopback) and relays each, byte for byte,
-//!   to a new connection to the unix socket SOCKET (the daemon's, one per
-//!   worker). `run`, `pool` and `keep` start it first, as a forked child, when
-//!   `WS_EGRESS_FORWARD` holds `LISTEN SOCKET`, and go on only once it
-//!   listens; it needs no network interface but `lo`.
+//!
+//! `run`, `pool` and `keep` first start the egress forwarder when
+//! `WS_EGRESS_FORWARD` holds `LISTEN SOCKET`: they bind LISTEN (the
+//! container's loopback) and fork a child that relays each connection, byte
+//! for byte, to a new connection to the unix socket SOCKET (the daemon's,
+//! one per worker); it needs no network interface but `lo`.
 //!
 //! Exit codes: 70 the payload cannot be unpacked, 71 stdin closed before a
 //! single byte (nothing was delivered: the agent never ran), 126 the agent
@@ -529,15 +529,6 @@ fn relay(tcp: std::net::TcpStream, socket: &Path) {
     }
 }
 
-fn forward(rest: &[OsString]) -> ! {
-    let (Some(listen), Some(socket)) = (rest.first(), rest.get(1)) else {
-        fail(2, "usage: ws-shim - forward LISTEN SOCKET")
-    };
-    let listener = std::net::TcpListener::bind(listen.to_string_lossy().as_ref())
-        .unwrap_or_else(|e| fail(FAILED, &format!("cannot listen on {listen:?}: {e}")));
-    serve_forwarder(listener, PathBuf::from(socket))
-}
-
 #[allow(dead_code)]
 fn main() {
     let mut args = std::env::args_os().skip(1);
@@ -551,7 +542,6 @@ fn main() {
         Some("run") => deliver_and_exec(&env_file, false, rest),
         Some("pool") => deliver_and_exec(&env_file, true, rest),
         Some("keep") => keep(),
-        Some("forward") => forward(&rest),
         Some("kill") => kill_all(
             &rest
                 .first()
@@ -561,7 +551,7 @@ fn main() {
         Some("turn") => turn(rest),
         _ => fail(
             2,
-            "usage: ws-shim ENV_FILE run|pool|keep|kill|turn|forward [ARGV...]",
+            "usage: ws-shim ENV_FILE run|pool|keep|kill|turn [ARGV...]",
         ),
     }
 }

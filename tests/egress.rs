@@ -103,6 +103,22 @@ fn read_head(c: &mut std::net::TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// A server on 127.0.0.1 that writes `greeting` to each connection and then
+/// holds it open, whatever the client does; its port.
+fn holding_server(greeting: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = c.write_all(greeting);
+                std::thread::sleep(Duration::from_secs(120));
+            });
+        }
+    });
+    port
+}
+
 /// A model API stand-in: records each request's head and answers with an
 /// event stream of two chunks, `gap` apart.
 fn model_upstream(gap: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
@@ -504,18 +520,8 @@ async fn the_allow_list_decides_by_name_and_refuses_the_daemons_host_and_metadat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_serves_the_same_container_again_after_its_tunnel_closed() {
-    // A server that greets and then holds each connection open, whatever
-    // the client does (the tunnel stays up until the daemon goes).
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = c.write_all(b"tunnel-greeting\n");
-                std::thread::sleep(Duration::from_secs(600));
-            });
-        }
-    });
+    // The tunnel stays up until the daemon goes.
+    let port = holding_server(b"tunnel-greeting\n");
     let p = preset(
         "restart_v1",
         &test_image(),
@@ -650,17 +656,7 @@ echo probe-done
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tunnels_count_against_the_connection_cap() {
-    // A server that holds every connection open.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _c = c;
-                std::thread::sleep(Duration::from_secs(60));
-            });
-        }
-    });
+    let port = holding_server(b"");
     let p = preset(
         "tunnels_v1",
         &test_image(),

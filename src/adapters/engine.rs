@@ -613,24 +613,31 @@ impl Engine {
     pub async fn egress_container_names(
         &self,
     ) -> Result<std::collections::HashSet<String>, EngineError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
+        let list = self
+            .list_with_labels(vec![
                 format!("{}=true", labels::MANAGED),
                 crate::model::egress::LABEL.to_string(),
-            ],
-        )]);
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let list = self.docker.list_containers(Some(opts)).await?;
+            ])
+            .await?;
         Ok(list
             .into_iter()
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
             .map(|n| n.trim_start_matches('/').to_string())
             .collect())
+    }
+
+    /// Every container, running or not, carrying each label filter of
+    /// `wanted` (`key=value` or `key`).
+    async fn list_with_labels(
+        &self,
+        wanted: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, EngineError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), wanted)])),
+            ..Default::default()
+        };
+        Ok(self.docker.list_containers(Some(opts)).await?)
     }
 
     /// Every container with the managed label of `prefix`, running or not.
@@ -652,14 +659,7 @@ impl Engine {
             format!("{}={prefix}", labels::PREFIX),
         ];
         wanted.extend(with.iter().map(|(k, v)| format!("{k}={v}")));
-        let mut filters = HashMap::new();
-        filters.insert("label".to_string(), wanted);
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let list = self.docker.list_containers(Some(opts)).await?;
+        let list = self.list_with_labels(wanted).await?;
         Ok(list
             .into_iter()
             .map(|c| {
