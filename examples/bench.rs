@@ -2639,7 +2639,10 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     let bus = Bus::connect(&args.redis_url, names, 1_000_000).await?;
     let watcher = ResultWatcher::start(bus).await?;
     let daemon = args.daemon_pid.map(Proc::new);
-    let engine = workers_spawner::adapters::engine::Engine::connect().await?;
+    let engine = workers_spawner::adapters::engine::Engine::connect(
+        &workers_spawner::model::docker_host::DockerTarget::Local,
+    )
+    .await?;
     let prepared_image = workers_spawner::adapters::images::ImageBuilder::new(
         engine.clone(),
         Arc::new(workers_spawner::metrics::Metrics::new()),

@@ -10,7 +10,10 @@
 #   * builds the test image ws-test-busybox:latest from images/test-busybox
 #     (skipped when an image with the same inputs hash label exists), and the
 #     unprepared images ws-test-stock, ws-test-noshell and ws-test-node;
-#   * starts a private redis-server on a free 127.0.0.1 port (AOF on, no RDB);
+#   * starts a second Docker engine in a netns of its own (scripts/second-engine.sh,
+#     for the fleet tests), copies the test images to it and exports WS_ENGINE_B_*;
+#   * starts a private redis-server on a free 127.0.0.1 port (AOF on, no RDB),
+#     also bound to engine B's side of the veth (WS_ENGINE_B_HOST_ADDR);
 #   * exports WS_TEST_REDIS_URL, WS_TEST_REDIS_PORT, WS_TEST_REDIS_DIR,
 #     WS_TEST_REDIS_PIDFILE, WS_TEST_IMAGE.
 # Returns non-zero (never exits the caller's shell) when something fails.
@@ -150,13 +153,30 @@ _ws_free_port() {
     return 1
 }
 
+# A second Docker engine (scripts/second-engine.sh: its own netns, veth and
+# data root) standing in for a second host in the fleet tests; the images
+# its tests use are copied to it.
+_ws_start_engine_b() {
+    local out
+    out="$("$WS_TEST_REPO_ROOT/scripts/second-engine.sh" up)" || return 1
+    eval "$out"
+    "$WS_TEST_REPO_ROOT/scripts/second-engine.sh" load "$WS_TEST_IMAGE" ws-test-stock:latest \
+        || return 1
+    _ws_log "engine B on $WS_ENGINE_B_HOST (netns $WS_ENGINE_B_NETNS, host side $WS_ENGINE_B_HOST_ADDR)"
+}
+
 _ws_start_redis() {
-    local attempt port root i
+    local attempt port root i bind="127.0.0.1"
+    # Daemons of engine B reach it from their netns at the host side of the veth.
+    if [ -n "${WS_ENGINE_B_HOST_ADDR:-}" ]; then
+        bind="127.0.0.1 $WS_ENGINE_B_HOST_ADDR"
+    fi
     for attempt in 1 2 3 4 5; do
         port="$(_ws_free_port)" || { _ws_log "no free port found"; return 1; }
         root="$(mktemp -d "${TMPDIR:-/tmp}/ws-test-redis.XXXXXX")" || return 1
         mkdir -p "$root/data"
-        if redis-server --port "$port" --bind 127.0.0.1 --dir "$root/data" \
+        # shellcheck disable=SC2086
+        if redis-server --port "$port" --bind $bind --protected-mode no --dir "$root/data" \
                 --appendonly yes --save '' --daemonize yes \
                 --pidfile "$root/redis.pid" --logfile "$root/redis.log" >/dev/null 2>&1; then
             for i in $(seq 1 100); do
@@ -207,6 +227,10 @@ ws_test_env_down() {
         rm -rf "$WS_TEST_REDIS_ROOT"
     fi
     unset WS_TEST_REDIS_ROOT WS_TEST_REDIS_PORT WS_TEST_REDIS_DIR WS_TEST_REDIS_PIDFILE WS_TEST_REDIS_URL
+    if [ -n "${WS_ENGINE_B_HOST:-}" ]; then
+        "${WS_TEST_REPO_ROOT:-.}/scripts/second-engine.sh" down >/dev/null 2>&1 || true
+    fi
+    unset WS_ENGINE_B_HOST WS_ENGINE_B_NETNS WS_ENGINE_B_HOST_ADDR WS_ENGINE_B_NS_ADDR WS_ENGINE_B_STATE
     return 0
 }
 
@@ -221,6 +245,7 @@ _ws_test_env_up() {
     fi
     _ws_build_test_image || return 1
     _ws_build_unprepared_images || return 1
+    _ws_start_engine_b || { _ws_log "could not start the second engine"; return 1; }
     _ws_start_redis || { _ws_log "could not start redis-server"; return 1; }
 }
 

@@ -533,7 +533,13 @@ pub async fn cancel(settings: &Settings, request_id: &str) -> i32 {
 /// `ps`: lists managed containers.
 pub async fn ps(settings: &Settings) -> i32 {
     use crate::model::container::labels;
-    let engine = match crate::adapters::engine::Engine::connect().await {
+    let engine = match crate::adapters::engine::Engine::connect(
+        &settings
+            .docker_target()
+            .unwrap_or(crate::model::docker_host::DockerTarget::Local),
+    )
+    .await
+    {
         Ok(e) => e,
         Err(e) => {
             eprintln!("workers-spawner: cannot reach the Docker engine: {e}");
@@ -625,7 +631,13 @@ pub async fn run(
             return 2;
         }
     };
-    let engine = match crate::adapters::engine::Engine::connect().await {
+    let engine = match crate::adapters::engine::Engine::connect(
+        &settings
+            .docker_target()
+            .unwrap_or(crate::model::docker_host::DockerTarget::Local),
+    )
+    .await
+    {
         Ok(e) => e,
         Err(e) => {
             eprintln!("workers-spawner: cannot reach the Docker engine: {e}");

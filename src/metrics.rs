@@ -30,6 +30,13 @@ pub struct DirectionLabel {
     pub direction: String,
 }
 
+/// Label of retries by reason (`lost`, `error`, `oom`, `timed_out`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The failure retried.
+    pub reason: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +72,13 @@ pub struct Metrics {
     pub output_dropped: Counter,
     /// Containers adopted at start-up.
     pub adopted: Counter,
+    /// Results, workers and events refused because another attempt or
+    /// instance holds their request (a lost host that came back).
+    pub fenced: Counter,
+    /// Requests taken over from lost instances.
+    pub lost_requests: Counter,
+    /// Retries scheduled, by reason.
+    pub retries: Family<ReasonLabel, Counter>,
     /// Warm-pool containers ready to take a request.
     pub pool_ready: Gauge,
     /// Requests on the workers' egress sockets, by decision and kind.
@@ -103,6 +117,9 @@ impl Metrics {
             events_lost: Counter::default(),
             output_dropped: Counter::default(),
             adopted: Counter::default(),
+            fenced: Counter::default(),
+            lost_requests: Counter::default(),
+            retries: Family::default(),
             pool_ready: Gauge::default(),
             egress: Family::default(),
             egress_bytes: Family::default(),
@@ -185,6 +202,17 @@ impl Metrics {
             "Containers adopted at start-up",
             m.adopted.clone(),
         );
+        registry.register(
+            "fenced",
+            "Results and workers refused because another attempt or instance holds their request",
+            m.fenced.clone(),
+        );
+        registry.register(
+            "lost_requests",
+            "Requests taken over from lost instances",
+            m.lost_requests.clone(),
+        );
+        registry.register("retries", "Retries scheduled, by reason", m.retries.clone());
         registry.register(
             "egress",
             "Requests on the workers' egress sockets, by decision and kind",

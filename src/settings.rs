@@ -129,6 +129,20 @@ pub struct Settings {
     /// `egress` events per worker per minute (the rest are counted in the
     /// next one as `suppressed`).
     pub egress_events_per_minute: u32,
+    /// The Docker engine this instance drives: `unix:///path`,
+    /// `tcp://host:port` (TLS when `docker_tls_*` are set) or empty for
+    /// `DOCKER_HOST`, else the local socket.
+    pub docker_host: String,
+    /// CA certificate (PEM) the engine's TLS certificate is checked against.
+    pub docker_tls_ca: PathBuf,
+    /// Client certificate (PEM) for a TLS engine.
+    pub docker_tls_cert: PathBuf,
+    /// Client key (PEM) for a TLS engine.
+    pub docker_tls_key: PathBuf,
+    /// How long an instance's heartbeat must be gone before a peer answers
+    /// for what it held (its host counts as lost).
+    #[serde(with = "humantime_serde")]
+    pub instance_lost_after: Duration,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -179,6 +193,11 @@ impl Default for Settings {
             egress_max_connections: 64,
             egress_connect_timeout: Duration::from_secs(10),
             egress_events_per_minute: 120,
+            docker_host: String::new(),
+            docker_tls_ca: PathBuf::new(),
+            docker_tls_cert: PathBuf::new(),
+            docker_tls_key: PathBuf::new(),
+            instance_lost_after: Duration::from_secs(60),
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()
@@ -307,6 +326,20 @@ impl Settings {
         Ok((s, Origins { given }))
     }
 
+    /// The engine this instance drives (`docker_host`, else `DOCKER_HOST`).
+    pub fn docker_target(&self) -> Result<crate::model::docker_host::DockerTarget, String> {
+        let env = std::env::var("DOCKER_HOST").ok();
+        crate::model::docker_host::parse(
+            &self.docker_host,
+            env.as_deref(),
+            &crate::model::docker_host::TlsFiles {
+                ca: self.docker_tls_ca.clone(),
+                cert: self.docker_tls_cert.clone(),
+                key: self.docker_tls_key.clone(),
+            },
+        )
+    }
+
     fn check(&self) -> Result<(), SettingsError> {
         if self.max_concurrent == 0 {
             return Err(SettingsError("max_concurrent must be at least 1".into()));
@@ -324,6 +357,13 @@ impl Settings {
         if self.rescan_interval.is_zero() {
             return Err(SettingsError("rescan_interval must be positive".into()));
         }
+        // Below the heartbeat's own life a live instance would count as lost.
+        if self.instance_lost_after < Duration::from_secs(30) {
+            return Err(SettingsError(
+                "instance_lost_after must be at least 30s (the heartbeat key's life)".into(),
+            ));
+        }
+        self.docker_target().map_err(SettingsError)?;
         if !crate::model::protocol::is_valid_token(&self.instance_id, 64) {
             return Err(SettingsError(
                 "instance_id must be 1-64 chars of [A-Za-z0-9._:-]".into(),

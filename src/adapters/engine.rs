@@ -149,6 +149,8 @@ fn output_chunks(
     })
 }
 
+use crate::model::docker_host::DockerTarget;
+
 /// The Docker engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -158,11 +160,27 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connects the usual way (`DOCKER_HOST`, else the local socket) and
-    /// negotiates the API version; fails fast when the engine is unreachable.
-    pub async fn connect() -> Result<Engine, EngineError> {
-        let docker = Docker::connect_with_local_defaults()?
-            .with_timeout(Duration::from_secs(120))
+    /// Connects to `target` (`model::docker_host`) and negotiates the API
+    /// version; fails fast when the engine is unreachable.
+    pub async fn connect(target: &DockerTarget) -> Result<Engine, EngineError> {
+        const T: u64 = 120;
+        let docker = match target {
+            DockerTarget::Local => Docker::connect_with_local_defaults()?,
+            DockerTarget::Unix(path) => {
+                Docker::connect_with_unix(&path.to_string_lossy(), T, bollard::API_DEFAULT_VERSION)?
+            }
+            DockerTarget::Http(addr) => {
+                Docker::connect_with_http(addr, T, bollard::API_DEFAULT_VERSION)?
+            }
+            DockerTarget::Tls {
+                addr,
+                ca,
+                cert,
+                key,
+            } => Docker::connect_with_ssl(addr, key, cert, ca, T, bollard::API_DEFAULT_VERSION)?,
+        };
+        let docker = docker
+            .with_timeout(Duration::from_secs(T))
             .negotiate_version()
             .await?;
         docker.ping().await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::adapters::bus::Bus;
+use crate::adapters::bus::{Bus, Published};
 use crate::metrics::Metrics;
 use crate::model::protocol::{now_rfc3339, Event, EventType, ResultRecord};
 
@@ -17,11 +17,15 @@ use crate::model::protocol::{now_rfc3339, Event, EventType, ResultRecord};
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Sink {
-    /// `workers:events` and `workers:result`.
-    Redis(Bus, Arc<Metrics>),
+    /// `workers:events` and `workers:result`; the attempts above 1 of the
+    /// requests running here (their events carry `attempt`).
+    Redis(Bus, Arc<Metrics>, Attempts),
     /// Events on stderr, results on stdout (one JSON object per line).
     Print(Arc<Mutex<HashMap<String, u64>>>),
 }
+
+/// The attempt (from 2 on) of each request that runs again here.
+pub type Attempts = Arc<Mutex<HashMap<String, u32>>>;
 
 #[derive(Serialize)]
 struct EventTail<'a> {
@@ -30,6 +34,8 @@ struct EventTail<'a> {
     kind: EventType,
     ts: String,
     data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 impl Sink {
@@ -46,7 +52,12 @@ impl Sink {
             return;
         }
         match self {
-            Sink::Redis(bus, metrics) => {
+            Sink::Redis(bus, metrics, attempts) => {
+                let attempt = attempts
+                    .lock()
+                    .expect("attempts lock")
+                    .get(request_id)
+                    .copied();
                 let tails: Vec<String> = events
                     .iter()
                     .map(|(kind, data)| {
@@ -55,6 +66,7 @@ impl Sink {
                             kind: *kind,
                             ts: now_rfc3339(),
                             data,
+                            attempt,
                         })
                         .expect("events serialize");
                         t[1..].to_string()
@@ -93,6 +105,35 @@ impl Sink {
         }
     }
 
+    /// Marks `request_id` as running its `attempt` here (events carry it
+    /// from 2 on).
+    pub fn set_attempt(&self, request_id: &str, attempt: u32) {
+        if let Sink::Redis(_, _, attempts) = self {
+            if attempt > 1 {
+                attempts
+                    .lock()
+                    .expect("attempts lock")
+                    .insert(request_id.to_string(), attempt);
+            }
+        }
+    }
+
+    /// Whether this instance may still speak for `attempt` of `request_id`
+    /// (Redis trouble counts as yes: the result's own fence still holds).
+    pub async fn may_speak(&self, request_id: &str, attempt: u32) -> bool {
+        match self {
+            Sink::Redis(bus, _, _) => bus.still_mine(request_id, attempt).await.unwrap_or(true),
+            Sink::Print(_) => true,
+        }
+    }
+
+    /// Forgets `request_id`'s attempt (its worker was fenced or retried).
+    pub fn forget_attempt(&self, request_id: &str) {
+        if let Sink::Redis(_, _, attempts) = self {
+            attempts.lock().expect("attempts lock").remove(request_id);
+        }
+    }
+
     /// Publishes one event.
     pub async fn event(&self, request_id: &str, kind: EventType, data: Value) {
         self.events(request_id, &[(kind, data)]).await
@@ -100,30 +141,54 @@ impl Sink {
 
     /// Publishes the result, retrying until Redis takes it or `give_up`
     /// fires. Returns whether it is known to be published (by this call or
-    /// an earlier one).
+    /// an earlier one) or refused as fenced, i.e. whether the request is
+    /// answered for.
     pub async fn result(
         &self,
         result: &ResultRecord,
         give_up: &tokio_util::sync::CancellationToken,
     ) -> bool {
+        self.publish(result, give_up).await.is_some()
+    }
+
+    /// Like [`Sink::result`], saying what became of it (`None`: given up).
+    pub async fn publish(
+        &self,
+        result: &ResultRecord,
+        give_up: &tokio_util::sync::CancellationToken,
+    ) -> Option<Published> {
         match self {
-            Sink::Redis(bus, metrics) => {
+            Sink::Redis(bus, metrics, attempts) => {
                 let json = serde_json::to_string(result).expect("results serialize");
                 let mut delay = Duration::from_millis(100);
                 loop {
-                    match bus.publish_result(&result.request_id, &json).await {
+                    match bus
+                        .publish_result(&result.request_id, result.attempt, &json)
+                        .await
+                    {
                         Ok(published) => {
-                            if published {
-                                metrics
-                                    .results
-                                    .get_or_create(&crate::metrics::OutcomeLabel {
-                                        outcome: result.status.as_str().to_string(),
-                                    })
-                                    .inc();
-                            } else {
-                                tracing::info!(request_id = %result.request_id, "result already published; not sending another");
+                            match published {
+                                Published::Now => {
+                                    metrics
+                                        .results
+                                        .get_or_create(&crate::metrics::OutcomeLabel {
+                                            outcome: result.status.as_str().to_string(),
+                                        })
+                                        .inc();
+                                }
+                                Published::Already => {
+                                    tracing::info!(request_id = %result.request_id, "result already published; not sending another")
+                                }
+                                Published::Fenced => {
+                                    metrics.fenced.inc();
+                                    tracing::info!(request_id = %result.request_id, attempt = result.attempt, "result of an attempt that no longer holds the request; not sent")
+                                }
                             }
-                            return true;
+                            attempts
+                                .lock()
+                                .expect("attempts lock")
+                                .remove(&result.request_id);
+                            return Some(published);
                         }
                         Err(e) => {
                             metrics.redis_errors.inc();
@@ -132,7 +197,7 @@ impl Sink {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = give_up.cancelled() => return false,
+                        _ = give_up.cancelled() => return None,
                     }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -142,7 +207,7 @@ impl Sink {
                     "{}",
                     serde_json::to_string(result).expect("results serialize")
                 );
-                true
+                Some(Published::Now)
             }
         }
     }

@@ -44,6 +44,10 @@ pub mod labels {
     /// On a session container: its shim picks a task's turn (`turn` mode,
     /// #16); containers of older daemons lack it and run tasks plainly.
     pub const TURN: &str = "io.workers-spawner.turn";
+    /// The request's attempt, from 2 on (a retry; `model::retry`).
+    pub const ATTEMPT: &str = "io.workers-spawner.attempt";
+    /// The config's retry policy (JSON), when it has one.
+    pub const RETRY: &str = "io.workers-spawner.retry";
 }
 
 /// Uid:gid the agent runs as.
@@ -487,6 +491,15 @@ pub fn launch_context(
     }
     if let Some(s) = &spec.session_id {
         l.insert(labels::SESSION_ID.to_string(), s.clone());
+    }
+    if spec.attempt > 1 {
+        l.insert(labels::ATTEMPT.to_string(), spec.attempt.to_string());
+    }
+    if let Some(r) = &spec.config.retry {
+        l.insert(
+            labels::RETRY.to_string(),
+            serde_json::to_string(r).expect("retry policy serializes"),
+        );
     }
     let (network_mode, extra_env) = match net {
         Some(n) => (n.network.clone(), n.env(true)),

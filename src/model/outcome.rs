@@ -58,6 +58,9 @@ pub enum ErrorCode {
     RenderFailed,
     /// A `from_env` value is missing from the daemon's environment.
     MissingEnv,
+    /// The instance running it was lost with its host (no heartbeat for
+    /// `instance_lost_after`) and its preset does not retry that.
+    Lost,
 }
 
 impl ErrorCode {
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::UnknownAgentType => "unknown_agent_type",
             ErrorCode::RenderFailed => "render_failed",
             ErrorCode::MissingEnv => "missing_env",
+            ErrorCode::Lost => "lost",
         }
     }
 
@@ -247,6 +251,7 @@ mod tests {
             UnknownAgentType,
             RenderFailed,
             MissingEnv,
+            Lost,
         ];
         let spelled: std::collections::HashSet<&str> = all.iter().map(|c| c.as_str()).collect();
         assert_eq!(spelled.len(), all.len(), "two codes share a spelling");

@@ -255,6 +255,11 @@ impl Policy {
         if merged.pool != preset.pool {
             return refuse("pool", "an override may not change the pool");
         }
+        if let Some((field, why)) =
+            crate::model::retry::widening(preset.retry.as_ref(), merged.retry.as_ref())
+        {
+            return refuse(field, why);
+        }
         self.check_config(merged)
     }
 

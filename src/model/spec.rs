@@ -59,6 +59,8 @@ pub struct WorkerSpec {
     /// value. On the socket path they stay the daemon's (the redactor's);
     /// on the bridge path they become secret env ([`Self::with_model_keys_as_env`]).
     pub model_keys: Vec<(String, String)>,
+    /// Which run of the request this is (1 = the first; `model::retry`).
+    pub attempt: u32,
 }
 
 impl WorkerSpec {
@@ -313,6 +315,7 @@ impl Resolver<'_> {
             conversation,
             model_keys,
             config,
+            attempt: 1,
         };
         let mut spec = spec;
         let mut orchestrator = vec![

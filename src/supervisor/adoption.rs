@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ctx::running_of;
 use super::Supervisor;
+use crate::adapters::bus::HoldClaim;
 use crate::adapters::engine::ContainerFacts;
 use crate::model::container::labels;
 use crate::model::outcome::{self, Interruption};
@@ -89,6 +90,25 @@ impl Supervisor {
                 return;
             }
             Some("session") => {
+                // A session that ended with its lost instance (this one,
+                // back from the dead) is over: its container goes quietly.
+                let sid = facts
+                    .labels
+                    .get(labels::SESSION_ID)
+                    .cloned()
+                    .unwrap_or_default();
+                if matches!(ctx.bus.session_loss(&sid).await, Ok(Some(l)) if l.instance == ctx.settings.instance_id)
+                {
+                    tracing::info!(session_id = %sid, container = %facts.name, "the session ended with this instance's loss; removing its container");
+                    ctx.metrics.fenced.inc();
+                    let _ = ctx.env.engine.remove(&facts.id).await;
+                    let _ = ctx
+                        .bus
+                        .release_session(&sid, &ctx.settings.instance_id)
+                        .await;
+                    ctx.env.egress.close(&facts.name);
+                    return;
+                }
                 // A session container runs an idle keeper, not a task: it goes
                 // back to its session (TTL reaper, cancel, next request), never
                 // to the one-shot supervisor.
@@ -107,6 +127,37 @@ impl Supervisor {
             Ok(f) => f,
             Err(_) => return,
         };
+        // The hold says whose the request is now: a request answered, or
+        // run again elsewhere, while this container's host was taken for
+        // lost is not this container's any more.
+        let attempt = facts
+            .labels
+            .get(labels::ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        if ctx.registry.is_running(&rid) {
+            return;
+        }
+        let held = crate::adapters::bus::Held {
+            request_id: rid.clone(),
+            attempt,
+            ..Default::default()
+        };
+        match ctx.bus.hold(&held).await {
+            Ok(HoldClaim::Taken) => {}
+            Ok(HoldClaim::Answered | HoldClaim::Stale) => {
+                tracing::info!(request_id = %rid, container = %facts.name, attempt, "its request was answered or runs again elsewhere; removing the container quietly");
+                ctx.metrics.fenced.inc();
+                if let Some(k) = &facts.api_key {
+                    let _ = ctx.bus.revoke_worker_key(k).await;
+                }
+                let _ = ctx.env.engine.remove(&facts.id).await;
+                ctx.env.egress.close(&facts.name);
+                return;
+            }
+            // A live peer holds it (its own container on this engine).
+            Ok(HoldClaim::Elsewhere) | Err(_) => return,
+        }
         let mut redactor = ctx.redactor_for(facts.labels.get(labels::PRESET).map(String::as_str));
         if let Some(k) = &facts.api_key {
             redactor.add(k);

@@ -356,6 +356,7 @@ impl Ctx {
 /// How the registry stops `job`.
 pub fn running_of(job: &Job) -> Running {
     Running {
+        attempt: job.attempt,
         stop: job.stop.clone(),
         reason: job.stop_reason.clone(),
     }

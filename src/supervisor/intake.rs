@@ -398,7 +398,8 @@ impl Supervisor {
                     ctx.settle(&p.entry, Disposition::Answer(r)).await;
                 }
                 Decision::Pooled => {
-                    let spec = t.spec.expect("resolved");
+                    let mut spec = t.spec.expect("resolved");
+                    spec.attempt = p.entry.attempt;
                     if let Some(container) = self.pools.claim(&spec) {
                         match self.pools.run(&p, &spec, container, permit).await {
                             Ok(()) => return,
@@ -409,7 +410,8 @@ impl Supervisor {
                     self.launch(&p, spec, permit).await;
                 }
                 Decision::Cold => {
-                    let spec = t.spec.expect("resolved");
+                    let mut spec = t.spec.expect("resolved");
+                    spec.attempt = p.entry.attempt;
                     self.launch(&p, spec, permit).await;
                 }
                 Decision::SessionTask | Decision::InterruptedTask => {

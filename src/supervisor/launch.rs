@@ -32,6 +32,12 @@ impl Supervisor {
         let entry = &p.entry;
         let rid = spec.request_id.clone();
         let name = request_container_name(&ctx.settings.stream_prefix, &rid);
+        let api_key = new_key();
+        // Held before its container exists (and its entry is acknowledged):
+        // a peer can answer for it if this host is lost.
+        if let Err(d) = ctx.hold(p, &spec, "oneshot", &name, &api_key).await {
+            return ctx.settle(entry, d).await;
+        }
         ctx.env
             .sink
             .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": ctx.settings.instance_id}))
@@ -71,11 +77,10 @@ impl Supervisor {
                     session_id: spec.session_id.clone(),
                     ..ResultRecord::bare(&rid, Status::Error, Some(e.info()))
                 };
-                return ctx.settle(entry, Disposition::Answer(r)).await;
+                return ctx.answer_or_retry(p, &spec, r).await;
             }
         };
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
-        let api_key = new_key();
         let net = ctx.worker_net(&spec.config, &api_key, &name);
         let spec = if net.egress.is_none() {
             spec.with_model_keys_as_env()
@@ -185,7 +190,7 @@ impl Supervisor {
                 let info = ErrorCode::ImageNotFound.info(Some("image"), e.to_string());
                 let r =
                     job(String::new()).result(Status::Error, Some(info), &ctx.settings.instance_id);
-                return ctx.settle(entry, Disposition::Answer(r)).await;
+                return ctx.answer_or_retry(p, &spec, r).await;
             }
             Err(e) => {
                 ctx.env.egress.release(&name);

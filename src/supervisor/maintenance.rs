@@ -49,6 +49,7 @@ impl Supervisor {
                 let _ = ctx.bus.claim_session(&sid, &ctx.settings.instance_id).await;
             }
             self.heartbeat().await;
+            self.fleet_pass().await;
             if let Ok((len, pending)) = ctx.bus.queue_depth().await {
                 ctx.metrics.queue_length.set(len as i64);
                 ctx.metrics.queue_pending.set(pending as i64);

@@ -19,6 +19,7 @@
 mod adoption;
 mod control;
 pub mod ctx;
+mod fleet;
 mod intake;
 mod launch;
 mod maintenance;
@@ -54,6 +55,9 @@ pub enum StartError {
     /// Docker is missing or unreachable.
     #[error("cannot reach the Docker engine: {0}")]
     Docker(EngineError),
+    /// `docker_host` (or `DOCKER_HOST`) does not name an engine.
+    #[error("docker_host: {0}")]
+    Settings(String),
     /// The egress sockets' folder cannot be made, or a setting of theirs
     /// is not valid.
     #[error("egress: {0}")]
@@ -99,6 +103,7 @@ impl Supervisor {
         // containers it owns from an earlier life).
         self.heartbeat().await;
         self.adopt_all().await;
+        self.answer_for_vanished().await;
         self.pools.refill().await;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(self.clone().intake_loop());
@@ -106,6 +111,7 @@ impl Supervisor {
         tasks.spawn(self.clone().maintenance_loop());
         tasks.spawn(self.clone().watch_loop());
         tasks.spawn(self.clone().firewall_loop());
+        tasks.spawn(self.clone().retry_loop());
         self.ctx.shutdown.cancelled().await;
         // Give each loop a moment to leave its blocking read.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {

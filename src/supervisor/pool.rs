@@ -177,6 +177,15 @@ impl Pools {
                 return Err(permit);
             }
         };
+        if ctx
+            .hold(p, spec, "pool", &container.name, &api_key)
+            .await
+            .is_err()
+        {
+            // The cold path takes the hold again and settles as it says.
+            self.return_pooled(container);
+            return Err(permit);
+        }
         let gateway_key = (!net.api_url.is_empty()).then(|| api_key.clone());
         if gateway_key.is_some() && !ctx.register_key(spec, &container.name, &api_key).await {
             tracing::warn!(request_id = %rid, "starting cold");

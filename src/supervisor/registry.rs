@@ -22,6 +22,8 @@ pub struct Running {
     pub stop: CancellationToken,
     /// Why it was stopped (set before `stop` fires).
     pub reason: Arc<Mutex<Option<StopReason>>>,
+    /// The attempt of its request it runs.
+    pub attempt: u32,
 }
 
 impl Running {
@@ -117,6 +119,27 @@ impl Registry {
         self.lock().running.len()
     }
 
+    /// The running workers with the attempt each runs.
+    pub fn running_attempts(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .running
+            .iter()
+            .map(|(id, r)| (id.clone(), r.attempt))
+            .collect()
+    }
+
+    /// Stops `request_id`'s worker without a word (its request is held
+    /// elsewhere now); returns whether it ran here.
+    pub fn fence(&self, request_id: &str) -> bool {
+        match self.lock().running.get(request_id) {
+            Some(r) => {
+                r.stop_for(StopReason::Fenced);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Takes the early cancel of `request_id`, if one arrived.
     pub fn take_early_cancel(&self, request_id: &str) -> bool {
         self.lock().early_cancels.remove(request_id).is_some()
@@ -159,6 +182,7 @@ mod tests {
 
     fn running() -> Running {
         Running {
+            attempt: 1,
             stop: CancellationToken::new(),
             reason: Arc::default(),
         }

@@ -40,14 +40,16 @@ impl Supervisor {
     /// their firewall rules) and loads the catalog.
     pub async fn start(settings: Settings) -> Result<Arc<Supervisor>, StartError> {
         let settings = Arc::new(settings);
-        let engine = Engine::connect().await.map_err(StartError::Docker)?;
+        let target = settings.docker_target().map_err(StartError::Settings)?;
+        let engine = Engine::connect(&target).await.map_err(StartError::Docker)?;
         let names = StreamNames::new(&settings.stream_prefix, &settings.group);
         let bus = Bus::connect(&settings.redis_url, names, settings.stream_maxlen)
             .await
             .map_err(|source| StartError::Redis {
                 url: redis_url_for_logs(&settings.redis_url),
                 source,
-            })?;
+            })?
+            .for_instance(&settings.instance_id);
         bus.ensure_group()
             .await
             .map_err(|source| StartError::Redis {
@@ -125,7 +127,7 @@ impl Supervisor {
         }
         maintenance::log_catalog_warnings(&settings, &catalog);
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
-        let sink = Sink::Redis(bus.clone(), metrics.clone());
+        let sink = Sink::Redis(bus.clone(), metrics.clone(), Default::default());
         let egress = egress_for(&settings, sink.clone(), metrics.clone())?;
         let env = WorkerEnv::new(engine, sink, metrics.clone(), &settings, egress);
         let images = ImageBuilder::new(env.engine.clone(), metrics.clone());

@@ -89,6 +89,9 @@ pub enum StopReason {
     Cancelled,
     /// The session's TTL passed.
     Expired,
+    /// Another attempt or instance holds its request now (this instance
+    /// was taken for lost): it ends without a word.
+    Fenced,
 }
 
 /// When and how a request reached this instance.
@@ -161,6 +164,11 @@ pub struct Job {
     /// its logs instead (adopted containers, archive delivery). In a mutex
     /// only so that `&Job` is `Sync` across the supervisor's awaits.
     pub output: std::sync::Mutex<Option<ExecOutput>>,
+    /// Which run of the request this is (1 = the first).
+    pub attempt: u32,
+    /// Its config's retry policy; session tasks have none (a session's
+    /// state is not run again elsewhere).
+    pub retry: Option<crate::model::retry::RetryPolicy>,
 }
 
 /// Unix seconds now.
@@ -218,6 +226,12 @@ impl Job {
             stop_reason: Arc::new(std::sync::Mutex::new(None)),
             api_key,
             output: Default::default(),
+            attempt: spec.attempt,
+            retry: spec
+                .config
+                .retry
+                .clone()
+                .filter(|_| spec.session_id.is_none()),
         }
     }
 
@@ -263,6 +277,13 @@ impl Job {
             stop_reason: Arc::new(std::sync::Mutex::new(None)),
             api_key: facts.api_key.clone(),
             output: Default::default(),
+            attempt: l
+                .get(labels::ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1),
+            retry: l
+                .get(labels::RETRY)
+                .and_then(|r| serde_json::from_str(r).ok()),
         }
     }
 
@@ -293,6 +314,7 @@ impl Job {
     /// A result for this job with `status` and no run facts.
     pub fn result(&self, status: Status, error: Option<ErrorInfo>, instance: &str) -> ResultRecord {
         let mut r = ResultRecord::bare(&self.request_id, status, error);
+        r.attempt = self.attempt;
         r.session_id = self.session_id.clone();
         r.worker = Some(self.worker_info(instance));
         r.timings = Timings {

@@ -15,6 +15,7 @@ use super::output::{forward, forward_output, stdout_tail, OutputTail};
 use super::{time_left, Job, StopReason, WorkerEnv};
 use futures_util::StreamExt;
 
+use crate::adapters::bus::Published;
 use crate::adapters::engine::{ContainerFacts, Engine, EngineError, ExecOutput, OutputStream};
 use crate::adapters::sink::Sink;
 use crate::model::conversation::IdScanner;
@@ -22,6 +23,7 @@ use crate::model::outcome::{self, ErrorCode};
 use crate::model::protocol::{
     normalize_rfc3339, now_rfc3339, rfc3339_millis, ErrorInfo, EventType, ResultRecord, Status,
 };
+use crate::model::retry;
 
 /// How a task's watch ended.
 enum End {
@@ -81,7 +83,7 @@ fn classify(end: &End, evidence: Option<Evidence>, shim_message: Option<&str>) -
             Some(outcome::timed_out()),
             EventType::TimedOut,
         ),
-        (End::Stopped(StopReason::Cancelled), _) => (
+        (End::Stopped(StopReason::Cancelled | StopReason::Fenced), _) => (
             Status::Cancelled,
             Some(outcome::cancelled()),
             EventType::Cancelled,
@@ -139,7 +141,7 @@ fn result_of(env: &WorkerEnv, job: &Job, v: Verdict, run: RunFacts) -> ResultRec
 
 /// Revokes the job's gateway key (it expires on its own otherwise).
 async fn revoke_key(env: &WorkerEnv, job: &Job) {
-    if let (Some(key), Sink::Redis(bus, _)) = (&job.api_key, &env.sink) {
+    if let (Some(key), Sink::Redis(bus, _, _)) = (&job.api_key, &env.sink) {
         if let Err(e) = bus.revoke_worker_key(key).await {
             tracing::warn!(request_id = %job.request_id, error = %e, "revoking the worker key failed; it expires on its own");
         }
@@ -265,6 +267,15 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     });
     let verdict = classify(&end, evidence, shim_message.as_deref());
     let status = verdict.status;
+    // A worker whose request another attempt or instance holds now (this
+    // host was taken for lost) says nothing more: no `finished`, no result.
+    if !env.sink.may_speak(&job.request_id, job.attempt).await {
+        env.metrics.fenced.inc();
+        tracing::info!(request_id = %job.request_id, attempt = job.attempt, "the request is held elsewhere now; removing its worker quietly");
+        revoke_key(env, &job).await;
+        remove_quietly(env, &job).await;
+        return status;
+    }
     let exit_code = evidence.and_then(|e| e.exit_code);
     let oom_killed = evidence.is_some_and(|e| e.oom_killed);
     tracing::info!(status = %status, exit_code = ?exit_code, "worker finished");
@@ -411,10 +422,37 @@ pub async fn supervise_exec(
 /// safe: a container left behind is adopted and its result republished).
 pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
     revoke_key(env, job).await;
-    if !env.sink.result(result, &CancellationToken::new()).await {
-        return;
+    let next = retry::reason_of(result).and_then(|why| {
+        Some((
+            why,
+            retry::next_attempt(job.retry.as_ref(), job.attempt, why)?,
+        ))
+    });
+    let mut removed = false;
+    if let Some((why, next)) = next {
+        // The container gives way first: on this engine its name is the
+        // next attempt's.
+        removed = remove_quietly(env, job).await;
+        if removed && schedule_retry(env, job, why, next).await {
+            return;
+        }
     }
-    match env.engine.remove(&job.container_id).await {
+    match env.sink.publish(result, &CancellationToken::new()).await {
+        None => return,
+        Some(Published::Fenced) => {
+            if !removed {
+                remove_quietly(env, job).await;
+            }
+            return;
+        }
+        Some(_) => {}
+    }
+    let gone = if removed {
+        Ok(())
+    } else {
+        env.engine.remove(&job.container_id).await
+    };
+    match gone {
         Ok(()) => {
             env.egress.close(&job.container_name);
             env.sink
@@ -430,6 +468,67 @@ pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
             tracing::warn!(request_id = %job.request_id, error = %e, "removing the container failed; adoption will retry");
         }
     }
+}
+
+/// Removes the job's container and closes its socket without a word: its
+/// request is answered or run again by another attempt (or instance).
+pub async fn remove_quietly(env: &WorkerEnv, job: &Job) -> bool {
+    env.sink.forget_attempt(&job.request_id);
+    let gone = match env.engine.remove(&job.container_id).await {
+        Ok(()) | Err(EngineError::NotFound(_)) => true,
+        Err(e) => {
+            env.metrics.docker_errors.inc();
+            tracing::warn!(request_id = %job.request_id, error = %e, "removing the container failed; adoption will retry");
+            false
+        }
+    };
+    env.egress.close(&job.container_name);
+    gone
+}
+
+/// Queues attempt `next` of the job's request after its policy's backoff
+/// (one `retrying` event); false when this instance holds no such attempt
+/// (the result is published instead).
+async fn schedule_retry(env: &WorkerEnv, job: &Job, why: retry::Reason, next: u32) -> bool {
+    let (Sink::Redis(bus, _, _), Some(policy)) = (&env.sink, &job.retry) else {
+        return false;
+    };
+    let backoff = policy.backoff;
+    match bus
+        .schedule_retry(
+            &job.request_id,
+            job.attempt,
+            next,
+            backoff.as_millis() as u64,
+        )
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            env.metrics.redis_errors.inc();
+            tracing::warn!(request_id = %job.request_id, error = %e, "scheduling the retry failed; publishing the result");
+            return false;
+        }
+    }
+    env.metrics
+        .retries
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: why.as_str().to_string(),
+        })
+        .inc();
+    tracing::info!(request_id = %job.request_id, attempt = job.attempt, next, reason = why.as_str(), "running the request again");
+    // Said under this attempt's number, then forgotten: the next attempt's
+    // events carry its own.
+    env.sink
+        .event(
+            &job.request_id,
+            EventType::Retrying,
+            json!({"attempt": job.attempt, "next_attempt": next, "reason": why.as_str(), "backoff_ms": backoff.as_millis() as u64, "instance": env.instance}),
+        )
+        .await;
+    env.sink.forget_attempt(&job.request_id);
+    true
 }
 
 /// Whether the container's recorded finish time lies past `deadline_unix`.

@@ -125,6 +125,10 @@ pub struct DaemonOpts {
     pub ready_timeout: Duration,
     /// Redis to use instead of `WS_TEST_REDIS_URL`.
     pub redis_url: Option<String>,
+    /// A command the daemon runs under (e.g. `nsenter --net=... --`).
+    pub wrapper: Vec<String>,
+    /// Address its HTTP endpoints bind (default 127.0.0.1).
+    pub http_host: Option<String>,
 }
 
 impl DaemonOpts {
@@ -142,7 +146,17 @@ impl DaemonOpts {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             redis_url: None,
+            wrapper: Vec::new(),
+            http_host: None,
         }
+    }
+
+    /// Runs the daemon in network namespace `netns` (a second host's),
+    /// its HTTP endpoints on `addr` there.
+    pub fn in_netns(mut self, netns: &str, addr: &str) -> Self {
+        self.wrapper = vec!["nsenter".into(), format!("--net={netns}"), "--".into()];
+        self.http_host = Some(addr.to_string());
+        self
     }
 
     /// Sets an environment variable of the daemon.
@@ -229,7 +243,11 @@ impl Daemon {
             .instance_id
             .clone()
             .unwrap_or_else(|| format!("inst-{}", random_suffix()));
-        let http_addr = format!("127.0.0.1:{}", free_port());
+        let http_addr = format!(
+            "{}:{}",
+            opts.http_host.as_deref().unwrap_or("127.0.0.1"),
+            free_port()
+        );
         let logdir = tempfile::Builder::new()
             .prefix("ws-daemon-log.")
             .tempdir()
@@ -237,7 +255,14 @@ impl Daemon {
         let stderr_path = logdir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let root = repo_root();
-        let mut cmd = Command::new(binary());
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.current_dir(&root)
             .arg("--redis-url")
             .arg(&redis)

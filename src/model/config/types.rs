@@ -67,6 +67,10 @@ pub struct WorkerConfig {
     /// Warm pool of ready containers.
     #[serde(default, skip_serializing_if = "Pool::is_default")]
     pub pool: Pool,
+    /// Which failures run the request again (`model::retry`); none when
+    /// absent. A retry keeps the request's config, limits included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::model::retry::RetryPolicy>,
 }
 
 /// `agent` of a worker config.

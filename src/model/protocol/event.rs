@@ -43,6 +43,12 @@ pub enum EventType {
     /// A decision of the worker's egress socket (a tunnel, proxied request
     /// or model call: allowed or denied, and its bytes each way once closed).
     Egress,
+    /// The request runs again (its retry policy): which attempt ended, why,
+    /// and when the next one starts.
+    Retrying,
+    /// An instance was lost (no heartbeat for `instance_lost_after`) and
+    /// the requests it held were taken over.
+    InstanceLost,
 }
 
 /// One entry of `workers:events`.

@@ -127,6 +127,18 @@ pub struct ResultRecord {
     /// Dry run only: the rendered files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileView>>,
+    /// Which run of the request this is (1 = the first; written only from
+    /// 2 on, when a retry policy ran it again).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(a: &u32) -> bool {
+    *a <= 1
 }
 
 impl ResultRecord {
@@ -145,6 +157,7 @@ impl ResultRecord {
             timings: Timings::default(),
             config: None,
             files: None,
+            attempt: 1,
         }
     }
 }

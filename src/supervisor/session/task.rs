@@ -71,6 +71,25 @@ impl Session {
             }
         };
         self.last_request = rid.clone();
+        // A session that ended with its lost instance: its tasks queued
+        // before the loss are answered; a later one starts it anew.
+        if self.container.is_none() {
+            if let Ok(Some(loss)) = ctx.bus.session_loss(sid).await {
+                if super::entry_key(&entry.id) <= super::entry_key(&loss.before) {
+                    let info = ErrorCode::Lost.info(
+                        None,
+                        format!(
+                            "session {sid} ended with its instance {}, lost with its host, before this task ran",
+                            loss.instance
+                        ),
+                    );
+                    let mut r = ResultRecord::bare(&rid, Status::Error, Some(info));
+                    r.session_id = Some(sid.to_string());
+                    return ctx.settle(&entry, Disposition::Answer(r)).await;
+                }
+                let _ = ctx.bus.forget_session_loss(sid).await;
+            }
+        }
         let container = match self.ensure_container(&spec).await {
             Ok(c) => c,
             Err(Some(info)) => {

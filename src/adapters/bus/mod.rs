@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 
+mod fleet;
+pub use fleet::{Held, HoldClaim, LostInstance, SessionLoss};
+
 /// A Redis failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -76,6 +79,9 @@ pub struct Entry {
     pub data: Option<Vec<u8>>,
     /// How many times it was delivered (1 for a fresh read).
     pub deliveries: u64,
+    /// The `attempt` field: 2 and up on an entry the daemon re-published
+    /// for a retry (`fleet`), 1 otherwise.
+    pub attempt: u32,
 }
 
 impl Entry {
@@ -91,12 +97,38 @@ const RUN_MARK_TTL_SECS: u64 = 60;
 /// How long bookkeeping keys (result-sent marks, event counters) live.
 const MARK_TTL_SECS: u64 = 7 * 24 * 3600;
 
+// A result is refused (0) when one was published, and fenced (2) when it is
+// of an older attempt than the request's current one, or when a live
+// instance other than the caller holds the request (`fleet`); publishing
+// ends the request's hold.
 const PUBLISH_RESULT: &str = r#"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
-  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local cur = tonumber(redis.call('GET', KEYS[4]) or '1')
+if tonumber(ARGV[5]) < cur then return 2 end
+local holder = redis.call('HGET', KEYS[3], 'instance')
+if holder and holder ~= ARGV[4] and redis.call('EXISTS', ARGV[6] .. holder) == 1 then
+  return 2
 end
-return false
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])
+if holder then
+  redis.call('DEL', KEYS[3])
+  redis.call('SREM', ARGV[7] .. holder, ARGV[8])
+end
+return 1
 "#;
+
+/// What became of a result handed to [`Bus::publish_result`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// This call published it.
+    Now,
+    /// A result was already out.
+    Already,
+    /// An attempt or instance that no longer holds the request sent it:
+    /// refused, and nothing else of that worker may be said.
+    Fenced,
+}
 
 // Events arrive without their seq: ARGV[3..] are JSON objects' tails after
 // `{"seq":N`, so the counter and the appends are one atomic step.
@@ -143,6 +175,8 @@ if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. cur) == 1 then
   return cur
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+if cur and cur ~= ARGV[1] then redis.call('SREM', ARGV[4] .. cur, ARGV[5]) end
+redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
 return ARGV[1]
 "#;
 
@@ -164,6 +198,9 @@ pub struct Bus {
     claim_adoption: Script,
     claim_run: Script,
     claim_session: Script,
+    /// This daemon instance (the holder its results are checked against).
+    instance: String,
+    fleet: fleet::Scripts,
 }
 
 impl Bus {
@@ -189,7 +226,20 @@ impl Bus {
             claim_adoption: Script::new(CLAIM_ADOPTION),
             claim_run: Script::new(CLAIM_RUN),
             claim_session: Script::new(CLAIM_SESSION),
+            instance: String::new(),
+            fleet: fleet::Scripts::new(),
         })
+    }
+
+    /// The same bus, speaking for daemon instance `instance`.
+    pub fn for_instance(mut self, instance: &str) -> Bus {
+        self.instance = instance.to_string();
+        self
+    }
+
+    /// The instance this bus speaks for.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The shared connection, connecting first if there is none.
@@ -330,11 +380,19 @@ impl Bus {
     /// Marks `instance` alive for `ttl_secs`.
     pub async fn heartbeat(&self, instance: &str, ttl_secs: u64) -> Result<(), BusError> {
         let mut c = self.conn().await?;
-        let _: Value = redis::cmd("SET")
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        // The sorted set remembers an instance after its key expired: how
+        // long it has been gone decides when it counts as lost (`fleet`).
+        let _: Value = redis::pipe()
+            .cmd("SET")
             .arg(self.instance_key(instance))
             .arg(crate::model::protocol::now_rfc3339())
             .arg("EX")
             .arg(ttl_secs)
+            .cmd("ZADD")
+            .arg(self.instances_key())
+            .arg(now_ms)
+            .arg(instance)
             .query_async(&mut c)
             .await
             .map_err(|e| self.broken(e))?;
@@ -468,6 +526,8 @@ impl Bus {
             .arg(instance)
             .arg(format!("{}:instance:", self.names.prefix))
             .arg(120)
+            .arg(format!("{}:sessions-of:", self.names.prefix))
+            .arg(sid)
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.broken(e))
@@ -483,8 +543,12 @@ impl Bus {
             .await
             .map_err(|e| self.broken(e))?;
         if cur.as_deref() == Some(instance) {
-            let _: Value = redis::cmd("DEL")
+            let _: Value = redis::pipe()
+                .cmd("DEL")
                 .arg(&key)
+                .cmd("SREM")
+                .arg(format!("{}:sessions-of:{instance}", self.names.prefix))
+                .arg(sid)
                 .query_async(&mut c)
                 .await
                 .map_err(|e| self.broken(e))?;
@@ -731,21 +795,37 @@ impl Bus {
         Ok(())
     }
 
-    /// Publishes a result unless one was already published for `request_id`;
-    /// returns whether this call published it.
-    pub async fn publish_result(&self, request_id: &str, json: &str) -> Result<bool, BusError> {
+    /// Publishes the result of `attempt` of `request_id` unless one was
+    /// already published or the attempt is fenced (see [`Published`]).
+    pub async fn publish_result(
+        &self,
+        request_id: &str,
+        attempt: u32,
+        json: &str,
+    ) -> Result<Published, BusError> {
         let mut c = self.conn().await?;
-        let v: Value = self
+        let v: i64 = self
             .publish_result
             .key(self.names.result_sent_key(request_id))
             .key(&self.names.result)
+            .key(self.held_key(request_id))
+            .key(self.attempt_key(request_id))
             .arg(json)
             .arg(self.maxlen)
             .arg(MARK_TTL_SECS)
+            .arg(&self.instance)
+            .arg(attempt)
+            .arg(format!("{}:instance:", self.names.prefix))
+            .arg(format!("{}:holds:", self.names.prefix))
+            .arg(request_id)
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.broken(e))?;
-        Ok(!matches!(v, Value::Nil))
+        Ok(match v {
+            1 => Published::Now,
+            2 => Published::Fenced,
+            _ => Published::Already,
+        })
     }
 
     /// Whether a result was already published for `request_id`.
@@ -914,32 +994,42 @@ fn parse_entries(v: Value) -> Result<Vec<Entry>, BusError> {
             continue;
         };
         let mut data = None;
-        match fields {
+        let mut attempt = 1;
+        let pairs: Vec<(Value, Value)> = match fields {
             Value::Array(kv) => {
                 let mut it = kv.into_iter();
+                let mut v = Vec::new();
                 while let (Some(k), Some(val)) = (it.next(), it.next()) {
-                    if bulk_to_string(&k).as_deref() == Some("data") {
-                        if let Value::BulkString(b) = val {
-                            data = Some(b);
-                        }
+                    v.push((k, val));
+                }
+                v
+            }
+            Value::Map(kv) => kv,
+            _ => Vec::new(),
+        };
+        for (k, val) in pairs {
+            match bulk_to_string(&k).as_deref() {
+                Some("data") => {
+                    if let Value::BulkString(b) = val {
+                        data = Some(b);
                     }
                 }
-            }
-            Value::Map(kv) => {
-                for (k, val) in kv {
-                    if bulk_to_string(&k).as_deref() == Some("data") {
-                        if let Value::BulkString(b) = val {
-                            data = Some(b);
-                        }
-                    }
+                // Bounded: a producer's own `attempt` field cannot push a
+                // request past its retries (only fewer of them).
+                Some("attempt") => {
+                    attempt = bulk_to_string(&val)
+                        .and_then(|a| a.parse::<u32>().ok())
+                        .map(|a| a.clamp(1, crate::model::retry::MAX_RETRIES + 1))
+                        .unwrap_or(1)
                 }
+                _ => {}
             }
-            _ => {}
         }
         out.push(Entry {
             id,
             data,
             deliveries: 1,
+            attempt,
         });
     }
     Ok(out)
