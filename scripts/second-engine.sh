@@ -13,7 +13,7 @@
 #     scripts/second-engine.sh down          # stop and remove it all
 #
 # Engine B is a dockerd with data root, exec root, pidfile, config file and
-# socket of its own, running in a network namespace of its own (never in
+# socket of its own (plus a TCP listener with mutual TLS, see below), running in a network namespace of its own (never in
 # the machine's: its networking must not touch the first engine's docker0),
 # joined to the machine's namespace by a veth pair. Processes started with
 # `nsexec` (e.g. a workers-spawner daemon for engine B) live in that
@@ -32,7 +32,7 @@
 #                        socket (/run/NAME.sock), the cgroup parent of its
 #                        containers (/NAME) and the state dir
 #                        ${TMPDIR:-/tmp}/NAME (data root, exec root, pidfile,
-#                        config, key, dockerd.log; the exec root is
+#                        config, key, tls/, dockerd.log; the exec root is
 #                        STATE/x, or /run/NAME.x when that would be too long
 #                        for the unix sockets dockerd puts there)
 #   WS_ENGINE_B_SUBNET   10.213.0.0/30: the veth pair's subnet; the machine's
@@ -49,7 +49,21 @@
 #   WS_ENGINE_B_HOST=unix:///run/NAME.sock  WS_ENGINE_B_NETNS=/run/netns/NAME
 #   WS_ENGINE_B_HOST_ADDR (machine side)   WS_ENGINE_B_NS_ADDR (netns side)
 #   WS_ENGINE_B_STATE (state dir)
+#   WS_ENGINE_B_TCP=tcp://NS_ADDR:2376 (mutual TLS; reachable from the
+#                        machine's namespace and from inside the netns)
+#   WS_ENGINE_B_TLS_CA   STATE/tls/ca.pem: the CA that signed both certs
+#   WS_ENGINE_B_TLS_CERT STATE/tls/client-cert.pem: a client cert it accepts
+#   WS_ENGINE_B_TLS_KEY  STATE/tls/client-key.pem (PKCS#8 RSA 2048, 0600)
 # Everything else goes to stderr.
+#
+# TLS: the unix socket needs none; the TCP listener requires a client cert
+# signed by the CA (--tlsverify). `up`/`start` create STATE/tls/ once with
+# openssl (CA, server cert with SAN IP:NS_ADDR, DNS:localhost,
+# IP:127.0.0.1, client cert; 30 days) and reuse it afterwards, redoing only
+# what is missing, expires within a day, or (server cert) lacks NS_ADDR.
+#   docker --tlsverify --tlscacert "$WS_ENGINE_B_TLS_CA" \
+#       --tlscert "$WS_ENGINE_B_TLS_CERT" --tlskey "$WS_ENGINE_B_TLS_KEY" \
+#       -H "$WS_ENGINE_B_TCP" version
 #
 #   up      creates the netns and veth (reused when there), writes the config
 #           and starts dockerd in the netns; reuses a running engine B
@@ -66,7 +80,7 @@
 #           started with nsexec stay (a test kills its own daemon).
 #   start   like up, but requires the state dir left by up/stop
 #   down    stop (if running), unmount what is left under the state dir,
-#           remove it, the veth, the netns and the socket; exits 0 when
+#           remove it (certs included), the veth, the netns and the socket; exits 0 when
 #           nothing is up. Processes still in the netns are listed, not killed.
 #   status  exit 0 iff engine B answers
 #   nsexec  runs CMD in engine B's netns (nsenter --net, not `ip netns
@@ -109,6 +123,9 @@ DATA="$STATE/data"
 CONF="$STATE/daemon.json"
 PIDFILE="$STATE/dockerd.pid"
 LOGFILE="$STATE/dockerd.log"
+TLS="$STATE/tls"
+TCP_PORT=2376
+TCP="tcp://$NS_ADDR:$TCP_PORT"
 CGROUP="/$NAME"
 # libnetwork puts a socket named by a 64-hex id under EXEC/libnetwork/, and
 # unix socket paths end at 107 bytes: keep the exec root short.
@@ -128,6 +145,10 @@ print_exports() {
     printf 'export WS_ENGINE_B_HOST_ADDR=%q\n' "$HOST_ADDR"
     printf 'export WS_ENGINE_B_NS_ADDR=%q\n' "$NS_ADDR"
     printf 'export WS_ENGINE_B_STATE=%q\n' "$STATE"
+    printf 'export WS_ENGINE_B_TCP=%q\n' "$TCP"
+    printf 'export WS_ENGINE_B_TLS_CA=%q\n' "$TLS/ca.pem"
+    printf 'export WS_ENGINE_B_TLS_CERT=%q\n' "$TLS/client-cert.pem"
+    printf 'export WS_ENGINE_B_TLS_KEY=%q\n' "$TLS/client-key.pem"
 }
 
 need_root() {
@@ -328,6 +349,103 @@ delete_net() {
     fi
 }
 
+# --- TLS --------------------------------------------------------------------
+
+# openssl, quiet (genpkey draws dots on stderr) unless it fails.
+ossl() {
+    local err
+    err="$(openssl "$@" 2>&1 >/dev/null)" || { log "openssl $1 failed: $err"; return 1; }
+}
+
+# A cert (in $TLS) that is there, signed by ca.pem and valid for another day.
+cert_ok() {
+    [ -s "$TLS/$1" ] &&
+        openssl x509 -in "$TLS/$1" -noout -checkend 86400 >/dev/null 2>&1 &&
+        openssl verify -CAfile "$TLS/ca.pem" "$TLS/$1" >/dev/null 2>&1
+}
+
+# KIND (server or client) -> $TLS/KIND-cert.pem, $TLS/KIND-key.pem
+issue_cert() {
+    local kind="$1" t="$TLS/.$1.$$"
+    ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$t-key.pem"
+    ossl req -new -key "$t-key.pem" -subj "/CN=$NAME $kind" -out "$t.csr"
+    ossl x509 -req -in "$t.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca-key.pem" \
+        -set_serial "0x$(openssl rand -hex 16)" -days 30 -sha256 \
+        -extfile "$TLS/.openssl.cnf" -extensions "$kind" -out "$t-cert.pem"
+    rm -f "$t.csr"
+    mv -f "$t-key.pem" "$TLS/$kind-key.pem"
+    mv -f "$t-cert.pem" "$TLS/$kind-cert.pem"
+}
+
+# Creates what is missing or stale in $TLS (normally nothing: certs last 30
+# days and survive stop/start), all with openssl.
+ensure_tls() {
+    local made=""
+    mkdir -p "$TLS"
+    # (umask: the keys are born 0600; the dir and the certs are readable)
+    (
+        umask 077
+        cat > "$TLS/.openssl.cnf" <<EOF
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:$NS_ADDR, DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+        if ! [ -s "$TLS/ca-key.pem" ] || ! cert_ok ca.pem; then
+            ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
+                -out "$TLS/.ca-key.pem.$$"
+            ossl req -x509 -new -key "$TLS/.ca-key.pem.$$" -subj "/CN=$NAME CA" \
+                -set_serial "0x$(openssl rand -hex 16)" -days 30 -sha256 \
+                -config "$TLS/.openssl.cnf" -extensions ca -out "$TLS/.ca.pem.$$"
+            mv -f "$TLS/.ca-key.pem.$$" "$TLS/ca-key.pem"
+            mv -f "$TLS/.ca.pem.$$" "$TLS/ca.pem"
+            rm -f "$TLS/server-cert.pem" "$TLS/client-cert.pem"
+            made="CA "
+        fi
+        if ! [ -s "$TLS/server-key.pem" ] || ! cert_ok server-cert.pem ||
+            [[ "$(openssl x509 -in "$TLS/server-cert.pem" -noout -checkip "$NS_ADDR" 2>&1)" != *" does match "* ]]; then
+            issue_cert server
+            made="${made}server "
+        fi
+        if ! [ -s "$TLS/client-key.pem" ] || ! cert_ok client-cert.pem; then
+            issue_cert client
+            made="${made}client "
+        fi
+        chmod 644 "$TLS/ca.pem" "$TLS/server-cert.pem" "$TLS/client-cert.pem"
+        chmod 600 "$TLS/ca-key.pem" "$TLS/server-key.pem" "$TLS/client-key.pem"
+        if [ -n "$made" ]; then
+            log "TLS: made ${made% } cert(s) in $TLS"
+        fi
+    )
+}
+
+# Warns if the running dockerd (if any) was started without the $TCP listener.
+warn_if_no_tcp() {
+    local pid cmd
+    pid="$(dockerd_pid)" || return 0
+    cmd="$( { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null)" || return 0
+    if [[ "$cmd" != *" -H $TCP "* ]]; then
+        log "WARNING: the running engine B has no $TCP listener (started by an older $0?): down and up again"
+    fi
+    return 0
+}
+
 # --- engine -----------------------------------------------------------------
 
 write_config() {
@@ -365,6 +483,11 @@ start_dockerd() {
             --exec-root "$EXEC" \
             --pidfile "$PIDFILE" \
             -H "$HOST" \
+            -H "$TCP" \
+            --tlsverify \
+            --tlscacert "$TLS/ca.pem" \
+            --tlscert "$TLS/server-cert.pem" \
+            --tlskey "$TLS/server-key.pem" \
             >> "$LOGFILE" 2>&1 < /dev/null &
         pid=$!
     fi
@@ -392,6 +515,7 @@ cmd_up() {
     need_root
     if answers; then
         log "engine B is already up"
+        warn_if_no_tcp
         print_exports
         return 0
     fi
@@ -401,6 +525,7 @@ cmd_up() {
     ensure_net
     mkdir -p "$STATE" "$DATA"
     write_config
+    ensure_tls
     start_dockerd
     print_exports
 }
@@ -412,10 +537,12 @@ cmd_start() {
     fi
     if answers; then
         log "engine B is already up"
+        warn_if_no_tcp
         print_exports
         return 0
     fi
     ensure_net
+    ensure_tls
     start_dockerd
     print_exports
 }

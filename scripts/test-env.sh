@@ -230,7 +230,8 @@ ws_test_env_down() {
     if [ -n "${WS_ENGINE_B_HOST:-}" ]; then
         "${WS_TEST_REPO_ROOT:-.}/scripts/second-engine.sh" down >/dev/null 2>&1 || true
     fi
-    unset WS_ENGINE_B_HOST WS_ENGINE_B_NETNS WS_ENGINE_B_HOST_ADDR WS_ENGINE_B_NS_ADDR WS_ENGINE_B_STATE
+    unset WS_ENGINE_B_HOST WS_ENGINE_B_NETNS WS_ENGINE_B_HOST_ADDR WS_ENGINE_B_NS_ADDR WS_ENGINE_B_STATE \
+        WS_ENGINE_B_TCP WS_ENGINE_B_TLS_CA WS_ENGINE_B_TLS_CERT WS_ENGINE_B_TLS_KEY
     return 0
 }
 

@@ -24,6 +24,10 @@ use serde_json::{json, Value};
 const REQUEST_ID_LABEL: &str = "io.workers-spawner.request-id";
 const LOST_AFTER: Duration = Duration::from_secs(30);
 
+/// The tests that lose engine B's host take turns (the harness runs two
+/// tests at a time).
+static ENGINE_B: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn env_of(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: scripts/test-env.sh starts engine B and exports it")
@@ -114,12 +118,27 @@ fn fleet_opts(name: &str, prefix: &str, presets: &std::path::Path, instance: &st
         .instance_id(instance)
         .max_concurrent(4)
         .setting("instance_lost_after", "30s")
-        .setting("reclaim_min_idle", "10s")
+        .setting("reclaim_min_idle", "30s")
         .env("RUST_LOG", "info")
 }
 
+/// How daemon B reaches engine B.
+#[derive(Clone, Copy)]
+enum Link {
+    /// Its unix socket.
+    Unix,
+    /// `tcp://` with mutual TLS (the engine's certificate checked against
+    /// its CA, a client certificate of ours), as to another host.
+    Tls,
+}
+
 /// Daemon B: in engine B's netns, driving engine B, Redis across the veth.
-fn daemon_b(prefix: &str, presets: &std::path::Path, egress: &std::path::Path) -> Daemon {
+fn daemon_b(
+    prefix: &str,
+    presets: &std::path::Path,
+    egress: &std::path::Path,
+    link: Link,
+) -> Daemon {
     let redis_port = env_of("WS_TEST_REDIS_PORT");
     let opts = fleet_opts("fleet", prefix, presets, "fleet-b")
         .in_netns(&env_of("WS_ENGINE_B_NETNS"), &env_of("WS_ENGINE_B_NS_ADDR"))
@@ -127,8 +146,15 @@ fn daemon_b(prefix: &str, presets: &std::path::Path, egress: &std::path::Path) -
             "redis://{}:{redis_port}/",
             env_of("WS_ENGINE_B_HOST_ADDR")
         ))
-        .setting("docker_host", &env_of("WS_ENGINE_B_HOST"))
         .setting("egress_dir", &egress.to_string_lossy());
+    let opts = match link {
+        Link::Unix => opts.setting("docker_host", &env_of("WS_ENGINE_B_HOST")),
+        Link::Tls => opts
+            .setting("docker_host", &env_of("WS_ENGINE_B_TCP"))
+            .setting("docker_tls_ca", &env_of("WS_ENGINE_B_TLS_CA"))
+            .setting("docker_tls_cert", &env_of("WS_ENGINE_B_TLS_CERT"))
+            .setting("docker_tls_key", &env_of("WS_ENGINE_B_TLS_KEY")),
+    };
     Daemon::start(opts)
 }
 
@@ -200,6 +226,7 @@ async fn wait_started(prefix: &str, rid: &str, timeout: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_host_loses_no_request_and_runs_again_only_what_may() {
+    let _turn = ENGINE_B.lock().await;
     let prefix = unique_prefix("fleet");
     let dir = tempfile::tempdir().unwrap();
     let presets = dir.path().join("presets");
@@ -228,7 +255,7 @@ async fn a_lost_host_loses_no_request_and_runs_again_only_what_may() {
 
     // B alone first: it takes four long tasks (its four slots), two of each
     // preset, and reads nothing more.
-    let mut b = daemon_b(&prefix, &presets, &egress_b);
+    let mut b = daemon_b(&prefix, &presets, &egress_b, Link::Unix);
     let on_b: Vec<(String, &str)> = (0..4)
         .map(|i| {
             let p = if i % 2 == 0 {
@@ -338,7 +365,7 @@ async fn a_lost_host_loses_no_request_and_runs_again_only_what_may() {
     second_engine("start");
     let stale = managed_on(&engine_b, &prefix).await;
     assert!(!stale.is_empty(), "engine B kept its dead containers");
-    let mut b2 = daemon_b(&prefix, &presets, &egress_b);
+    let mut b2 = daemon_b(&prefix, &presets, &egress_b, Link::Tls);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !managed_on(&engine_b, &prefix).await.is_empty() {
         assert!(
@@ -371,6 +398,145 @@ async fn a_lost_host_loses_no_request_and_runs_again_only_what_may() {
     remove_all_on(&engine_b, &prefix).await;
     drop(a);
     assert_no_containers(&prefix).await;
+}
+
+/// Every event of `prefix` (session-wide ones have no request id).
+async fn all_events(prefix: &str) -> Vec<Value> {
+    stream_json(&format!("{prefix}:events")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hosts_session_ends_and_its_tasks_are_answered() {
+    let _turn = ENGINE_B.lock().await;
+    let prefix = unique_prefix("fleet-sess");
+    let dir = tempfile::tempdir().unwrap();
+    let presets = dir.path().join("presets");
+    std::fs::create_dir_all(&presets).unwrap();
+    // Sessions are never run again elsewhere: their state went with the host.
+    write_preset(
+        &presets,
+        "fleet_session",
+        &preset(
+            "fleet_session",
+            "ws-test-stock:latest",
+            "32m",
+            Some(json!({"max": 1, "on": ["lost"], "backoff": "1s"})),
+        ),
+    );
+    let engine_b = docker_b().await;
+    let egress_b = dir.path().join("egress-b");
+    // This B reaches its engine over TCP with TLS, as a remote one.
+    let mut b = daemon_b(&prefix, &presets, &egress_b, Link::Tls);
+    let sid = format!("sess-{}", random_suffix());
+    let task = |rid: &str, prompt: &str| {
+        let mut r = request(rid, "fleet_session", prompt);
+        r["task"]["session_id"] = json!(sid);
+        r
+    };
+    let (t1, t2, t3) = (
+        unique_request_id("t1"),
+        unique_request_id("t2"),
+        unique_request_id("t3"),
+    );
+    publish_spawn(&prefix, &task(&t1, "echo one; sleep 30")).await;
+    publish_spawn(&prefix, &task(&t2, "echo two")).await;
+    wait_started(&prefix, &t1, Duration::from_secs(60)).await;
+    let a = Daemon::start(fleet_opts("fleet-sess", &prefix, &presets, "fleet-a"));
+    b.kill();
+    second_engine("stop");
+
+    let bound = LOST_AFTER + Duration::from_secs(30);
+    let r1 = wait_result(&prefix, &t1, bound).await;
+    let r2 = wait_result(&prefix, &t2, bound).await;
+    // The running task is never run twice; the queued one never ran.
+    assert_eq!(r1["status"], "error", "{r1:#}");
+    assert_eq!(r1["error"]["code"], "interrupted", "{r1:#}");
+    assert_eq!(r2["status"], "error", "{r2:#}");
+    assert_eq!(r2["error"]["code"], "lost", "{r2:#}");
+    assert!(
+        r2["error"]["message"].as_str().unwrap().contains("fleet-b"),
+        "{r2:#}"
+    );
+    let expired: Vec<Value> = all_events(&prefix)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "session_expired" && e["data"]["session_id"] == json!(sid))
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:#?}");
+    assert_eq!(expired[0]["data"]["reason"], "lost");
+    assert_eq!(expired[0]["data"]["instance"], "fleet-b");
+
+    // A task after the loss starts the session anew, on A.
+    publish_spawn(&prefix, &task(&t3, "echo three")).await;
+    let r3 = wait_result(&prefix, &t3, Duration::from_secs(60)).await;
+    assert_eq!(r3["status"], "succeeded", "{r3:#}");
+    assert_eq!(r3["worker"]["instance"], "fleet-a", "{r3:#}");
+
+    // B comes back: its session container is not the session's any more.
+    second_engine("start");
+    let events_before = stream_len(&format!("{prefix}:events")).await;
+    let mut b2 = daemon_b(&prefix, &presets, &egress_b, Link::Unix);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !managed_on(&engine_b, &prefix).await.is_empty() {
+        assert!(Instant::now() < deadline, "{}", b2.stderr_tail(30));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(stream_len(&format!("{prefix}:events")).await, events_before);
+    b2.kill();
+    remove_all_on(&engine_b, &prefix).await;
+    for v in engine_b
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .ok()
+        .and_then(|l| l.volumes)
+        .unwrap_or_default()
+    {
+        if v.labels.get(PREFIX_LABEL) == Some(&prefix) {
+            let _ = engine_b
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await;
+        }
+    }
+    drop(a);
+    cleanup_volumes(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_task_is_retried_with_the_same_timeout() {
+    let mut p = preset(
+        "slow_retry",
+        "ws-test-stock:latest",
+        "32m",
+        Some(json!({"max": 1, "on": ["timed_out"], "backoff": "500ms"})),
+    );
+    p["limits"]["timeout_sec"] = json!(2);
+    let dir = presets_dir_with(&[("slow_retry", p)]);
+    let d = Daemon::start(DaemonOpts::new("retry-timeout").presets_dir(dir.path()));
+    let rid = unique_request_id("slow");
+    let t0 = Instant::now();
+    publish_spawn(&d.prefix, &request(&rid, "slow_retry", "echo go; sleep 30")).await;
+    let r = wait_result(&d.prefix, &rid, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "timed_out", "{r:#}");
+    assert_eq!(r["attempt"], 2, "{r:#}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "both attempts were stopped at 2 s"
+    );
+    let ev = events_for(&d.prefix, &rid).await;
+    let retrying: Vec<&Value> = ev.iter().filter(|e| e["type"] == "retrying").collect();
+    assert_eq!(retrying.len(), 1, "{ev:#?}");
+    assert_eq!(retrying[0]["data"]["reason"], "timed_out");
+    assert_eq!(
+        ev.iter().filter(|e| e["type"] == "timed_out").count(),
+        2,
+        "each attempt timed out once: {ev:#?}"
+    );
+    assert_eq!(results_for(&d.prefix, &rid).await.len(), 1);
+    assert_no_containers(&d.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,14 +91,19 @@ impl Supervisor {
             }
             Some("session") => {
                 // A session that ended with its lost instance (this one,
-                // back from the dead) is over: its container goes quietly.
+                // back from the dead), or that a live peer runs now, is not
+                // this container's any more: it goes quietly.
                 let sid = facts
                     .labels
                     .get(labels::SESSION_ID)
                     .cloned()
                     .unwrap_or_default();
-                if matches!(ctx.bus.session_loss(&sid).await, Ok(Some(l)) if l.instance == ctx.settings.instance_id)
-                {
+                let me = &ctx.settings.instance_id;
+                let lost_here =
+                    matches!(ctx.bus.session_loss(&sid).await, Ok(Some(l)) if &l.instance == me);
+                let owned_elsewhere =
+                    matches!(ctx.bus.claim_session(&sid, me).await, Ok(o) if &o != me);
+                if lost_here || owned_elsewhere {
                     tracing::info!(session_id = %sid, container = %facts.name, "the session ended with this instance's loss; removing its container");
                     ctx.metrics.fenced.inc();
                     let _ = ctx.env.engine.remove(&facts.id).await;

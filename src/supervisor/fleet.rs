@@ -254,7 +254,7 @@ impl Supervisor {
         }
         let mut sessions = 0u64;
         for sid in ctx.bus.sessions_of(&l.id).await.unwrap_or_default() {
-            if let Ok(true) = ctx.bus.lose_session(&sid, &l.id).await {
+            if let Ok(true) = ctx.bus.lose_session(&sid, &l.id, false).await {
                 sessions += 1;
                 ctx.env
                     .sink

@@ -230,12 +230,13 @@ return redis.call('XADD', KEYS[3], '*', 'data', data, 'attempt', attempt)
 
 // Ends a session of a lost instance, once. KEYS: owner, sessions-of set of
 // the lost instance, lost mark. ARGV: lost, sid, mark JSON, ttl, instance
-// key prefix.
+// key prefix, the caller when it took the session over itself (else '').
 const LOSE_SESSION: &str = r#"
 if redis.call('EXISTS', ARGV[5] .. ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[2])
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
+if owner and owner ~= ARGV[1] and owner ~= ARGV[6] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return 1
@@ -559,7 +560,14 @@ impl Bus {
 
     /// Ends session `sid` of lost instance `lost`, once: true for the
     /// caller that did (it says so in a `session_expired` event).
-    pub async fn lose_session(&self, sid: &str, lost: &str) -> Result<bool, BusError> {
+    /// `taken_over`: the caller owns the session now, having taken it from
+    /// `lost` without finding its container.
+    pub async fn lose_session(
+        &self,
+        sid: &str,
+        lost: &str,
+        taken_over: bool,
+    ) -> Result<bool, BusError> {
         let before = self.tail_id(&self.names.spawn).await?;
         let mark = serde_json::json!({"instance": lost, "before": before}).to_string();
         let mut c = self.conn().await?;
@@ -574,6 +582,11 @@ impl Bus {
             .arg(mark)
             .arg(SESSION_LOST_TTL_SECS)
             .arg(self.instance_prefix())
+            .arg(if taken_over {
+                self.instance.as_str()
+            } else {
+                ""
+            })
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.broken(e))?;

@@ -175,8 +175,11 @@ if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. cur) == 1 then
   return cur
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-if cur and cur ~= ARGV[1] then redis.call('SREM', ARGV[4] .. cur, ARGV[5]) end
 redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
+if cur and cur ~= ARGV[1] then
+  redis.call('SREM', ARGV[4] .. cur, ARGV[5])
+  return ARGV[1] .. ' ' .. cur
+end
 return ARGV[1]
 "#;
 
@@ -520,8 +523,19 @@ impl Bus {
     /// The instance that runs session `sid`: the caller, unless another live
     /// instance already does (then that one's name).
     pub async fn claim_session(&self, sid: &str, instance: &str) -> Result<String, BusError> {
+        Ok(self.take_session(sid, instance).await?.0)
+    }
+
+    /// Like [`Bus::claim_session`], also naming the dead instance the caller
+    /// took the session over from, if it did.
+    pub async fn take_session(
+        &self,
+        sid: &str,
+        instance: &str,
+    ) -> Result<(String, Option<String>), BusError> {
         let mut c = self.conn().await?;
-        self.claim_session
+        let v: String = self
+            .claim_session
             .key(format!("{}:session-owner:{sid}", self.names.prefix))
             .arg(instance)
             .arg(format!("{}:instance:", self.names.prefix))
@@ -530,7 +544,11 @@ impl Bus {
             .arg(sid)
             .invoke_async(&mut c)
             .await
-            .map_err(|e| self.broken(e))
+            .map_err(|e| self.broken(e))?;
+        Ok(match v.split_once(' ') {
+            Some((owner, from)) => (owner.to_string(), Some(from.to_string())),
+            None => (v, None),
+        })
     }
 
     /// Forgets the owner of session `sid` if it is `instance`.

@@ -164,6 +164,7 @@ impl Sessions {
             current: Arc::default(),
             record: None,
             delivered: None,
+            taken_from: None,
         };
         let sessions = self.clone();
         tokio::spawn(async move { session.main_loop(rx, sessions).await });
@@ -361,6 +362,10 @@ struct Session {
     /// The request whose prompt went into the container with its
     /// instructions (its task uploads nothing more).
     delivered: Option<String>,
+    /// The dead instance this one took the session over from, until its
+    /// container is found here (same engine) or the session is taken for
+    /// lost with that instance's host.
+    taken_from: Option<String>,
 }
 
 /// What woke a session's loop (moved once, so its size is no cost).
@@ -475,16 +480,20 @@ impl Session {
     /// The first queued request, if this instance runs it now: one
     /// instance runs a session's requests, in order (an entry read by
     /// another instance is handed to the session's owner).
-    async fn next_request(&self, queue: &mut BTreeMap<(u64, u64), Parsed>) -> Option<Next> {
-        let ctx = &self.ctx;
+    async fn next_request(&mut self, queue: &mut BTreeMap<(u64, u64), Parsed>) -> Option<Next> {
+        let ctx = self.ctx.clone();
         while let Some((key, p)) = queue.pop_first() {
             match ctx
                 .bus
-                .claim_session(&self.sid, &ctx.settings.instance_id)
+                .take_session(&self.sid, &ctx.settings.instance_id)
                 .await
             {
-                Ok(owner) if owner == ctx.settings.instance_id => {}
-                Ok(owner) => {
+                Ok((owner, from)) if owner == ctx.settings.instance_id => {
+                    if from.is_some() {
+                        self.taken_from = from;
+                    }
+                }
+                Ok((owner, _)) => {
                     tracing::info!(session_id = %self.sid, owner = %owner, entry_id = %p.entry.id, "handing a session request to its owner");
                     if let Err(e) = ctx.bus.transfer(&p.entry.id, &owner).await {
                         tracing::warn!(session_id = %self.sid, error = %e, "handing over failed; the entry stays pending");

@@ -74,6 +74,23 @@ impl Session {
         // A session that ended with its lost instance: its tasks queued
         // before the loss are answered; a later one starts it anew.
         if self.container.is_none() {
+            // Taken over from a dead instance, and its container is not on
+            // this engine: it went with that instance's host.
+            if let Some(from) = self.taken_from.clone() {
+                if let Ok(None) = self.find_container().await {
+                    if let Ok(true) = ctx.bus.lose_session(sid, &from, true).await {
+                        ctx.env
+                            .sink
+                            .event(
+                                "",
+                                EventType::SessionExpired,
+                                json!({"session_id": sid, "reason": "lost", "instance": from, "volumes_kept": false}),
+                            )
+                            .await;
+                    }
+                }
+                self.taken_from = None;
+            }
             if let Ok(Some(loss)) = ctx.bus.session_loss(sid).await {
                 if super::entry_key(&entry.id) <= super::entry_key(&loss.before) {
                     let info = ErrorCode::Lost.info(
