@@ -41,6 +41,17 @@ impl Supervisor {
     pub async fn start(settings: Settings) -> Result<Arc<Supervisor>, StartError> {
         let settings = Arc::new(settings);
         let target = settings.docker_target().map_err(StartError::Settings)?;
+        if matches!(
+            target,
+            crate::model::docker_host::DockerTarget::Http(_)
+                | crate::model::docker_host::DockerTarget::Tls { .. }
+        ) && settings.worker_egress == crate::model::egress::Mode::Socket
+        {
+            tracing::warn!(
+                docker_host = %settings.docker_host,
+                "workers on a tcp:// engine mount this daemon's egress sockets, which works only when the engine runs on this machine; for an engine on another host set worker_egress = \"bridge\""
+            );
+        }
         let engine = Engine::connect(&target).await.map_err(StartError::Docker)?;
         let names = StreamNames::new(&settings.stream_prefix, &settings.group);
         let bus = Bus::connect(&settings.redis_url, names, settings.stream_maxlen)
