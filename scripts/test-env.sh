@@ -158,6 +158,12 @@ _ws_free_port() {
 # its tests use are copied to it.
 _ws_start_engine_b() {
     local out
+    # One started by an enclosing script (test.sh around bench.sh) is
+    # reused, and left to it to stop.
+    WS_ENGINE_B_OWNED=1
+    if "$WS_TEST_REPO_ROOT/scripts/second-engine.sh" status >/dev/null 2>&1; then
+        WS_ENGINE_B_OWNED=0
+    fi
     out="$("$WS_TEST_REPO_ROOT/scripts/second-engine.sh" up)" || return 1
     eval "$out"
     "$WS_TEST_REPO_ROOT/scripts/second-engine.sh" load "$WS_TEST_IMAGE" ws-test-stock:latest \
@@ -227,9 +233,10 @@ ws_test_env_down() {
         rm -rf "$WS_TEST_REDIS_ROOT"
     fi
     unset WS_TEST_REDIS_ROOT WS_TEST_REDIS_PORT WS_TEST_REDIS_DIR WS_TEST_REDIS_PIDFILE WS_TEST_REDIS_URL
-    if [ -n "${WS_ENGINE_B_HOST:-}" ]; then
+    if [ -n "${WS_ENGINE_B_HOST:-}" ] && [ "${WS_ENGINE_B_OWNED:-1}" = 1 ]; then
         "${WS_TEST_REPO_ROOT:-.}/scripts/second-engine.sh" down >/dev/null 2>&1 || true
     fi
+    unset WS_ENGINE_B_OWNED
     unset WS_ENGINE_B_HOST WS_ENGINE_B_NETNS WS_ENGINE_B_HOST_ADDR WS_ENGINE_B_NS_ADDR WS_ENGINE_B_STATE \
         WS_ENGINE_B_TCP WS_ENGINE_B_TLS_CA WS_ENGINE_B_TLS_CERT WS_ENGINE_B_TLS_KEY
     return 0

@@ -677,6 +677,67 @@ async fn an_oom_retry_keeps_the_limits_and_an_override_cannot_add_retries() {
     assert_no_containers(&d.prefix).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_vanished_while_no_daemon_ran_is_answered_for() {
+    // Acknowledged, then its container removed by hand while its daemon was
+    // down: no container to adopt, so only the hold says it ever ran.
+    let dir = presets_dir_with(&[
+        (
+            "vanish_retry",
+            preset(
+                "vanish_retry",
+                "ws-test-stock:latest",
+                "32m",
+                Some(json!({"max": 1, "on": ["lost"], "backoff": "0s"})),
+            ),
+        ),
+        (
+            "vanish_once",
+            preset("vanish_once", "ws-test-stock:latest", "32m", None),
+        ),
+    ]);
+    let prefix = unique_prefix("vanish");
+    let opts = || {
+        DaemonOpts::new("vanish")
+            .prefix(&prefix)
+            .presets_dir(dir.path())
+            .instance_id("vanish-1")
+    };
+    let mut d = Daemon::start(opts());
+    let (r1, r2) = (unique_request_id("v-retry"), unique_request_id("v-once"));
+    publish_spawn(
+        &prefix,
+        &request(&r1, "vanish_retry", "sleep 6; echo again"),
+    )
+    .await;
+    publish_spawn(&prefix, &request(&r2, "vanish_once", "sleep 6; echo again")).await;
+    wait_started(&prefix, &r1, Duration::from_secs(60)).await;
+    wait_started(&prefix, &r2, Duration::from_secs(60)).await;
+    d.kill();
+    d.cleanup_on_drop = false;
+    assert_eq!(
+        cleanup_containers(&prefix).await.len(),
+        2,
+        "both removed by hand"
+    );
+    let d2 = Daemon::start(opts());
+    let a = wait_result(&prefix, &r1, Duration::from_secs(60)).await;
+    let b = wait_result(&prefix, &r2, Duration::from_secs(30)).await;
+    assert_eq!(a["status"], "succeeded", "{a:#}");
+    assert_eq!(a["attempt"], 2, "{a:#}");
+    assert_eq!(b["status"], "error", "{b:#}");
+    assert_eq!(b["error"]["code"], "lost", "{b:#}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("vanished"),
+        "{b:#}"
+    );
+    for rid in [&r1, &r2] {
+        assert_eq!(results_for(&prefix, rid).await.len(), 1);
+    }
+    drop(d2);
+    assert_no_containers(&prefix).await;
+}
+
 #[test]
 fn engine_b_is_another_engine() {
     // The fleet tests mean something only if B is not A seen twice.
