@@ -738,9 +738,11 @@ async fn a_worker_that_vanished_while_no_daemon_ran_is_answered_for() {
     assert_no_containers(&prefix).await;
 }
 
-#[test]
-fn engine_b_is_another_engine() {
-    // The fleet tests mean something only if B is not A seen twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_b_is_another_engine() {
+    // The fleet tests mean something only if B is not A seen twice (and
+    // engine B is up only between the other tests' host losses).
+    let _turn = ENGINE_B.lock().await;
     let out = |host: Option<&str>| {
         let mut c = Command::new("docker");
         if let Some(h) = host {

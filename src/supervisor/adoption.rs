@@ -99,8 +99,12 @@ impl Supervisor {
                     .cloned()
                     .unwrap_or_default();
                 let me = &ctx.settings.instance_id;
-                let lost_here =
-                    matches!(ctx.bus.session_loss(&sid).await, Ok(Some(l)) if &l.instance == me);
+                let made_ms: i64 = facts
+                    .labels
+                    .get(labels::RECEIVED_MS)
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                let lost_here = matches!(ctx.bus.session_loss(&sid).await, Ok(Some(l)) if &l.instance == me && made_ms < l.at_ms);
                 let owned_elsewhere =
                     matches!(ctx.bus.claim_session(&sid, me).await, Ok(o) if &o != me);
                 if lost_here || owned_elsewhere {
@@ -148,7 +152,7 @@ impl Supervisor {
             attempt,
             ..Default::default()
         };
-        match ctx.bus.hold(&held).await {
+        match ctx.bus.hold(&held, true).await {
             Ok(HoldClaim::Taken) => {}
             Ok(HoldClaim::Answered | HoldClaim::Stale) => {
                 tracing::info!(request_id = %rid, container = %facts.name, attempt, "its request was answered or runs again elsewhere; removing the container quietly");
@@ -161,7 +165,7 @@ impl Supervisor {
                 return;
             }
             // A live peer holds it (its own container on this engine).
-            Ok(HoldClaim::Elsewhere) | Err(_) => return,
+            Ok(HoldClaim::Elsewhere | HoldClaim::Orphaned) | Err(_) => return,
         }
         let mut redactor = ctx.redactor_for(facts.labels.get(labels::PRESET).map(String::as_str));
         if let Some(k) = &facts.api_key {

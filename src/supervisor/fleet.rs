@@ -58,18 +58,14 @@ impl Ctx {
                 .map(|r| serde_json::to_string(r).expect("retry policy serializes"))
                 .unwrap_or_default(),
         };
-        match self.bus.hold(&h).await {
+        match self.bus.hold(&h, false).await {
             Ok(HoldClaim::Taken) => {
                 self.env.sink.set_attempt(rid, spec.attempt);
                 Ok(())
             }
-            // A live peer runs it (a delivery on another engine, or a holder
-            // whose heartbeat has not expired yet): the entry stays pending,
-            // and a later reclaim finds it answered, or its holder dead.
-            Ok(HoldClaim::Elsewhere) => {
-                tracing::info!(request_id = %rid, attempt = spec.attempt, "another live instance holds the request");
-                Err(Disposition::LeavePending("held by a live instance"))
-            }
+            // The hold is the record of the work: its live holder answers,
+            // or once that holder counts as lost, the lost handler does (by
+            // the retry policy). This delivery is done.
             Ok(claim) => {
                 tracing::info!(request_id = %rid, attempt = spec.attempt, ?claim, "not running this delivery of the request");
                 Err(Disposition::Ack)
@@ -280,14 +276,16 @@ impl Supervisor {
         let _ = ctx.bus.forget_instance(&l.id).await;
     }
 
-    /// At start-up, after adoption: holds of this instance whose worker is
-    /// gone from its engine (removed while no daemon ran) are answered for
-    /// like a lost instance's.
+    /// After start-up adoption and with every orphan pass: holds of this
+    /// instance whose worker is gone from its engine (removed by hand, or
+    /// while no daemon ran) are answered for like a lost instance's.
     pub(super) async fn answer_for_vanished(self: &Arc<Self>) {
         let ctx = &self.ctx;
         let me = ctx.settings.instance_id.clone();
         for rid in ctx.bus.holds_of(&me).await.unwrap_or_default() {
-            if ctx.registry.is_running(&rid) {
+            // Running, adopted, or on its way (between its hold and its
+            // container, or between its removal and its retry).
+            if ctx.registry.is_busy(&rid) {
                 continue;
             }
             match ctx.request_container(&rid).await {
@@ -295,11 +293,8 @@ impl Supervisor {
                 // Found (adopted or left for the intake), or Docker trouble.
                 _ => continue,
             }
+            // (A pending entry is left to this instance's own backlog.)
             if let Ok(Some(h)) = ctx.bus.take_own(&rid).await {
-                if h.kind == "pool" {
-                    // A pooled run's entry stays pending: its reclaim answers.
-                    continue;
-                }
                 let why = format!("its worker on instance {me} is gone (the container vanished while no daemon ran)");
                 ctx.answer_for_taken(&me, h, &why).await;
             }

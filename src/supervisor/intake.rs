@@ -369,6 +369,23 @@ impl Supervisor {
         async move {
             let ctx = &self.ctx;
             let (inflight, _guard) = ctx.registry.enter(&rid, &p.entry.id);
+            // A retry read while its older attempt still ends here (a 0 s
+            // backoff, or a host taken for lost that came back): never taken
+            // for a redelivery of the running one; the next sweep reads it.
+            if p.entry.attempt > 1
+                && (matches!(inflight, triage::Inflight::OtherEntry)
+                    || ctx
+                        .registry
+                        .running_attempt(&rid)
+                        .is_some_and(|a| a < p.entry.attempt))
+            {
+                return ctx
+                    .settle(
+                        &p.entry,
+                        Disposition::LeavePending("an older attempt is still ending here"),
+                    )
+                    .await;
+            }
             let facts = Facts::new(
                 &rid,
                 p.request.task.session_id.as_deref(),

@@ -171,6 +171,24 @@ impl Supervisor {
                         let r = outcome::name_conflict(&rid, &name, false);
                         ctx.settle(entry, Disposition::Answer(r)).await;
                     }
+                    // An older attempt's container, not removed yet (a shared
+                    // engine, or a host back from the dead): it gives way.
+                    Ok(facts)
+                        if facts
+                            .labels
+                            .get(labels::ATTEMPT)
+                            .and_then(|a| a.parse::<u32>().ok())
+                            .unwrap_or(1)
+                            < spec.attempt =>
+                    {
+                        tracing::info!(request_id = %rid, container = %name, "an older attempt's container holds the name; removing it");
+                        let _ = ctx.env.engine.remove(&facts.id).await;
+                        ctx.settle(
+                            entry,
+                            Disposition::LeavePending("older attempt's container removed"),
+                        )
+                        .await
+                    }
                     Ok(facts) => {
                         ctx.settle(entry, Disposition::Ack).await;
                         if facts.started && ctx.may_adopt(&facts).await {

@@ -48,7 +48,6 @@ impl Supervisor {
             for sid in self.sessions.owned() {
                 let _ = ctx.bus.claim_session(&sid, &ctx.settings.instance_id).await;
             }
-            self.heartbeat().await;
             self.fleet_pass().await;
             if let Ok((len, pending)) = ctx.bus.queue_depth().await {
                 ctx.metrics.queue_length.set(len as i64);
@@ -66,12 +65,26 @@ impl Supervisor {
             if last_adopt.elapsed() >= self.reclaim_interval() {
                 last_adopt = Instant::now();
                 self.adopt_orphans().await;
+                self.answer_for_vanished().await;
                 // Sockets whose containers are gone (removed by hand, or
                 // by a path that did not close them) stop being served.
                 if let Ok(live) = ctx.env.engine.egress_container_names().await {
                     ctx.env.egress.sweep(&live, EGRESS_FOLDER_MIN_AGE);
                 }
             }
+        }
+    }
+
+    /// Says this instance is alive every 5 s, whatever else it is doing.
+    pub(super) async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.ctx.shutdown.cancelled() => return,
+            }
+            self.heartbeat().await;
         }
     }
 

@@ -102,10 +102,13 @@ impl Supervisor {
         // it alive before it takes over containers (and must not adopt the
         // containers it owns from an earlier life).
         self.heartbeat().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        // Its own task: nothing slow (adoption, image builds) may delay it,
+        // or peers would take this instance for lost.
+        tasks.spawn(self.clone().heartbeat_loop());
         self.adopt_all().await;
         self.answer_for_vanished().await;
         self.pools.refill().await;
-        let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(self.clone().intake_loop());
         tasks.spawn(self.clone().control_loop());
         tasks.spawn(self.clone().maintenance_loop());

@@ -119,6 +119,17 @@ impl Registry {
         self.lock().running.len()
     }
 
+    /// Whether `request_id` runs here or an entry of it is being handled.
+    pub fn is_busy(&self, request_id: &str) -> bool {
+        let inner = self.lock();
+        inner.running.contains_key(request_id) || inner.inflight.contains_key(request_id)
+    }
+
+    /// The attempt of `request_id` running here, if it runs.
+    pub fn running_attempt(&self, request_id: &str) -> Option<u32> {
+        self.lock().running.get(request_id).map(|r| r.attempt)
+    }
+
     /// The running workers with the attempt each runs.
     pub fn running_attempts(&self) -> Vec<(String, u32)> {
         self.lock()

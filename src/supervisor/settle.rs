@@ -15,6 +15,25 @@ use crate::model::triage::Disposition;
 impl Ctx {
     /// Settles `entry` as `disposition` says.
     pub async fn settle(&self, entry: &Entry, disposition: Disposition) {
+        // A result made without a worker (triage, refusals) answers the
+        // entry's attempt: a retried entry's answer must not be fenced as an
+        // older attempt's.
+        let stamp = |mut r: ResultRecord| {
+            r.attempt = r.attempt.max(entry.attempt);
+            r
+        };
+        let disposition = match disposition {
+            Disposition::Answer(r) => Disposition::Answer(stamp(r)),
+            Disposition::GiveUp { reason, result } => Disposition::GiveUp {
+                reason,
+                result: stamp(result),
+            },
+            Disposition::RejectUnreadable { reason, result } => Disposition::RejectUnreadable {
+                reason,
+                result: stamp(result),
+            },
+            other => other,
+        };
         match disposition {
             Disposition::Ack => self.ack(&entry.id).await,
             Disposition::Answer(result) => {

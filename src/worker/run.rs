@@ -274,6 +274,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         tracing::info!(request_id = %job.request_id, attempt = job.attempt, "the request is held elsewhere now; removing its worker quietly");
         revoke_key(env, &job).await;
         remove_quietly(env, &job).await;
+        env.sink.forget_attempt(&job.request_id);
         return status;
     }
     let exit_code = evidence.and_then(|e| e.exit_code);
@@ -473,7 +474,6 @@ pub async fn finish(env: &WorkerEnv, job: &Job, result: &ResultRecord) {
 /// Removes the job's container and closes its socket without a word: its
 /// request is answered or run again by another attempt (or instance).
 pub async fn remove_quietly(env: &WorkerEnv, job: &Job) -> bool {
-    env.sink.forget_attempt(&job.request_id);
     let gone = match env.engine.remove(&job.container_id).await {
         Ok(()) | Err(EngineError::NotFound(_)) => true,
         Err(e) => {

@@ -108,6 +108,9 @@ pub enum HoldClaim {
     Answered,
     /// A later attempt exists (or waits for its backoff): this one is stale.
     Stale,
+    /// A dead instance holds it; the lost handler answers for it once that
+    /// instance counts as lost.
+    Orphaned,
 }
 
 /// An instance whose heartbeat is gone.
@@ -127,10 +130,19 @@ pub struct SessionLoss {
     /// The newest spawn entry at the time: tasks of the session up to it
     /// were queued before the loss.
     pub before: String,
+    /// When the loss was recorded (Unix ms): a session container made
+    /// before it is the lost one's.
+    pub at_ms: i64,
 }
 
+// Another instance's hold of the same attempt is taken only when that
+// instance is dead and the caller has its container in hand (adoption) or
+// handles the very entry the hold was taken for, still unacknowledged (a
+// one-shot whose instance died before its container was sure to exist);
+// otherwise it is the lost handler's (TAKE_LOST, by the retry policy).
 // KEYS: held, attempt, result-sent. ARGV: me, attempt, instance key prefix,
-// holds prefix, rid, ttl, then field/value pairs.
+// holds prefix, rid, ttl, mode ('adopt' or 'intake'), the caller's entry
+// id, then field/value pairs.
 const HOLD: &str = r#"
 if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '1')
@@ -138,15 +150,20 @@ local a = tonumber(ARGV[2])
 if a < cur then return 3 end
 local holder = redis.call('HGET', KEYS[1], 'instance')
 if holder and holder ~= ARGV[1] then
-  if redis.call('EXISTS', ARGV[3] .. holder) == 1 then
-    local ha = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '1')
-    if ha >= a then return 0 end
+  local ha = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '1')
+  if ha >= a then
+    if redis.call('EXISTS', ARGV[3] .. holder) == 1 then return 0 end
+    if ARGV[7] ~= 'adopt' then
+      local same_entry = redis.call('HGET', KEYS[1], 'entry') == ARGV[8]
+      local oneshot = redis.call('HGET', KEYS[1], 'kind') == 'oneshot'
+      if not (same_entry and oneshot) then return 4 end
+    end
   end
   redis.call('SREM', ARGV[4] .. holder, ARGV[5])
 end
 if a > cur then redis.call('SET', KEYS[2], a, 'EX', ARGV[6]) end
 redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'attempt', a)
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
 return 1
 "#;
@@ -167,9 +184,10 @@ return 1
 
 // Takes a request held by a lost instance, once. Returns {0} when the
 // instance is alive again or no longer holds it, {2} when it is answered
-// (the hold is dropped), {3} when its entry is still pending (the reclaim
-// of pending entries answers for it), {1, fields} when the caller holds it
-// now. KEYS: held, result-sent. ARGV: lost, me, instance key prefix, holds
+// (the hold is dropped), {1, fields} when the caller holds it now; an entry
+// of it still pending (read, never acknowledged) is acknowledged in the
+// same step, so its reclaim finds the hold taken. A caller taking its own
+// hold back leaves a pending one to its own backlog ({3}). KEYS: held, result-sent. ARGV: lost, me, instance key prefix, holds
 // prefix, rid, spawn stream, group, '1' when the caller takes its own
 // (a hold whose worker is gone from its engine).
 const TAKE_LOST: &str = r#"
@@ -187,7 +205,10 @@ end
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry and entry ~= '' then
   local p = redis.call('XPENDING', ARGV[6], ARGV[7], entry, entry, 1)
-  if #p > 0 then return {3} end
+  if #p > 0 then
+    if ARGV[8] == '1' then return {3} end
+    redis.call('XACK', ARGV[6], ARGV[7], entry)
+  end
 end
 redis.call('HSET', KEYS[1], 'instance', ARGV[2])
 redis.call('SREM', ARGV[4] .. ARGV[1], ARGV[5])
@@ -233,11 +254,16 @@ return redis.call('XADD', KEYS[3], '*', 'data', data, 'attempt', attempt)
 // key prefix, the caller when it took the session over itself (else '').
 const LOSE_SESSION: &str = r#"
 if redis.call('EXISTS', ARGV[5] .. ARGV[1]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[2])
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] and owner ~= ARGV[6] then return 0 end
-redis.call('DEL', KEYS[1])
+local mark = redis.call('GET', KEYS[3])
+if mark and string.find(mark, '"instance":"' .. ARGV[1] .. '"', 1, true) then return 0 end
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[6], 'EX', 120)
+else
+  redis.call('DEL', KEYS[1])
+end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return 1
 "#;
@@ -296,9 +322,10 @@ impl Bus {
     }
 
     /// Takes (or renews) this instance's hold on `h.request_id` for
-    /// `h.attempt`, recording `h`'s fields; an adopter passes only the id and
-    /// attempt (empty fields keep the ones recorded).
-    pub async fn hold(&self, h: &Held) -> Result<HoldClaim, BusError> {
+    /// `h.attempt`, recording `h`'s fields; an adopter (`adopt`: it has the
+    /// container in hand) passes only the id and attempt (empty fields keep
+    /// the ones recorded).
+    pub async fn hold(&self, h: &Held, adopt: bool) -> Result<HoldClaim, BusError> {
         let mut c = self.conn().await?;
         let mut inv = self.fleet.hold.prepare_invoke();
         inv.key(self.held_key(&h.request_id))
@@ -309,7 +336,9 @@ impl Bus {
             .arg(self.instance_prefix())
             .arg(self.holds_prefix())
             .arg(&h.request_id)
-            .arg(MARK_TTL_SECS);
+            .arg(MARK_TTL_SECS)
+            .arg(if adopt { "adopt" } else { "intake" })
+            .arg(&h.entry);
         for (k, v) in h.fields() {
             if !v.is_empty() {
                 inv.arg(k).arg(v);
@@ -320,6 +349,7 @@ impl Bus {
             1 => HoldClaim::Taken,
             2 => HoldClaim::Answered,
             3 => HoldClaim::Stale,
+            4 => HoldClaim::Orphaned,
             _ => HoldClaim::Elsewhere,
         })
     }
@@ -417,8 +447,7 @@ impl Bus {
     }
 
     /// Takes request `rid` from lost instance `lost`, once (see [`Held`]).
-    /// `Ok(None)`: nothing to do here (alive again, moved, answered, or its
-    /// entry is still pending and the reclaim answers for it).
+    /// `Ok(None)`: nothing to do here (alive again, moved or answered).
     pub async fn take_lost(&self, lost: &str, rid: &str) -> Result<Option<Held>, BusError> {
         self.take(lost, rid, false).await
     }
@@ -569,7 +598,9 @@ impl Bus {
         taken_over: bool,
     ) -> Result<bool, BusError> {
         let before = self.tail_id(&self.names.spawn).await?;
-        let mark = serde_json::json!({"instance": lost, "before": before}).to_string();
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        let mark =
+            serde_json::json!({"instance": lost, "before": before, "at_ms": at_ms}).to_string();
         let mut c = self.conn().await?;
         let v: i64 = self
             .fleet
@@ -593,15 +624,16 @@ impl Bus {
         Ok(v == 1)
     }
 
-    /// Forgets the loss of session `sid` (a task after it starts it anew).
-    pub async fn forget_session_loss(&self, sid: &str) -> Result<(), BusError> {
+    /// The last heartbeat of `instance` (Unix ms), if it is remembered.
+    pub async fn last_seen(&self, instance: &str) -> Result<Option<i64>, BusError> {
         let mut c = self.conn().await?;
-        let _: Value = redis::cmd("DEL")
-            .arg(format!("{}:session-lost:{sid}", self.names.prefix))
+        let v: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.instances_key())
+            .arg(instance)
             .query_async(&mut c)
             .await
             .map_err(|e| self.broken(e))?;
-        Ok(())
+        Ok(v.map(|s| s as i64))
     }
 
     /// The mark of session `sid` if it ended with a lost instance.
@@ -617,6 +649,7 @@ impl Bus {
                 .map(|j| SessionLoss {
                     instance: j["instance"].as_str().unwrap_or("").to_string(),
                     before: j["before"].as_str().unwrap_or("0-0").to_string(),
+                    at_ms: j["at_ms"].as_i64().unwrap_or(0),
                 }),
         )
     }

@@ -75,9 +75,23 @@ impl Session {
         // before the loss are answered; a later one starts it anew.
         if self.container.is_none() {
             // Taken over from a dead instance, and its container is not on
-            // this engine: it went with that instance's host.
+            // this engine: it went with that instance's host, once that
+            // instance counts as lost (a stalled one may come back).
             if let Some(from) = self.taken_from.clone() {
                 if let Ok(None) = self.find_container().await {
+                    let lost_after = ctx.settings.instance_lost_after;
+                    if let Ok(Some(seen)) = ctx.bus.last_seen(&from).await {
+                        let left = seen + lost_after.as_millis() as i64
+                            - chrono::Utc::now().timestamp_millis();
+                        if left > 0 {
+                            let wait = Duration::from_millis(left as u64).min(lost_after);
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                // Unacknowledged: read again after the restart.
+                                _ = ctx.shutdown.cancelled() => return,
+                            }
+                        }
+                    }
                     if let Ok(true) = ctx.bus.lose_session(sid, &from, true).await {
                         ctx.env
                             .sink
@@ -91,6 +105,10 @@ impl Session {
                 }
                 self.taken_from = None;
             }
+        }
+        // Tasks queued before the session was lost never run in a new one
+        // (they came after what ran in the lost one); later ones start it anew.
+        {
             if let Ok(Some(loss)) = ctx.bus.session_loss(sid).await {
                 if super::entry_key(&entry.id) <= super::entry_key(&loss.before) {
                     let info = ErrorCode::Lost.info(
@@ -104,7 +122,6 @@ impl Session {
                     r.session_id = Some(sid.to_string());
                     return ctx.settle(&entry, Disposition::Answer(r)).await;
                 }
-                let _ = ctx.bus.forget_session_loss(sid).await;
             }
         }
         let container = match self.ensure_container(&spec).await {
