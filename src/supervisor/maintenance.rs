@@ -1,7 +1,7 @@
-//! Maintenance: the periodic work of an instance (heartbeat, run marks and
-//! session ownership kept fresh, queue gauges, catalog re-scan, pool
-//! refill, orphan adoption), the catalog watcher, and the firewall rules
-//! kept alive.
+//! Maintenance: the periodic work of an instance (run marks and session
+//! ownership kept fresh, the fleet pass, queue gauges, catalog re-scan,
+//! pool refill, orphan adoption), the heartbeat in a loop of its own, the
+//! catalog watcher, and the firewall rules kept alive.
 
 use std::collections::HashSet;
 use std::sync::Arc;
