@@ -216,9 +216,11 @@ impl Supervisor {
             }
         }
         for (rid, attempt) in ctx.registry.running_attempts() {
-            // Redis trouble counts as "still mine" (may_speak): a worker is
-            // never stopped on a guess.
-            if !ctx.env.sink.may_speak(&rid, attempt).await && ctx.registry.fence(&rid) {
+            // Redis trouble counts as "still mine": a worker is never stopped
+            // on a guess (nor one whose result just went out).
+            if matches!(ctx.bus.held_elsewhere(&rid, attempt).await, Ok(true))
+                && ctx.registry.fence(&rid)
+            {
                 tracing::warn!(request_id = %rid, "this instance was taken for lost; stopping its worker quietly");
             }
         }

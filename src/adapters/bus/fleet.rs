@@ -168,17 +168,17 @@ redis.call('SADD', ARGV[4] .. ARGV[1], ARGV[5])
 return 1
 "#;
 
-// Whether the caller may still speak for `attempt` of the request: no result
-// out, no later attempt, no other live holder. KEYS: held, attempt,
-// result-sent. ARGV: me, attempt, instance key prefix.
+// Whether the caller may still speak for `attempt` of the request: 1 yes,
+// 0 its result is out, 2 a later attempt or another live holder has it.
+// KEYS: held, attempt, result-sent. ARGV: me, attempt, instance key prefix.
 const STILL_MINE: &str = r#"
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '1')
-if tonumber(ARGV[2]) < cur then return 0 end
+if tonumber(ARGV[2]) < cur then return 2 end
 local holder = redis.call('HGET', KEYS[1], 'instance')
 if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
-  return 0
+  return 2
 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 return 1
 "#;
 
@@ -357,6 +357,16 @@ impl Bus {
     /// Whether this instance may still speak for `attempt` of `rid` (no
     /// result out, no later attempt, no other live holder).
     pub async fn still_mine(&self, rid: &str, attempt: u32) -> Result<bool, BusError> {
+        Ok(self.standing(rid, attempt).await? == 1)
+    }
+
+    /// Whether a later attempt or another live instance holds `rid` now
+    /// (this instance's worker of `attempt` is fenced).
+    pub async fn held_elsewhere(&self, rid: &str, attempt: u32) -> Result<bool, BusError> {
+        Ok(self.standing(rid, attempt).await? == 2)
+    }
+
+    async fn standing(&self, rid: &str, attempt: u32) -> Result<i64, BusError> {
         let mut c = self.conn().await?;
         let v: i64 = self
             .fleet
@@ -370,7 +380,7 @@ impl Bus {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.broken(e))?;
-        Ok(v == 1)
+        Ok(v)
     }
 
     /// The request ids `instance` holds.
