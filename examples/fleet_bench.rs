@@ -1005,6 +1005,23 @@ async fn throughput(ctx: &Arc<Ctx>) -> anyhow::Result<ThroughputReport> {
         for col_p in [(&col_one, &p_one), (&col_fleet, &p_fleet)] {
             let rids: Vec<String> = col_p.0.with(|s| s.results.keys().cloned().collect());
             check_once(ctx, col_p.0, col_p.1, &rids);
+            // Each answered worker's container is removed, with an event.
+            let mut quiet: Vec<String> = col_p.0.with(|s| {
+                rids.iter()
+                    .filter(|r| s.event(r, "removed", None).is_none())
+                    .cloned()
+                    .collect()
+            });
+            if !quiet.is_empty() {
+                quiet.sort();
+                ctx.odd(format!(
+                    "{}: {} of {} answered requests have no `removed` event: {}",
+                    col_p.1,
+                    quiet.len(),
+                    rids.len(),
+                    quiet.join(", ")
+                ));
+            }
         }
         let fleet_split = by_instance(&col_fleet, &fleet_rids);
         Ok::<_, anyhow::Error>(ThroughputReport {
