@@ -128,6 +128,10 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 section "benchmark harness smoke run (scripts/bench.sh --smoke)"
 bash scripts/bench.sh --smoke
 
+section "fleet benchmark smoke run (scripts/bench-fleet.sh --smoke)"
+# Its own second engine (ws-engine-f), beside the tests' engine B.
+bash scripts/bench-fleet.sh --smoke
+
 section "cargo test --workspace --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
 cargo test --no-fail-fast --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 
@@ -152,6 +156,11 @@ leak_check containers "$(printf 'ID\tNAME\tSTREAM_PREFIX')" "$(managed_container
 
 section "leftover volume check"
 leak_check volumes "$(printf 'NAME\tSTREAM_PREFIX')" "$(managed_volumes)" "$preexisting_volumes"
+
+section "leftover check on engine B (the fleet tests' second engine)"
+b_left="$(DOCKER_HOST="$WS_ENGINE_B_HOST" managed_containers)
+$(DOCKER_HOST="$WS_ENGINE_B_HOST" managed_volumes)"
+leak_check "containers or volumes on engine B" "$(printf 'ID/NAME\t...')" "$b_left" ""
 
 section "firewall chain check"
 # Every rule the tests' daemons added must be gone: gateway holes outlive no
