@@ -13,6 +13,7 @@ use super::ctx::Ctx;
 use super::intake::Parsed;
 use super::Supervisor;
 use crate::adapters::bus::{Held, HoldClaim, LostInstance};
+use crate::model::container::{labels, session_volume_names};
 use crate::model::outcome::ErrorCode;
 use crate::model::protocol::{EventType, ResultRecord, Status, WorkerInfo};
 use crate::model::retry::{self, Reason, RetryPolicy};
@@ -142,6 +143,23 @@ impl Ctx {
         true
     }
 
+    /// Whether session `sid`'s container or volumes are on this instance's
+    /// engine (Docker trouble counts as yes: nothing is ended on a guess).
+    async fn session_on_this_engine(&self, sid: &str) -> bool {
+        let prefix = &self.settings.stream_prefix;
+        let (workspace, _) = session_volume_names(prefix, sid);
+        if !matches!(self.env.engine.volume(&workspace).await, Ok(None)) {
+            return true;
+        }
+        !matches!(
+            self.env
+                .engine
+                .list_labelled(prefix, &[(labels::SESSION_ID, sid)])
+                .await,
+            Ok(list) if list.is_empty()
+        )
+    }
+
     /// Answers for a request taken from instance `from` (lost, or this
     /// one when its worker vanished): runs it again when its policy retries
     /// `lost`, else publishes `error`/`lost` naming the instance.
@@ -252,6 +270,11 @@ impl Supervisor {
         }
         let mut sessions = 0u64;
         for sid in ctx.bus.sessions_of(&l.id).await.unwrap_or_default() {
+            // Its container or volumes on this engine: not lost with a host,
+            // this instance's orphan adoption takes it over.
+            if ctx.session_on_this_engine(&sid).await {
+                continue;
+            }
             if let Ok(true) = ctx.bus.lose_session(&sid, &l.id, false).await {
                 sessions += 1;
                 ctx.env

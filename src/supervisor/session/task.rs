@@ -74,11 +74,14 @@ impl Session {
         // A session that ended with its lost instance: its tasks queued
         // before the loss are answered; a later one starts it anew.
         if self.container.is_none() {
-            // Taken over from a dead instance, and its container is not on
-            // this engine: it went with that instance's host, once that
-            // instance counts as lost (a stalled one may come back).
+            // Taken over from a dead instance, and neither its container nor
+            // its volumes are on this engine: it went with that instance's
+            // host, once that instance counts as lost (a stalled one may come
+            // back). With its volumes here it resumes on them (one engine).
             if let Some(from) = self.taken_from.clone() {
-                if let Ok(None) = self.find_container().await {
+                let (workspace, _) = session_volume_names(&ctx.settings.stream_prefix, sid);
+                let volumes_here = !matches!(ctx.env.engine.volume(&workspace).await, Ok(None));
+                if !volumes_here && matches!(self.find_container().await, Ok(None)) {
                     let lost_after = ctx.settings.instance_lost_after;
                     if let Ok(Some(seen)) = ctx.bus.last_seen(&from).await {
                         let left = seen + lost_after.as_millis() as i64
