@@ -74,6 +74,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# One engine is measured: no second engine idling beside it.
+export WS_TEST_ENGINE_B=0
 # shellcheck source=scripts/test-env.sh
 . "$repo_root/scripts/test-env.sh"
 

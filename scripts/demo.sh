@@ -44,6 +44,8 @@ trap 'exit 130' INT TERM
 
 say "setting up redis-server, busybox and the test image"
 # shellcheck source=scripts/test-env.sh
+# The demo needs one engine only.
+export WS_TEST_ENGINE_B=0
 . "$repo_root/scripts/test-env.sh" || { say "environment setup failed"; exit 1; }
 
 say "building workers-spawner"

@@ -233,7 +233,9 @@ ws_test_env_down() {
         rm -rf "$WS_TEST_REDIS_ROOT"
     fi
     unset WS_TEST_REDIS_ROOT WS_TEST_REDIS_PORT WS_TEST_REDIS_DIR WS_TEST_REDIS_PIDFILE WS_TEST_REDIS_URL
-    if [ -n "${WS_ENGINE_B_HOST:-}" ] && [ "${WS_ENGINE_B_OWNED:-1}" = 1 ]; then
+    # Only the shell that started it stops it (not a child that inherited
+    # its exports, nor one that found it running).
+    if [ -n "${WS_ENGINE_B_HOST:-}" ] && [ "${WS_ENGINE_B_OWNED:-0}" = 1 ]; then
         "${WS_TEST_REPO_ROOT:-.}/scripts/second-engine.sh" down >/dev/null 2>&1 || true
     fi
     unset WS_ENGINE_B_OWNED
@@ -253,7 +255,10 @@ _ws_test_env_up() {
     fi
     _ws_build_test_image || return 1
     _ws_build_unprepared_images || return 1
-    _ws_start_engine_b || { _ws_log "could not start the second engine"; return 1; }
+    # WS_TEST_ENGINE_B=0: no second engine (benchmarks of one engine, the demo).
+    if [ "${WS_TEST_ENGINE_B:-1}" != 0 ]; then
+        _ws_start_engine_b || { _ws_log "could not start the second engine"; return 1; }
+    fi
     _ws_start_redis || { _ws_log "could not start redis-server"; return 1; }
 }
 
