@@ -127,6 +127,58 @@ impl Sink {
         }
     }
 
+    /// Queues attempt `next` of `request_id` (held here at `attempt`) after
+    /// `backoff`, counts it and says so in one `retrying` event (under the
+    /// ending attempt's number); false when this instance holds no such
+    /// attempt or Redis refused (the caller answers instead).
+    pub async fn retry(
+        &self,
+        request_id: &str,
+        attempt: u32,
+        next: u32,
+        why: crate::model::retry::Reason,
+        backoff: Duration,
+        instance: &str,
+    ) -> bool {
+        let Sink::Redis(bus, metrics, _) = self else {
+            return false;
+        };
+        let backoff_ms = backoff.as_millis() as u64;
+        match bus
+            .schedule_retry(request_id, attempt, next, backoff_ms)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                metrics.redis_errors.inc();
+                tracing::warn!(request_id, error = %e, "scheduling the retry failed");
+                return false;
+            }
+        }
+        metrics
+            .retries
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: why.as_str().to_string(),
+            })
+            .inc();
+        tracing::info!(
+            request_id,
+            attempt,
+            next,
+            reason = why.as_str(),
+            "running the request again"
+        );
+        self.event(
+            request_id,
+            EventType::Retrying,
+            serde_json::json!({"attempt": attempt, "next_attempt": next, "reason": why.as_str(), "backoff_ms": backoff_ms, "instance": instance}),
+        )
+        .await;
+        self.forget_attempt(request_id);
+        true
+    }
+
     /// Forgets `request_id`'s attempt (its worker was fenced or retried).
     pub fn forget_attempt(&self, request_id: &str) {
         if let Sink::Redis(_, _, attempts) = self {

@@ -99,9 +99,8 @@ impl Ctx {
         self.settle(&p.entry, Disposition::Answer(result)).await
     }
 
-    /// Moves this instance's hold of `attempt` of `rid` into the retry
-    /// queue as `next` (a `retrying` event says so); false when it holds no
-    /// such attempt.
+    /// Queues attempt `next` of `rid` (held here at `attempt`) after the
+    /// policy's backoff; false when this instance holds no such attempt.
     async fn retry_later(
         &self,
         rid: &str,
@@ -110,37 +109,17 @@ impl Ctx {
         why: Reason,
         policy: &RetryPolicy,
     ) -> bool {
-        let backoff_ms = policy.backoff.as_millis() as u64;
-        match self
-            .bus
-            .schedule_retry(rid, attempt, next, backoff_ms)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => {
-                self.metrics.redis_errors.inc();
-                tracing::warn!(request_id = %rid, error = %e, "scheduling the retry failed");
-                return false;
-            }
-        }
-        self.metrics
-            .retries
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: why.as_str().to_string(),
-            })
-            .inc();
-        tracing::info!(request_id = %rid, attempt, next, reason = why.as_str(), "running the request again");
         self.env
             .sink
-            .event(
+            .retry(
                 rid,
-                EventType::Retrying,
-                json!({"attempt": attempt, "next_attempt": next, "reason": why.as_str(), "backoff_ms": backoff_ms, "instance": self.settings.instance_id}),
+                attempt,
+                next,
+                why,
+                policy.backoff,
+                &self.settings.instance_id,
             )
-            .await;
-        self.env.sink.forget_attempt(rid);
-        true
+            .await
     }
 
     /// Whether session `sid`'s container or volumes are on this instance's
@@ -166,7 +145,7 @@ impl Ctx {
     async fn answer_for_taken(&self, from: &str, h: Held, why: &str) {
         self.metrics.lost_requests.inc();
         if !h.key_hash.is_empty() {
-            let _ = self.bus.revoke_key_hash(&h.key_hash).await;
+            let _ = self.bus.delete_worker_key(&h.key_hash).await;
         }
         let policy: Option<RetryPolicy> = serde_json::from_str(&h.retry).ok();
         if let Some(next) = retry::next_attempt(policy.as_ref(), h.attempt, Reason::Lost) {

@@ -486,49 +486,23 @@ pub async fn remove_quietly(env: &WorkerEnv, job: &Job) -> bool {
     gone
 }
 
-/// Queues attempt `next` of the job's request after its policy's backoff
-/// (one `retrying` event); false when this instance holds no such attempt
-/// (the result is published instead).
+/// Queues attempt `next` of the job's request after its policy's backoff;
+/// false when this instance holds no such attempt (the result is
+/// published instead).
 async fn schedule_retry(env: &WorkerEnv, job: &Job, why: retry::Reason, next: u32) -> bool {
-    let (Sink::Redis(bus, _, _), Some(policy)) = (&env.sink, &job.retry) else {
+    let Some(policy) = &job.retry else {
         return false;
     };
-    let backoff = policy.backoff;
-    match bus
-        .schedule_retry(
+    env.sink
+        .retry(
             &job.request_id,
             job.attempt,
             next,
-            backoff.as_millis() as u64,
+            why,
+            policy.backoff,
+            &env.instance,
         )
         .await
-    {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(e) => {
-            env.metrics.redis_errors.inc();
-            tracing::warn!(request_id = %job.request_id, error = %e, "scheduling the retry failed; publishing the result");
-            return false;
-        }
-    }
-    env.metrics
-        .retries
-        .get_or_create(&crate::metrics::ReasonLabel {
-            reason: why.as_str().to_string(),
-        })
-        .inc();
-    tracing::info!(request_id = %job.request_id, attempt = job.attempt, next, reason = why.as_str(), "running the request again");
-    // Said under this attempt's number, then forgotten: the next attempt's
-    // events carry its own.
-    env.sink
-        .event(
-            &job.request_id,
-            EventType::Retrying,
-            json!({"attempt": job.attempt, "next_attempt": next, "reason": why.as_str(), "backoff_ms": backoff.as_millis() as u64, "instance": env.instance}),
-        )
-        .await;
-    env.sink.forget_attempt(&job.request_id);
-    true
 }
 
 /// Whether the container's recorded finish time lies past `deadline_unix`.

@@ -500,11 +500,6 @@ impl Bus {
         }
     }
 
-    /// Deletes the worker key whose hash is `key_hash` (a lost worker's).
-    pub async fn revoke_key_hash(&self, key_hash: &str) -> Result<(), BusError> {
-        self.delete_worker_key(key_hash).await
-    }
-
     /// Moves this instance's hold of `attempt` of `rid` into the retry
     /// queue as attempt `next`, due in `backoff_ms`; false when it holds no
     /// such attempt or knows no request to run again.
