@@ -26,10 +26,14 @@ RUN cargo build --release --locked --workspace --bin workers-spawner --bin orche
 
 # ------------------------------------------------------------------ runtime
 FROM ${RUNTIME_IMAGE}
+# git: the daemon checks workers' repositories out and reads their changes back.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd -g 10001 spawner \
     && useradd -u 10001 -g 10001 -M -d /app -s /usr/sbin/nologin spawner \
-    && mkdir -p /app /var/lib/workers-spawner/egress \
-    && chown 10001:10001 /var/lib/workers-spawner/egress
+    && mkdir -p /app /var/lib/workers-spawner/egress /var/lib/workers-spawner/artifacts /var/lib/workers-spawner/repos \
+    && chown 10001:10001 /var/lib/workers-spawner/egress /var/lib/workers-spawner/artifacts /var/lib/workers-spawner/repos
 COPY --from=builder /out/workers-spawner /out/orchestrator /usr/local/bin/
 COPY presets/ /app/presets/
 COPY skills/ /app/skills/

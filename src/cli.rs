@@ -72,6 +72,29 @@ pub enum Command {
         /// Request id to cancel.
         request_id: String,
     },
+    /// Read the artifact store (transcripts, patches, declared artifacts).
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+}
+
+/// `artifacts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// List a request's artifacts: name, size, sha256, URI.
+    Ls {
+        /// The request id.
+        request_id: String,
+    },
+    /// Write an artifact's content to stdout (or to --output).
+    Get {
+        /// The request id.
+        request_id: String,
+        /// The artifact's name (`transcript.log`, `patch.diff`, `reports/a.txt`).
+        name: String,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `presets` subcommands.
@@ -265,6 +288,7 @@ fn show(
             user_id: None,
             prompt: "(prompt)".into(),
             session_id: None,
+            repo: None,
         },
         dry_run: true,
     };
@@ -530,6 +554,59 @@ pub async fn cancel(settings: &Settings, request_id: &str) -> i32 {
     }
 }
 
+/// `artifacts ls` / `artifacts get`: reads the artifact store the
+/// settings name (the daemon need not run).
+pub async fn artifacts(settings: &Settings, command: ArtifactsCommand) -> i32 {
+    let store = match crate::worker::workspace::from_settings(settings) {
+        Ok(w) => w.artifacts.clone(),
+        Err(e) => {
+            eprintln!("workers-spawner: artifacts: {e}");
+            return 1;
+        }
+    };
+    match command {
+        ArtifactsCommand::Ls { request_id } => match store.list(&request_id).await {
+            Ok(list) => {
+                println!("{:<40} {:>12}  {:<64}  URI", "NAME", "SIZE", "SHA256");
+                for a in list {
+                    println!("{:<40} {:>12}  {:<64}  {}", a.name, a.size, a.sha256, a.uri);
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("workers-spawner: {e}");
+                1
+            }
+        },
+        ArtifactsCommand::Get {
+            request_id,
+            name,
+            output,
+        } => match store.get(&request_id, &name).await {
+            Ok(bytes) => {
+                let written = match output {
+                    Some(path) => std::fs::write(&path, &bytes),
+                    None => {
+                        use std::io::Write;
+                        std::io::stdout().write_all(&bytes)
+                    }
+                };
+                match written {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("workers-spawner: {e}");
+                        1
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("workers-spawner: {e}");
+                1
+            }
+        },
+    }
+}
+
 /// `ps`: lists managed containers.
 pub async fn ps(settings: &Settings) -> i32 {
     use crate::model::container::labels;
@@ -653,7 +730,14 @@ pub async fn run(
             return 1;
         }
     };
-    let env = WorkerEnv::new(engine.clone(), sink, metrics, settings, egress);
+    let workspaces = match crate::worker::workspace::from_settings(settings) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("workers-spawner: artifacts: {e}");
+            return 1;
+        }
+    };
+    let env = WorkerEnv::new(engine.clone(), sink, metrics, settings, egress, workspaces);
     let name = request_container_name(&settings.stream_prefix, &rid);
     let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
     let owner = crate::model::container::Owner {

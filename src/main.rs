@@ -57,6 +57,7 @@ fn main() {
                     } => cli::run(&settings, &preset, &prompt, override_json.as_deref()).await,
                     Command::Ps => cli::ps(&settings).await,
                     Command::Cancel { request_id } => cli::cancel(&settings, &request_id).await,
+                    Command::Artifacts(c) => cli::artifacts(&settings, c).await,
                     Command::Presets(_) => unreachable!("handled above"),
                 }
             })

@@ -143,6 +143,33 @@ pub struct Settings {
     /// for what it held (its host counts as lost).
     #[serde(with = "humantime_serde")]
     pub instance_lost_after: Duration,
+    /// Folder of the artifact store (transcripts, patches, declared
+    /// artifacts) when `artifacts_url` is empty.
+    pub artifacts_dir: PathBuf,
+    /// `s3://bucket[/prefix]`: the artifact store is that bucket (the
+    /// `AWS_*` variables configure the client: endpoint, region, keys);
+    /// empty: `artifacts_dir`.
+    pub artifacts_url: String,
+    /// What the URIs of locally stored artifacts start with (the daemon
+    /// serves them under `/v1/artifacts/`); empty: `http://<http_addr>`.
+    pub artifacts_base_url: String,
+    /// Artifacts older than this are deleted by the maintenance loop.
+    #[serde(with = "humantime_serde")]
+    pub artifact_retention: Duration,
+    /// Largest declared artifact kept, in bytes (a bigger one is refused,
+    /// named in the result).
+    pub artifact_max_bytes: u64,
+    /// Most bytes of declared artifacts kept per request.
+    pub artifacts_max_total_bytes: u64,
+    /// Most bytes of a transcript kept (the rest is cut, and says so).
+    pub transcript_max_bytes: u64,
+    /// Largest workspace read back from a worker (its tar), in bytes.
+    pub workspace_max_bytes: u64,
+    /// The bare mirrors of the repositories workers start from.
+    pub repo_cache_dir: PathBuf,
+    /// Bound of one git command (a clone, a fetch, a push).
+    #[serde(with = "humantime_serde")]
+    pub repo_timeout: Duration,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -198,6 +225,16 @@ impl Default for Settings {
             docker_tls_cert: PathBuf::new(),
             docker_tls_key: PathBuf::new(),
             instance_lost_after: Duration::from_secs(60),
+            artifacts_dir: "/var/lib/workers-spawner/artifacts".into(),
+            artifacts_url: String::new(),
+            artifacts_base_url: String::new(),
+            artifact_retention: Duration::from_secs(7 * 24 * 3600),
+            artifact_max_bytes: 64 << 20,
+            artifacts_max_total_bytes: 256 << 20,
+            transcript_max_bytes: 64 << 20,
+            workspace_max_bytes: 2 << 30,
+            repo_cache_dir: "/var/lib/workers-spawner/repos".into(),
+            repo_timeout: Duration::from_secs(600),
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()
@@ -364,6 +401,15 @@ impl Settings {
             ));
         }
         self.docker_target().map_err(SettingsError)?;
+        if !self.artifacts_url.is_empty() && !self.artifacts_url.starts_with("s3://") {
+            return Err(SettingsError(format!(
+                "artifacts_url {:?} must be s3://bucket[/prefix] (or empty for artifacts_dir)",
+                self.artifacts_url
+            )));
+        }
+        if self.repo_timeout.is_zero() {
+            return Err(SettingsError("repo_timeout must be positive".into()));
+        }
         if !crate::model::protocol::is_valid_token(&self.instance_id, 64) {
             return Err(SettingsError(
                 "instance_id must be 1-64 chars of [A-Za-z0-9._:-]".into(),

@@ -192,12 +192,16 @@ mod daemon {
         )
     }
 
+    /// A port below the kernel's ephemeral range, free on every address (an
+    /// ephemeral one can be taken meanwhile as an outgoing connection's source).
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        use rand::Rng;
+        loop {
+            let port = rand::rng().random_range(20000..32000);
+            if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return port;
+            }
+        }
     }
 
     /// The daemon process; SIGTERM (then SIGKILL) on drop.

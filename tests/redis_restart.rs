@@ -60,11 +60,7 @@ impl PrivateRedis {
             .prefix("ws-test-redis-restart.")
             .tempdir()
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         Self::start_server(port, dir.path());
         PrivateRedis { port, dir }
     }

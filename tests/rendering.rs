@@ -91,6 +91,7 @@ fn request(preset: &str, patch: Option<Value>, prompt: &str) -> SpawnRequest {
             user_id: Some("user_1".into()),
             prompt: prompt.into(),
             session_id: None,
+            repo: None,
         },
         dry_run: true,
     }

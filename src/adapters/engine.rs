@@ -285,6 +285,55 @@ impl Engine {
         Ok(())
     }
 
+    /// Extracts the tar `archive` in the container at `at` (a created or
+    /// stopped container too: the archive API needs no process in it).
+    pub async fn upload_tar(
+        &self,
+        id: &str,
+        at: &str,
+        archive: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let opts = UploadToContainerOptions {
+            path: at.to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_full(archive.into()))
+            .await
+            .map_err(|e| self.not_found(e, id))
+    }
+
+    /// The tar of `path` in the container (running or stopped), or `None`
+    /// when the path is not there or the tar grows past `limit` bytes
+    /// (then the second value says so).
+    pub async fn download(
+        &self,
+        id: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<(Option<Vec<u8>>, bool), EngineError> {
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self.docker.download_from_container(id, Some(opts));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    out.extend_from_slice(&b);
+                    if out.len() as u64 > limit {
+                        return Ok((None, true));
+                    }
+                }
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok((None, false)),
+                Err(e) => return Err(self.not_found(e, id)),
+            }
+        }
+        Ok((Some(out), false))
+    }
+
     /// Attaches to the container's stdin (created with `open_stdin`),
     /// stdout and stderr; the end of the stdin attachment closes the
     /// process's stdin, the output ends with the process.

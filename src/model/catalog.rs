@@ -359,6 +359,11 @@ pub fn parse_preset(
         }
         problems
     })?;
+    if let Err((field, message)) =
+        crate::model::workspace::check_config(config.workspace.as_ref(), &config.artifacts)
+    {
+        return Err(vec![(Some(field.clone()), format!("{field}: {message}"))]);
+    }
     if config.id != id {
         return Err(vec![(
             Some("id".into()),

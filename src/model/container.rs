@@ -48,6 +48,9 @@ pub mod labels {
     pub const ATTEMPT: &str = "io.workers-spawner.attempt";
     /// The config's retry policy (JSON), when it has one.
     pub const RETRY: &str = "io.workers-spawner.retry";
+    /// The request's workspace plan (JSON, `model::workspace`): its
+    /// repository, base commit and artifact globs, no secret.
+    pub const WORKSPACE: &str = "io.workers-spawner.workspace";
 }
 
 /// Uid:gid the agent runs as.
@@ -499,6 +502,12 @@ pub fn launch_context(
         l.insert(
             labels::RETRY.to_string(),
             serde_json::to_string(r).expect("retry policy serializes"),
+        );
+    }
+    if let Some(w) = &spec.workspace {
+        l.insert(
+            labels::WORKSPACE.to_string(),
+            serde_json::to_string(w).expect("workspace plan serializes"),
         );
     }
     let (network_mode, extra_env) = match net {

@@ -25,3 +25,4 @@ pub mod spec;
 pub mod tools;
 pub mod triage;
 pub mod worker_key;
+pub mod workspace;

@@ -61,6 +61,12 @@ pub enum ErrorCode {
     /// The instance running it was lost with its host (no heartbeat for
     /// `instance_lost_after`) and its preset does not retry that.
     Lost,
+    /// Its `task.repo` / `workspace` is not one the daemon accepts (URL,
+    /// ref or branch name).
+    InvalidRepo,
+    /// Its repository could not be fetched or its ref not found (the
+    /// daemon's fetch failed: unreachable, refused credentials, no such ref).
+    RepoUnavailable,
 }
 
 impl ErrorCode {
@@ -92,6 +98,8 @@ impl ErrorCode {
             ErrorCode::RenderFailed => "render_failed",
             ErrorCode::MissingEnv => "missing_env",
             ErrorCode::Lost => "lost",
+            ErrorCode::InvalidRepo => "invalid_repo",
+            ErrorCode::RepoUnavailable => "repo_unavailable",
         }
     }
 

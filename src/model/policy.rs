@@ -23,6 +23,9 @@ pub struct Policy {
     pub allowed_images: Vec<String>,
     /// Capabilities a preset or inline config may add back after all are dropped.
     pub allowed_cap_add: Vec<String>,
+    /// Folders whose repositories a `file://` repository URL may name
+    /// (`task.repo.url`, `workspace.repo.url`); empty: none.
+    pub repo_local_roots: Vec<String>,
 }
 
 /// A refused override: which field, and why.
@@ -158,6 +161,14 @@ impl Policy {
                 );
             }
         }
+        let credentials =
+            |c: &WorkerConfig| c.workspace.as_ref().and_then(|w| w.credentials.clone());
+        if credentials(merged) != credentials(preset) {
+            return refuse(
+                "workspace.credentials",
+                "an override may not change the repository credentials",
+            );
+        }
         if merged.network != preset.network {
             return refuse("network", "an override may not change the network");
         }
@@ -291,6 +302,15 @@ impl Policy {
             return refuse(
                 &format!("model_api.{name}"),
                 "inline configs may not declare model API routes (their keys are from_env references)",
+            );
+        }
+        if c.workspace
+            .as_ref()
+            .is_some_and(|w| w.credentials.is_some())
+        {
+            return refuse(
+                "workspace.credentials",
+                "inline configs may not use repository credentials (a from_env reference)",
             );
         }
         // No preset states these for an inline config.

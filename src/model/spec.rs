@@ -61,6 +61,9 @@ pub struct WorkerSpec {
     pub model_keys: Vec<(String, String)>,
     /// Which run of the request this is (1 = the first; `model::retry`).
     pub attempt: u32,
+    /// The repository it starts from and the artifacts it keeps
+    /// (`model::workspace`), when there are any.
+    pub workspace: Option<crate::model::workspace::WorkspacePlan>,
 }
 
 impl WorkerSpec {
@@ -145,6 +148,14 @@ pub enum ResolveError {
     /// Rendering failed.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// The repository of `task.repo` / `workspace.repo` is refused.
+    #[error("{message}")]
+    Repo {
+        /// Offending field (`task.repo.url`, `workspace.repo.branch`, ...).
+        field: String,
+        /// Why, naming the field.
+        message: String,
+    },
     /// A `from_env` variable is not set in the daemon's environment.
     #[error("{field}: the daemon's environment has no {from_env}")]
     MissingEnv {
@@ -162,6 +173,7 @@ impl ResolveError {
             ResolveError::UnknownPreset(_)
             | ResolveError::Invalid { .. }
             | ResolveError::Policy { .. }
+            | ResolveError::Repo { .. }
             | ResolveError::Render(RenderError::UnknownAgentType(_)) => Status::Rejected,
             ResolveError::Render(_) | ResolveError::MissingEnv { .. } => Status::Error,
         }
@@ -177,6 +189,7 @@ impl ResolveError {
             ),
             ResolveError::Invalid { field, .. } => (ErrorCode::InvalidConfig, Some(field.clone())),
             ResolveError::Policy { field, .. } => (ErrorCode::PolicyViolation, Some(field.clone())),
+            ResolveError::Repo { field, .. } => (ErrorCode::InvalidRepo, Some(field.clone())),
             ResolveError::Render(RenderError::UnknownAgentType(_)) => {
                 (ErrorCode::UnknownAgentType, Some("agent.type".to_string()))
             }
@@ -295,6 +308,37 @@ impl Resolver<'_> {
                 .get(&config.agent.kind)
                 .and_then(|l| l.conversation.clone()),
         };
+        let workspace = crate::model::workspace::plan(
+            &req.request_id,
+            config.workspace.as_ref(),
+            &config.artifacts,
+            req.task.repo.as_ref(),
+            &self.policy.repo_local_roots,
+        )
+        .map_err(|(field, message)| ResolveError::Repo {
+            message: format!("{field}: {message}"),
+            field,
+        })?;
+        let workspace = workspace.map(|mut w| {
+            w.note_rendered(
+                files
+                    .iter()
+                    .map(|f| (f.path.as_str(), f.content.as_bytes())),
+            );
+            w
+        });
+        if let Some(c) = workspace
+            .as_ref()
+            .and_then(|w| w.repo.as_ref())
+            .and_then(|r| r.credentials.as_ref())
+        {
+            if (self.env)(&c.from_env).is_none() {
+                return Err(ResolveError::MissingEnv {
+                    field: "workspace.credentials".into(),
+                    from_env: c.from_env.clone(),
+                });
+            }
+        }
         let config_hash = config_hash(&config_json);
         let spec = WorkerSpec {
             request_id: req.request_id.clone(),
@@ -316,6 +360,7 @@ impl Resolver<'_> {
             model_keys,
             config,
             attempt: 1,
+            workspace,
         };
         let mut spec = spec;
         let mut orchestrator = vec![
@@ -369,6 +414,11 @@ impl Resolver<'_> {
                 }
             }
         }
+        crate::model::workspace::check_config(config.workspace.as_ref(), &config.artifacts)
+            .map_err(|(field, message)| ResolveError::Invalid {
+                message: format!("{field}: {message}"),
+                field,
+            })?;
         // The tools must exist in the catalog in force (the schema knows
         // only their spelling).
         if let Some((i, message)) =

@@ -107,7 +107,11 @@ impl Ctx {
                 Check::Resolve => {
                     facts.resolved = Some(match self.resolve(req) {
                         Ok(s) => {
-                            let pooled = s.config.pool.size > 0 && s.preset_id.is_some();
+                            // A pool container is made before its request, so it
+                            // cannot hold the request's repository.
+                            let pooled = s.config.pool.size > 0
+                                && s.preset_id.is_some()
+                                && s.workspace.as_ref().is_none_or(|w| w.repo.is_none());
                             spec = Some(s);
                             Ok(triage::Resolved { pooled })
                         }

@@ -80,6 +80,39 @@ impl Supervisor {
                 return ctx.answer_or_retry(p, &spec, r).await;
             }
         };
+        // The repository is checked out on this host before the container
+        // exists: its base commit goes into the container's labels.
+        let mut spec = spec;
+        let mut checkout = None;
+        if let Some(plan) = spec.workspace.as_mut() {
+            match ctx.env.workspaces.prepare(plan).await {
+                Ok(d) => checkout = d,
+                Err(info) => {
+                    let status = if info.field.as_deref() == Some("workspace.repo.ref") {
+                        Status::Rejected
+                    } else {
+                        Status::Error
+                    };
+                    tracing::warn!(request_id = %rid, error = %info.message, "checking the repository out failed");
+                    let r = ResultRecord {
+                        session_id: spec.session_id.clone(),
+                        ..ResultRecord::bare(&rid, status, Some(info))
+                    };
+                    return ctx.answer_or_retry(p, &spec, r).await;
+                }
+            }
+            if let Some(base) = plan.repo.as_ref().and_then(|r| r.base.clone()) {
+                ctx.env
+                    .sink
+                    .event(
+                        &rid,
+                        EventType::RepoReady,
+                        json!({"base": base, "branch": plan.repo.as_ref().map(|r| r.branch.clone())}),
+                    )
+                    .await;
+            }
+        }
+        let workspace_tar = checkout.as_mut().map(|d| std::mem::take(&mut d.tar));
         let deadline = worker::deadline_after(spec.config.limits.timeout_sec);
         let net = ctx.worker_net(&spec.config, &api_key, &name);
         let spec = if net.egress.is_none() {
@@ -230,6 +263,12 @@ impl Supervisor {
         let start = async {
             if let Some(extra) = &spec.config.network {
                 ctx.env.engine.connect_network(extra, &id).await?;
+            }
+            if let Some(tar) = workspace_tar {
+                ctx.env
+                    .engine
+                    .upload_tar(&id, crate::model::render::WORKSPACE, tar)
+                    .await?;
             }
             worker::start_container(&ctx.env.engine, &id, &files, &withheld, launch.delivery).await
         };

@@ -28,6 +28,9 @@ const VOLUME_SWEEP: Duration = Duration::from_secs(30);
 
 /// How often the gateway firewall rules are looked after.
 const FIREWALL_REFRESH: Duration = Duration::from_secs(10);
+/// How often the artifact store is swept (at most; sooner when the
+/// retention is shorter).
+const ARTIFACT_SWEEP: Duration = Duration::from_secs(600);
 /// Egress folders younger than this are never swept: a folder is made just
 /// before its container is created.
 const EGRESS_FOLDER_MIN_AGE: Duration = Duration::from_secs(600);
@@ -39,6 +42,9 @@ impl Supervisor {
         let mut last_rescan = Instant::now();
         let mut last_adopt = Instant::now();
         let mut last_volumes = Instant::now();
+        // The first sweep of the artifact store comes with the first tick.
+        let mut last_artifacts: Option<Instant> = None;
+        let mut artifact_sweep: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -61,6 +67,21 @@ impl Supervisor {
             if last_volumes.elapsed() >= ctx.settings.session_keep.min(VOLUME_SWEEP) {
                 last_volumes = Instant::now();
                 self.sessions.expire_volumes().await;
+            }
+            let sweep_due = last_artifacts
+                .is_none_or(|t| t.elapsed() >= ctx.settings.artifact_retention.min(ARTIFACT_SWEEP));
+            if sweep_due && artifact_sweep.as_ref().is_none_or(|h| h.is_finished()) {
+                last_artifacts = Some(Instant::now());
+                // Listing a bucket may take a while: not on this loop.
+                let store = ctx.env.workspaces.artifacts.clone();
+                let retention = ctx.settings.artifact_retention;
+                artifact_sweep = Some(tokio::spawn(async move {
+                    match store.sweep(retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(objects = n, "old artifacts deleted"),
+                        Err(e) => tracing::warn!(error = %e, "sweeping the artifact store failed"),
+                    }
+                }));
             }
             if last_adopt.elapsed() >= self.reclaim_interval() {
                 last_adopt = Instant::now();

@@ -62,6 +62,9 @@ pub enum StartError {
     /// is not valid.
     #[error("egress: {0}")]
     Egress(String),
+    /// The artifact store cannot be opened.
+    #[error("artifacts: {0}")]
+    Artifacts(String),
     /// The HTTP address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Http {
@@ -92,6 +95,7 @@ impl Supervisor {
             bus: self.ctx.bus.clone(),
             engine: self.ctx.env.engine.clone(),
             metrics: self.ctx.metrics.clone(),
+            artifacts: self.ctx.env.workspaces.artifacts.clone(),
         }
     }
 

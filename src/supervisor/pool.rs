@@ -103,6 +103,7 @@ impl Pools {
                 user_id: None,
                 prompt: "(pool)".into(),
                 session_id: None,
+                repo: None,
             },
             dry_run: false,
         };

@@ -140,7 +140,9 @@ impl Supervisor {
         tracing::info!(presets = catalog.presets.len(), "catalog loaded");
         let sink = Sink::Redis(bus.clone(), metrics.clone(), Default::default());
         let egress = egress_for(&settings, sink.clone(), metrics.clone())?;
-        let env = WorkerEnv::new(engine, sink, metrics.clone(), &settings, egress);
+        let workspaces =
+            crate::worker::workspace::from_settings(&settings).map_err(StartError::Artifacts)?;
+        let env = WorkerEnv::new(engine, sink, metrics.clone(), &settings, egress, workspaces);
         let images = ImageBuilder::new(env.engine.clone(), metrics.clone());
         let ctx = Arc::new(Ctx {
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),

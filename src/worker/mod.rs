@@ -8,6 +8,7 @@
 
 mod output;
 mod run;
+pub mod workspace;
 
 pub use output::{forward, stdout_tail, OutputTail};
 pub use run::{finish, supervise, supervise_exec, Exec, ExecEnd};
@@ -54,6 +55,8 @@ pub struct WorkerEnv {
     pub instance: String,
     /// The workers' egress sockets (closed with their containers).
     pub egress: crate::adapters::egress::Egress,
+    /// Repositories in, changes, artifacts and transcripts out.
+    pub workspaces: Arc<workspace::Workspaces>,
 }
 
 impl WorkerEnv {
@@ -65,9 +68,11 @@ impl WorkerEnv {
         metrics: Arc<Metrics>,
         settings: &crate::settings::Settings,
         egress: crate::adapters::egress::Egress,
+        workspaces: Arc<workspace::Workspaces>,
     ) -> WorkerEnv {
         WorkerEnv {
             egress,
+            workspaces,
             engine,
             sink,
             metrics,
@@ -169,6 +174,9 @@ pub struct Job {
     /// Its config's retry policy; session tasks have none (a session's
     /// state is not run again elsewhere).
     pub retry: Option<crate::model::retry::RetryPolicy>,
+    /// Its workspace plan (repository and base, artifact globs), read
+    /// back when it ends.
+    pub workspace: Option<crate::model::workspace::WorkspacePlan>,
 }
 
 /// Unix seconds now.
@@ -232,6 +240,7 @@ impl Job {
                 .retry
                 .clone()
                 .filter(|_| spec.session_id.is_none()),
+            workspace: spec.workspace.clone(),
         }
     }
 
@@ -284,6 +293,9 @@ impl Job {
             retry: l
                 .get(labels::RETRY)
                 .and_then(|r| serde_json::from_str(r).ok()),
+            workspace: l
+                .get(labels::WORKSPACE)
+                .and_then(|w| serde_json::from_str(w).ok()),
         }
     }
 

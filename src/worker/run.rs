@@ -299,7 +299,17 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         start_ms,
         run_ms,
     };
-    let result = result_of(env, &job, verdict, run);
+    let mut result = result_of(env, &job, verdict, run);
+    super::workspace::collect(
+        env,
+        &job.request_id,
+        &job.container_id,
+        job.workspace.as_ref(),
+        &job.redactor,
+        super::workspace::Transcript::Logs,
+        &mut result,
+    )
+    .await;
     finish(env, &job, &result).await;
     status
 }
@@ -354,14 +364,23 @@ pub async fn supervise_exec(
         .report_field
         .as_deref()
         .map(|f| Arc::new(std::sync::Mutex::new(IdScanner::new(f))));
-    let output: ExecOutput = match scanner.clone() {
-        None => exec.output,
-        Some(scan) => Box::pin(exec.output.inspect(move |item| {
-            if let Ok((OutputStream::Stdout, chunk)) = item {
+    // An exec's output is in no log: its transcript is kept as it runs.
+    let transcript = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let cap = env.workspaces.bounds.transcript as usize + 1;
+    let kept = transcript.clone();
+    let scan = scanner.clone();
+    let output: ExecOutput = Box::pin(exec.output.inspect(move |item| {
+        if let Ok((stream, chunk)) = item {
+            let mut t = kept.lock().expect("transcript lock");
+            if t.len() < cap {
+                let n = chunk.len().min(cap - t.len());
+                t.extend_from_slice(&chunk[..n]);
+            }
+            if let (Some(scan), OutputStream::Stdout) = (&scan, stream) {
                 scan.lock().expect("scanner lock").push(chunk);
             }
-        })),
-    };
+        }
+    }));
     let mut fwd = tokio::spawn(async move { forward(&env2, &rid, &red, output).await });
     // The exec ends when its output does.
     let mut tail = None;
@@ -408,8 +427,19 @@ pub async fn supervise_exec(
         start_ms,
         run_ms,
     };
-    let result = result_of(env, job, verdict, run);
+    let mut result = result_of(env, job, verdict, run);
     revoke_key(env, job).await;
+    let captured = std::mem::take(&mut *transcript.lock().expect("transcript lock"));
+    super::workspace::collect(
+        env,
+        &job.request_id,
+        &job.container_id,
+        job.workspace.as_ref(),
+        &job.redactor,
+        super::workspace::Transcript::Captured(captured),
+        &mut result,
+    )
+    .await;
     let reported_id =
         scanner.and_then(|s| s.lock().expect("scanner lock").found().map(str::to_string));
     ExecEnd {

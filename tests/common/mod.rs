@@ -11,9 +11,14 @@
 //! - Docker helpers (bollard) list, count and remove the containers that
 //!   carry a prefix's label.
 //!
+//! - [`git_server`]: bare repositories served by `git http-backend` (basic
+//!   auth optional) and `git daemon` on 127.0.0.1.
+//!
 //! Nothing here skips: without `WS_TEST_REDIS_URL` or a reachable Docker
 //! engine the tests fail with a message saying so.
 #![allow(dead_code)]
+
+pub mod git_server;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -92,12 +97,18 @@ pub fn unique_request_id(tag: &str) -> String {
     format!("{tag}-{}", random_suffix())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+/// A port free on every address, below the kernel's ephemeral range
+/// (32768-60999): a port from that range can be taken meanwhile as the source
+/// port of an outgoing connection (one from the workers' bridge address once
+/// broke a daemon's gateway bind), one below it only by another listener.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    loop {
+        let port = rand::rng().random_range(20000..32000);
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// How to start a daemon.
@@ -218,6 +229,8 @@ pub struct Daemon {
     pub http_addr: String,
     /// Port of its gateway (its own, so parallel daemons do not collide).
     pub gateway_port: u16,
+    /// Its artifact store's folder.
+    pub artifacts_dir: PathBuf,
     /// File holding its stderr.
     pub stderr_path: PathBuf,
     _logdir: tempfile::TempDir,
@@ -300,6 +313,14 @@ impl Daemon {
             }
         }
         cmd.env("WORKERS_SPAWNER_BLOCK", "1s");
+        // Its own artifact store and repository cache (the defaults are
+        // system folders).
+        let artifacts_dir = logdir.path().join("artifacts");
+        cmd.env("WORKERS_SPAWNER_ARTIFACTS_DIR", &artifacts_dir);
+        cmd.env(
+            "WORKERS_SPAWNER_REPO_CACHE_DIR",
+            logdir.path().join("repos"),
+        );
         // Daemons of parallel tests share the workers' bridges: one gateway port each.
         let gateway_port = free_port();
         cmd.env("WORKERS_SPAWNER_GATEWAY_PORT", gateway_port.to_string());
@@ -312,10 +333,14 @@ impl Daemon {
             cmd.env("RUST_LOG", "info");
         }
         let mut gateway_port = gateway_port;
+        let mut artifacts_dir = artifacts_dir;
         for (k, v) in &opts.env {
             cmd.env(k, v);
             if k == "WORKERS_SPAWNER_GATEWAY_PORT" {
                 gateway_port = v.parse().unwrap_or(gateway_port);
+            }
+            if k == "WORKERS_SPAWNER_ARTIFACTS_DIR" {
+                artifacts_dir = PathBuf::from(v);
             }
         }
         let child = cmd.spawn().expect("spawn the workers-spawner binary");
@@ -325,6 +350,7 @@ impl Daemon {
             instance_id,
             http_addr,
             gateway_port,
+            artifacts_dir,
             stderr_path,
             _logdir: logdir,
             cleanup_on_drop: true,

@@ -71,6 +71,13 @@ pub struct WorkerConfig {
     /// absent. A retry keeps the request's config, limits included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::model::retry::RetryPolicy>,
+    /// The repository the worker starts from and what becomes of its
+    /// change (`model::workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::model::workspace::WorkspaceConfig>,
+    /// Globs below `/workspace` kept as artifacts when the agent ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
 }
 
 /// `agent` of a worker config.

@@ -49,6 +49,12 @@ pub enum EventType {
     /// An instance was lost (no heartbeat for `instance_lost_after`) and
     /// the requests it held were taken over.
     InstanceLost,
+    /// The request's repository is checked out (`base`, `branch`), before
+    /// its container exists.
+    RepoReady,
+    /// The agent's workspace was read back (its change, pushed or not; its
+    /// artifacts), before the result.
+    WorkspaceCollected,
 }
 
 /// One entry of `workers:events`.

@@ -67,6 +67,10 @@ pub struct Task {
     /// Requests sharing a session id run in one live container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The repository the worker starts from, over the preset's
+    /// `workspace.repo` (`model::workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<crate::model::workspace::RepoSpec>,
 }
 
 /// Why an entry could not become a [`SpawnRequest`].
@@ -307,7 +311,7 @@ fn parse_readable(data: &[u8], limits: &InputLimits) -> Result<SpawnRequest, Req
     };
     if let Some(unknown) = task
         .keys()
-        .find(|k| !["user_id", "prompt", "session_id"].contains(&k.as_str()))
+        .find(|k| !["user_id", "prompt", "session_id", "repo"].contains(&k.as_str()))
     {
         return Err(err(
             "unknown_field",
@@ -378,6 +382,53 @@ fn parse_readable(data: &[u8], limits: &InputLimits) -> Result<SpawnRequest, Req
     };
     let user_id = token("user_id")?;
     let session_id = token("session_id")?;
+    let repo = match task.get("repo") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => {
+            let mut spec = crate::model::workspace::RepoSpec::default();
+            for (k, v) in o {
+                let field = format!("task.repo.{k}");
+                let slot = match k.as_str() {
+                    "url" => &mut spec.url,
+                    "ref" => &mut spec.reference,
+                    "branch" => &mut spec.branch,
+                    _ => {
+                        return Err(err(
+                            "unknown_field",
+                            &field,
+                            format!("unknown field {field}; task.repo takes url, ref and branch"),
+                        ))
+                    }
+                };
+                match v {
+                    Value::Null => {}
+                    Value::String(s) if !s.is_empty() && s.len() <= 2048 => *slot = Some(s.clone()),
+                    Value::String(_) => {
+                        return Err(err(
+                            "invalid_field",
+                            &field,
+                            format!("{field} must be 1-2048 characters"),
+                        ))
+                    }
+                    _ => {
+                        return Err(err(
+                            "invalid_type",
+                            &field,
+                            format!("{field} must be a string"),
+                        ))
+                    }
+                }
+            }
+            Some(spec)
+        }
+        Some(_) => {
+            return Err(err(
+                "invalid_type",
+                "task.repo",
+                "task.repo must be an object {\"url\", \"ref\", \"branch\"}".into(),
+            ))
+        }
+    };
 
     Ok(SpawnRequest {
         request_id,
@@ -387,6 +438,7 @@ fn parse_readable(data: &[u8], limits: &InputLimits) -> Result<SpawnRequest, Req
             user_id,
             prompt,
             session_id,
+            repo,
         },
         dry_run,
     })

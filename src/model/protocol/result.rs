@@ -131,6 +131,16 @@ pub struct ResultRecord {
     /// 2 on, when a retry policy ran it again).
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
+    /// The change the agent made to its repository, when it started from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::model::workspace::WorkspaceReport>,
+    /// What the request left in the artifact store: its transcript, its
+    /// patch, its declared artifacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<crate::model::workspace::ArtifactRecord>,
+    /// Files matching `artifacts` that were not kept, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_refused: Vec<crate::model::workspace::Refused>,
 }
 
 fn first_attempt() -> u32 {
@@ -158,6 +168,9 @@ impl ResultRecord {
             config: None,
             files: None,
             attempt: 1,
+            workspace: None,
+            artifacts: Vec::new(),
+            artifacts_refused: Vec::new(),
         }
     }
 }

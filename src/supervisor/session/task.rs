@@ -213,6 +213,20 @@ impl Session {
         // A new container, on the session's volumes (kept from an earlier
         // container, or new).
         let resumed = self.ensure_volumes(spec).await?;
+        // New volumes get the session's one checkout (its base recorded in
+        // the repository itself); kept volumes already hold it.
+        let mut checkout = None;
+        if !resumed {
+            if let Some(mut plan) = spec.workspace.clone() {
+                checkout = self
+                    .ctx
+                    .env
+                    .workspaces
+                    .prepare(&mut plan)
+                    .await
+                    .map_err(Some)?;
+            }
+        }
         let deadline = unix_now() + spec.config.limits.ttl_sec;
         let received_ms = chrono::Utc::now().timestamp_millis();
         let l = session_labels(spec, self.ctx.owner(), sid, deadline, received_ms);
@@ -277,6 +291,20 @@ impl Session {
         // The first task's prompt goes in with the instructions: one
         // extraction before the start instead of one more per file root.
         let engine = &self.ctx.env.engine;
+        if let Some(d) = checkout.as_mut() {
+            let tar = std::mem::take(&mut d.tar);
+            if let Err(e) = engine
+                .upload_tar(&id, crate::model::render::WORKSPACE, tar)
+                .await
+            {
+                let _ = engine.remove(&id).await;
+                self.ctx.env.egress.close(&name);
+                return Err(Some(ErrorCode::StartFailed.info(
+                    Some("workspace.repo"),
+                    format!("delivering the checkout failed: {e}"),
+                )));
+            }
+        }
         let files: Vec<RenderedFile> = spec
             .files
             .iter()
