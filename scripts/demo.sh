@@ -57,7 +57,11 @@ port="$(_ws_free_port)" || { say "no free port"; exit 1; }
 common=(--redis-url "$WS_TEST_REDIS_URL" --stream-prefix demo)
 
 say "starting the daemon (prefix demo, http 127.0.0.1:$port, log $logdir/daemon.log)"
+# Its artifact store (the result lists the transcript there, served on the
+# HTTP port) and repository cache in the demo's own folder.
 WS_TEST_SECRET="demo-secret-$RANDOM$RANDOM" \
+    WORKERS_SPAWNER_ARTIFACTS_DIR="$logdir/artifacts" \
+    WORKERS_SPAWNER_REPO_CACHE_DIR="$logdir/repos" \
     "$bin" "${common[@]}" \
     --presets-dir tests/fixtures/presets --skills-dir skills --templates-dir templates \
     --http-addr "127.0.0.1:$port" --instance-id "demo-$$" --max-concurrent 4 \

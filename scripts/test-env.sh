@@ -6,7 +6,8 @@
 #     ws_test_env_down             # stops the private redis, removes its dir
 #
 # It:
-#   * installs redis-server, busybox-static and debootstrap via apt if missing;
+#   * installs redis-server, busybox-static, debootstrap, git and python3-venv
+#     via apt if missing;
 #   * builds the test image ws-test-busybox:latest from images/test-busybox
 #     (skipped when an image with the same inputs hash label exists), and the
 #     unprepared images ws-test-stock, ws-test-noshell and ws-test-node;
@@ -14,6 +15,8 @@
 #     for the fleet tests), copies the test images to it and exports WS_ENGINE_B_*;
 #   * starts a private redis-server on a free 127.0.0.1 port (AOF on, no RDB),
 #     also bound to engine B's side of the veth (WS_ENGINE_B_HOST_ADDR);
+#   * installs moto's S3 server (PyPI) in a venv under ~/.cache, exports
+#     WS_TEST_MOTO_SERVER (the artifact store's S3 tests);
 #   * exports WS_TEST_REDIS_URL, WS_TEST_REDIS_PORT, WS_TEST_REDIS_DIR,
 #     WS_TEST_REDIS_PIDFILE, WS_TEST_IMAGE.
 # Returns non-zero (never exits the caller's shell) when something fails.
@@ -37,6 +40,10 @@ _ws_install_deps() {
         || missing+=(redis-server)
     { _ws_pkg_installed busybox-static && [ -x /bin/busybox ]; } || missing+=(busybox-static)
     command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+    # git: the daemon's own (workspaces) and the tests' servers (git daemon, http-backend).
+    command -v git >/dev/null 2>&1 || missing+=(git)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     # gcc -static for the shell-less test image; a static libc also for the
     # daemon's build script, which links its delivery shim statically.
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
@@ -244,6 +251,20 @@ ws_test_env_down() {
     return 0
 }
 
+# An S3-compatible server for the artifact store's tests: moto's server
+# from PyPI, in a venv kept under the user's cache (made once).
+_ws_install_moto() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/workers-spawner/moto-venv"
+    if [ ! -x "$venv/bin/moto_server" ]; then
+        _ws_log "installing moto's S3 server (PyPI) into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv" >/dev/null || return 1
+        "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]>=5,<6" >/dev/null || return 1
+    fi
+    WS_TEST_MOTO_SERVER="$venv/bin/moto_server"
+    export WS_TEST_MOTO_SERVER
+}
+
 _ws_test_env_up() {
     WS_TEST_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || return 1
     WS_TEST_IMAGE="ws-test-busybox:latest"
@@ -255,6 +276,7 @@ _ws_test_env_up() {
     fi
     _ws_build_test_image || return 1
     _ws_build_unprepared_images || return 1
+    _ws_install_moto || { _ws_log "installing moto's S3 server failed"; return 1; }
     # WS_TEST_ENGINE_B=0: no second engine (benchmarks of one engine, the demo).
     if [ "${WS_TEST_ENGINE_B:-1}" != 0 ]; then
         _ws_start_engine_b || { _ws_log "could not start the second engine"; return 1; }

@@ -730,11 +730,27 @@ pub async fn run(
             return 1;
         }
     };
+    // A one-off run by a user who may not write the system folder keeps
+    // its artifacts in the temp folder instead (and says so).
     let workspaces = match crate::worker::workspace::from_settings(settings) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("workers-spawner: artifacts: {e}");
-            return 1;
+            let mut s = settings.clone();
+            s.artifacts_dir = std::env::temp_dir().join("workers-spawner-artifacts");
+            s.repo_cache_dir = std::env::temp_dir().join("workers-spawner-repos");
+            match crate::worker::workspace::from_settings(&s) {
+                Ok(w) => {
+                    eprintln!(
+                        "workers-spawner: {e}; keeping artifacts in {} instead",
+                        s.artifacts_dir.display()
+                    );
+                    w
+                }
+                Err(e) => {
+                    eprintln!("workers-spawner: artifacts: {e}");
+                    return 1;
+                }
+            }
         }
     };
     let env = WorkerEnv::new(engine.clone(), sink, metrics, settings, egress, workspaces);

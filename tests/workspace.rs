@@ -724,3 +724,190 @@ async fn a_sessions_tasks_share_one_checkout_and_each_result_shows_the_change_so
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_go_to_an_s3_bucket_when_configured_and_are_served_from_it() {
+    let s3 = common::s3_server::S3Server::start();
+    s3.create_bucket("ws-artifacts");
+    let preset = json!({
+        "id": "arts_s3",
+        "name": "Artifacts to a bucket",
+        "image": "ws-test-stock:latest",
+        "agent": { "type": "claude-code", "command": ["sh", "-c", "{prompt}"], "conversation": false },
+        "allowed_tools": [],
+        "artifacts": ["out/*"],
+        "limits": { "cpu": 0.5, "memory": "64m", "timeout_sec": 60, "ttl_sec": 600 }
+    });
+    let presets = presets_dir_with(&[("arts_s3", preset)]);
+    let mut opts = DaemonOpts::new("ws-s3")
+        .presets_dir(presets.path())
+        .setting("artifacts_url", "s3://ws-artifacts/runs");
+    for (k, v) in s3.client_env() {
+        opts = opts.env(&k, &v);
+    }
+    let d = Daemon::start(opts);
+    let rid = unique_request_id("s3");
+    let agent =
+        "mkdir -p /workspace/out && echo to-the-bucket > /workspace/out/x.txt && echo hello";
+    publish_spawn(&d.prefix, &spawn_request(&rid, "arts_s3", agent)).await;
+    let r = wait_result(&d.prefix, &rid, LONG).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let x = artifact(&r, "out/x.txt");
+    assert_eq!(
+        x["uri"],
+        format!("s3://ws-artifacts/runs/data/{rid}/out/x.txt").as_str(),
+        "{r:#}"
+    );
+    // In the bucket itself, under the prefix (read with a client of our own).
+    let bucket = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(s3.endpoint())
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .with_bucket_name("ws-artifacts")
+        .build()
+        .unwrap();
+    let key = object_store::path::Path::from(format!("runs/data/{rid}/out/x.txt"));
+    let body = object_store::ObjectStore::get(&bucket, &key)
+        .await
+        .expect("the object is in the bucket")
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"to-the-bucket\n");
+    // Nothing in the local folder.
+    assert!(walk_files(&d.artifacts_dir).is_empty());
+    // Served by the daemon from the bucket, and listed by the CLI.
+    let (status, body) =
+        http_get_bytes(&d.http_addr, &format!("/v1/artifacts/{rid}/out/x.txt")).unwrap();
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"to-the-bucket\n".as_slice())
+    );
+    let bin = env!("CARGO_BIN_EXE_workers-spawner");
+    let mut ls = Command::new(bin);
+    ls.args(["artifacts", "ls", &rid])
+        .env("WORKERS_SPAWNER_ARTIFACTS_URL", "s3://ws-artifacts/runs");
+    for (k, v) in s3.client_env() {
+        ls.env(k, v);
+    }
+    let out = ls.output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listing.contains("out/x.txt") && listing.contains("transcript.log"),
+        "{listing}"
+    );
+    assert_no_containers(&d.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_past_their_retention_are_deleted_by_the_maintenance_loop() {
+    let d = Daemon::start(DaemonOpts::new("ws-retain").setting("artifact_retention", "3s"));
+    let rid = unique_request_id("ret");
+    publish_spawn(
+        &d.prefix,
+        &spawn_request(&rid, "echo_v1", "keep me a while"),
+    )
+    .await;
+    let r = wait_result(&d.prefix, &rid, LONG).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let uri = artifact(&r, "transcript.log")["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = http_fetch(&uri);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("prompt=keep me a while"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = http_fetch(&uri);
+        if status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transcript outlived its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        walk_files(&d.artifacts_dir).is_empty(),
+        "the index went too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_push_is_reported_in_the_result_and_the_change_is_still_there() {
+    let repo = BareRepo::new("moving", &[("a.txt", "one\n")]);
+    let presets = presets_dir_with(&[(
+        "dev_repo",
+        dev_preset(
+            "dev_repo",
+            json!({"repo": {"url": repo.file_url()}, "push": true}),
+            json!([]),
+        ),
+    )]);
+    let roots = format!("[\"{}\"]", repo.dir.path().display());
+    let d = Daemon::start(
+        DaemonOpts::new("ws-push")
+            .presets_dir(presets.path())
+            .setting("policy__repo_local_roots", &roots),
+    );
+    // The agent works on main itself; meanwhile someone else pushes to it,
+    // so the daemon's push would not be a fast-forward.
+    let rid = unique_request_id("push");
+    let mut req = spawn_request(
+        &rid,
+        "dev_repo",
+        "cd /workspace && sleep 3 && echo mine >> a.txt && git commit -qam 'The agent on main'",
+    );
+    req["task"]["repo"] = json!({"branch": "main"});
+    publish_spawn(&d.prefix, &req).await;
+    wait_event(&d.prefix, &rid, "started", LONG).await;
+    let home = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = git_command(home.path())
+            .current_dir(other.path())
+            .args([
+                "-c",
+                "user.name=other",
+                "-c",
+                "user.email=other@example.invalid",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["clone", "-q", &repo.file_url(), "."]);
+    git(&["commit", "-q", "--allow-empty", "-m", "Someone else"]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+    let r = wait_result(&d.prefix, &rid, LONG).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let w = &r["workspace"];
+    assert_eq!(w["pushed"], false, "{w:#}");
+    let why = w["push_error"].as_str().expect("a push error");
+    assert!(
+        why.contains("rejected") || why.contains("non-fast-forward") || why.contains("fetch first"),
+        "{why}"
+    );
+    assert_eq!(w["commits"][0]["subject"], "The agent on main");
+    assert_eq!(
+        repo.log_subjects(w["base"].as_str().unwrap(), "main"),
+        ["Someone else"]
+    );
+    // The change is still in the result: its patch.
+    let (_, patch) = http_fetch(w["patch"]["uri"].as_str().unwrap());
+    assert!(String::from_utf8_lossy(&patch).contains("+mine"));
+}

@@ -136,6 +136,8 @@ pub async fn collect(
     result: &mut ResultRecord,
 ) {
     let ws = &env.workspaces;
+    let started = std::time::Instant::now();
+    let mut read_bytes = 0u64;
     let mut kept: Vec<ArtifactRecord> = Vec::new();
     let raw = match transcript {
         Transcript::Captured(b) => b,
@@ -151,7 +153,8 @@ pub async fn collect(
         Err(e) => tracing::warn!(request_id, error = %e, "storing the transcript failed"),
     }
     if let Some(plan) = plan {
-        let (tree, problem) = read_back(env, container_id, ws.bounds.workspace).await;
+        let (tree, problem, bytes) = read_back(env, container_id, ws.bounds.workspace).await;
+        read_bytes = bytes;
         if let Some(repo) = &plan.repo {
             let report = match &tree {
                 Some(t) => {
@@ -192,14 +195,20 @@ pub async fn collect(
         "files_changed": w.map(|w| w.files_changed),
         "pushed": w.map(|w| w.pushed),
         "error": w.and_then(|w| w.error.clone()),
+        "bytes": read_bytes,
+        "ms": started.elapsed().as_millis() as u64,
     });
-    env.sink
-        .event(
-            request_id,
-            crate::model::protocol::EventType::WorkspaceCollected,
-            data,
-        )
-        .await;
+    // Only a request with a workspace plan says so: the event stream of
+    // every other request stays as PROTOCOL.md shows it.
+    if plan.is_some() {
+        env.sink
+            .event(
+                request_id,
+                crate::model::protocol::EventType::WorkspaceCollected,
+                data,
+            )
+            .await;
+    }
     result.artifacts = kept;
 }
 
@@ -321,12 +330,12 @@ pub fn transcript_text(raw: &[u8], limit: u64, redactor: &Redactor) -> String {
 }
 
 /// The container's `/workspace`, unpacked in a temp folder (as
-/// `workspace/...`), or why not.
+/// `workspace/...`), or why not; and the bytes read.
 async fn read_back(
     env: &WorkerEnv,
     container_id: &str,
     limit: u64,
-) -> (Option<tempfile::TempDir>, Option<String>) {
+) -> (Option<tempfile::TempDir>, Option<String>, u64) {
     let tar = match env.engine.download(container_id, "/workspace", limit).await {
         Ok((Some(t), _)) => t,
         Ok((None, true)) => {
@@ -335,11 +344,13 @@ async fn read_back(
                 Some(format!(
                     "the workspace is larger than workspace_max_bytes ({limit})"
                 )),
+                limit,
             )
         }
-        Ok((None, false)) => return (None, Some("the container has no /workspace".into())),
-        Err(e) => return (None, Some(format!("reading the workspace failed: {e}"))),
+        Ok((None, false)) => return (None, Some("the container has no /workspace".into()), 0),
+        Err(e) => return (None, Some(format!("reading the workspace failed: {e}")), 0),
     };
+    let bytes = tar.len() as u64;
     let unpacked = tokio::task::spawn_blocking(move || -> std::io::Result<tempfile::TempDir> {
         let dir = tempfile::Builder::new().prefix("ws-collect.").tempdir()?;
         let mut archive = tar::Archive::new(&tar[..]);
@@ -352,9 +363,17 @@ async fn read_back(
     })
     .await;
     match unpacked {
-        Ok(Ok(dir)) => (Some(dir), None),
-        Ok(Err(e)) => (None, Some(format!("unpacking the workspace failed: {e}"))),
-        Err(e) => (None, Some(format!("unpacking the workspace failed: {e}"))),
+        Ok(Ok(dir)) => (Some(dir), None, bytes),
+        Ok(Err(e)) => (
+            None,
+            Some(format!("unpacking the workspace failed: {e}")),
+            bytes,
+        ),
+        Err(e) => (
+            None,
+            Some(format!("unpacking the workspace failed: {e}")),
+            bytes,
+        ),
     }
 }
 

@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod git_server;
+pub mod s3_server;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
