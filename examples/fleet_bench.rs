@@ -434,6 +434,10 @@ impl Daemon {
             .env("WORKERS_SPAWNER_RECLAIM_MIN_IDLE", "30s")
             .env("WORKERS_SPAWNER_BLOCK", "1s")
             .env("WORKERS_SPAWNER_GATEWAY_PORT", free_port().to_string())
+            .env(
+                "WORKERS_SPAWNER_API_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )
             .env("WORKERS_SPAWNER_EGRESS_DIR", dir.join("egress"))
             .env(
                 "RUST_LOG",

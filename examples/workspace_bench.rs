@@ -246,6 +246,10 @@ async fn start_daemon(args: &Args, repo_url: &str) -> anyhow::Result<Daemon> {
         ])
         .env("WORKERS_SPAWNER_BLOCK", "1s")
         .env("WORKERS_SPAWNER_GATEWAY_PORT", free_port().to_string())
+        .env(
+            "WORKERS_SPAWNER_API_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
         .env("WORKERS_SPAWNER_REPO_CACHE_DIR", &cache)
         .env("WORKERS_SPAWNER_ARTIFACTS_DIR", w.join("artifacts"))
         .env("RUST_LOG", "warn")

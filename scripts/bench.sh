@@ -200,6 +200,7 @@ start_daemon() {
     WORKERS_SPAWNER_OUTPUT_LINES_PER_SEC="$lps" \
     WORKERS_SPAWNER_STREAM_MAXLEN=1000000 \
     WORKERS_SPAWNER_GATEWAY_PORT="$gw" \
+    WORKERS_SPAWNER_API_ADDR="127.0.0.1:$(_ws_free_port)" \
     WORKERS_SPAWNER_CONFIG="$work/settings.toml" \
     WS_BENCH_MODEL_KEY="sk-bench-model-key-not-real" \
     RUST_LOG="${RUST_LOG:-info}" \

@@ -313,6 +313,10 @@ start_daemon() {
         cd "$ROOT" || exit 1
         for v in $(compgen -e | grep '^WORKERS_SPAWNER_'); do unset "$v"; done
         export WORKERS_SPAWNER_BLOCK=1s WORKERS_SPAWNER_GATEWAY_PORT="$gw"
+        # A binary with the HTTP API (it has `artifacts` too) gets a port of its own.
+        if "$bin" artifacts --help >/dev/null 2>&1; then
+            export WORKERS_SPAWNER_API_ADDR="127.0.0.1:$(free_port)"
+        fi
         export RUST_LOG="${RUST_LOG:-info}"
         exec "$bin" --redis-url "$WS_TEST_REDIS_URL" --stream-prefix "$prefix" \
             --presets-dir "${S_PRESETS:-$PRESETS}" --skills-dir "$cat_dir/skills" --templates-dir "$cat_dir/templates" \

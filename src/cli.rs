@@ -357,6 +357,32 @@ pub async fn serve(settings: Settings) -> i32 {
             }
         }
     }
+    if !settings.api_addr.is_empty() {
+        let api = match daemon.api() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("workers-spawner: {e}");
+                return 1;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(&settings.api_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "workers-spawner: cannot listen for the API on {}: {e}",
+                    settings.api_addr
+                );
+                return 1;
+            }
+        };
+        let api_shutdown = shutdown.clone();
+        tracing::info!(addr = %settings.api_addr, "API listening");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, crate::http::api::router(api))
+                .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+                .await;
+        });
+    }
     let http_shutdown = shutdown.clone();
     let router = crate::http::health::router(daemon.health());
     tokio::spawn(async move {
@@ -735,9 +761,21 @@ pub async fn run(
     let workspaces = match crate::worker::workspace::from_settings(settings) {
         Ok(w) => w,
         Err(e) => {
+            // A private folder of its own (0700, a fresh name): a shared
+            // fixed one could be prepared by another user.
+            let private = match tempfile::Builder::new()
+                .prefix("workers-spawner-")
+                .tempdir()
+            {
+                Ok(d) => d.keep(),
+                Err(e2) => {
+                    eprintln!("workers-spawner: artifacts: {e}; and no temp folder: {e2}");
+                    return 1;
+                }
+            };
             let mut s = settings.clone();
-            s.artifacts_dir = std::env::temp_dir().join("workers-spawner-artifacts");
-            s.repo_cache_dir = std::env::temp_dir().join("workers-spawner-repos");
+            s.artifacts_dir = private.join("artifacts");
+            s.repo_cache_dir = private.join("repos");
             match crate::worker::workspace::from_settings(&s) {
                 Ok(w) => {
                     eprintln!(

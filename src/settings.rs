@@ -170,6 +170,15 @@ pub struct Settings {
     /// Bound of one git command (a clone, a fetch, a push).
     #[serde(with = "humantime_serde")]
     pub repo_timeout: Duration,
+    /// Address of the HTTP API, its event streams and the dashboard
+    /// (docs/api.md); empty: off. Without `api_tokens` only a loopback
+    /// address is accepted.
+    pub api_addr: String,
+    /// The API's bearer tokens, each with a role (`read`, `submit`,
+    /// `admin`) and its secret from the daemon's environment.
+    pub api_tokens: Vec<ApiTokenSetting>,
+    /// API requests per token per minute (also the burst).
+    pub api_rate_per_minute: u32,
     /// Override policy.
     pub policy: Policy,
     /// Input limits.
@@ -235,6 +244,9 @@ impl Default for Settings {
             workspace_max_bytes: 2 << 30,
             repo_cache_dir: "/var/lib/workers-spawner/repos".into(),
             repo_timeout: Duration::from_secs(600),
+            api_addr: "127.0.0.1:9092".into(),
+            api_tokens: Vec::new(),
+            api_rate_per_minute: 600,
             policy: Policy {
                 allowed_images: vec!["universal-worker-base:*".into()],
                 ..Policy::default()
@@ -242,6 +254,18 @@ impl Default for Settings {
             limits: InputLimits::default(),
         }
     }
+}
+
+/// One `api_tokens` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenSetting {
+    /// Its name (logs, rate limits).
+    pub name: String,
+    /// What it may do.
+    pub role: crate::model::access::Role,
+    /// Its secret, from the daemon's environment.
+    pub token: crate::model::config::KeyRef,
 }
 
 /// The host name, or `workers-spawner` when it cannot be read.
@@ -406,6 +430,20 @@ impl Settings {
                 "artifacts_url {:?} must be s3://bucket[/prefix] (or empty for artifacts_dir)",
                 self.artifacts_url
             )));
+        }
+        if !self.api_addr.is_empty() {
+            let addr: std::net::SocketAddr = self.api_addr.parse().map_err(|_| {
+                SettingsError(format!(
+                    "api_addr {:?} is not an address (e.g. 127.0.0.1:9092)",
+                    self.api_addr
+                ))
+            })?;
+            if self.api_tokens.is_empty() && !addr.ip().is_loopback() {
+                return Err(SettingsError(format!(
+                    "api_addr {} is not a loopback address and no api_tokens are set: the API would be open to the network",
+                    self.api_addr
+                )));
+            }
         }
         if self.repo_timeout.is_zero() {
             return Err(SettingsError("repo_timeout must be positive".into()));

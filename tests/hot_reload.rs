@@ -275,6 +275,10 @@ mod daemon {
                 .env("WORKERS_SPAWNER_RESCAN_INTERVAL", "1h")
                 // Daemons of parallel tests must not share the gateway port.
                 .env("WORKERS_SPAWNER_GATEWAY_PORT", free_port().to_string())
+                .env(
+                    "WORKERS_SPAWNER_API_ADDR",
+                    format!("127.0.0.1:{}", free_port()),
+                )
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -473,7 +473,7 @@ async fn a_big_transcript_is_whole_in_the_store_and_declared_artifacts_keep_thei
     assert!(!missing.status.success());
     // The HTTP side refuses a path out of the store.
     let (status, _) = http_get_bytes(
-        &d.http_addr,
+        &d.api_addr,
         &format!("/v1/artifacts/{rid}/..%2F..%2Fetc%2Fpasswd"),
     )
     .unwrap();
@@ -636,6 +636,11 @@ async fn hostile_repositories_branches_and_globs_are_refused_naming_the_field() 
             json!({"workspace": {"credentials": {"from_env": "WS_TEST_SECRET", "origin": "https://evil.example"}}}),
             "workspace.credentials",
         ),
+        // The preset's credentials would follow its repository's URL.
+        (
+            json!({"workspace": {"repo": {"url": "https://attacker.example/x.git"}, "push": true}}),
+            "workspace",
+        ),
     ] {
         let rid = unique_request_id("o");
         let mut req = spawn_request(&rid, "dev_repo", "echo never");
@@ -780,7 +785,7 @@ async fn artifacts_go_to_an_s3_bucket_when_configured_and_are_served_from_it() {
     assert!(walk_files(&d.artifacts_dir).is_empty());
     // Served by the daemon from the bucket, and listed by the CLI.
     let (status, body) =
-        http_get_bytes(&d.http_addr, &format!("/v1/artifacts/{rid}/out/x.txt")).unwrap();
+        http_get_bytes(&d.api_addr, &format!("/v1/artifacts/{rid}/out/x.txt")).unwrap();
     assert_eq!(
         (status, body.as_slice()),
         (200, b"to-the-bucket\n".as_slice())

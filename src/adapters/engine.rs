@@ -334,6 +334,44 @@ impl Engine {
         Ok((Some(out), false))
     }
 
+    /// Writes the tar of `path` in the container (running or stopped) to
+    /// the file `to`, up to `limit` bytes; the bytes written, `None` when
+    /// the path is not there, or `Some(Err(limit))` past the limit.
+    pub async fn download_to_file(
+        &self,
+        id: &str,
+        path: &str,
+        limit: u64,
+        to: &std::path::Path,
+    ) -> Result<Option<Result<u64, u64>>, EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(EngineError::Stdin)?;
+        let mut stream = self.docker.download_from_container(id, Some(opts));
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    written += b.len() as u64;
+                    if written > limit {
+                        return Ok(Some(Err(limit)));
+                    }
+                    file.write_all(&b).await.map_err(EngineError::Stdin)?;
+                }
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(None),
+                Err(e) => return Err(self.not_found(e, id)),
+            }
+        }
+        file.flush().await.map_err(EngineError::Stdin)?;
+        Ok(Some(Ok(written)))
+    }
+
     /// Attaches to the container's stdin (created with `open_stdin`),
     /// stdout and stderr; the end of the stdin attachment closes the
     /// process's stdin, the output ends with the process.

@@ -45,6 +45,9 @@ pub struct Auth {
     origin: String,
     header: String,
     secrets: Vec<String>,
+    /// Who the secret is (a hash of origin, user and secret): mirrors
+    /// are kept apart by it.
+    identity: String,
 }
 
 impl std::fmt::Debug for Auth {
@@ -59,10 +62,14 @@ impl Auth {
     /// Basic auth of `username` and `secret`, sent only to `origin`.
     pub fn basic(origin: &str, username: &str, secret: &str) -> Auth {
         let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"));
+        let identity = hex::encode(sha2::Sha256::digest(
+            format!("{origin}\n{username}\n{secret}").as_bytes(),
+        ));
         Auth {
             origin: origin.trim_end_matches('/').to_string(),
             header: format!("Authorization: Basic {b64}"),
             secrets: vec![secret.to_string(), b64],
+            identity,
         }
     }
 
@@ -93,8 +100,10 @@ pub struct Change {
     /// The branch's last commit (after the daemon's commit of leftovers,
     /// when it pushed).
     pub head: String,
-    /// Commits after `base`, oldest first.
+    /// Commits after `base`, oldest first (the newest [`MAX_COMMITS`]).
     pub commits: Vec<Commit>,
+    /// How many commits there are after `base`.
+    pub commits_total: u64,
     /// Whether there were uncommitted changes.
     pub uncommitted: bool,
     /// The combined patch against `base`.
@@ -122,6 +131,9 @@ pub struct Git {
 /// repository (a session's volume keeps it across containers and daemons).
 pub const BASE_REF: &str = "refs/workers-spawner/base";
 
+/// Most commits a change lists (the rest are counted).
+pub const MAX_COMMITS: usize = 1000;
+
 /// Words of git's stderr kept in an error.
 const ERROR_TAIL: usize = 600;
 
@@ -135,9 +147,12 @@ impl Git {
         }
     }
 
-    /// The mirror folder of `url`.
-    pub fn mirror_of(&self, url: &str) -> PathBuf {
-        let h = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+    /// The mirror folder of `url` fetched with `auth` (a private
+    /// repository's mirror is never served to a request without its
+    /// credentials).
+    pub fn mirror_of(&self, url: &str, auth: Option<&Auth>) -> PathBuf {
+        let who = auth.map(|a| a.identity.as_str()).unwrap_or("");
+        let h = hex::encode(sha2::Sha256::digest(format!("{url}\n{who}").as_bytes()));
         self.cache_dir.join(format!("{}.git", &h[..32]))
     }
 
@@ -153,7 +168,7 @@ impl Git {
         auth: Option<&Auth>,
         excludes: &[String],
     ) -> Result<Checkout, GitError> {
-        let mirror = self.mirror_of(&repo.url);
+        let mirror = self.mirror_of(&repo.url, auth);
         let lock = {
             let mut locks = self.locks.lock().expect("git locks");
             locks.entry(mirror.clone()).or_default().clone()
@@ -379,21 +394,28 @@ impl Git {
             })?;
         let head_of = |out: Vec<u8>| String::from_utf8_lossy(&out).trim().to_string();
         let mut head = head_of(git(s(&["rev-parse", "--verify", "HEAD^{commit}"])).await?);
+        // NUL-separated fields (no subject holds a NUL), the newest
+        // MAX_COMMITS only; the count says how many there were.
+        let count = git(s(&["rev-list", "--count", &format!("{base}..{head}")])).await?;
+        let commits_total: u64 = String::from_utf8_lossy(&count).trim().parse().unwrap_or(0);
         let log = git(s(&[
             "log",
             "--reverse",
-            "--format=%H%x1f%s%x1f%an <%ae>%x1e",
+            &format!("--max-count={MAX_COMMITS}"),
+            "--format=%H%x00%s%x00%an <%ae>%x00",
             &format!("{base}..{head}"),
         ]))
         .await?;
-        let commits = String::from_utf8_lossy(&log)
-            .split('\x1e')
-            .filter_map(|rec| {
-                let mut f = rec.trim_matches('\n').split('\x1f');
-                Some(Commit {
-                    sha: f.next().filter(|s| !s.is_empty())?.to_string(),
-                    subject: f.next().unwrap_or_default().to_string(),
-                    author: f.next().unwrap_or_default().to_string(),
+        let text = String::from_utf8_lossy(&log);
+        let fields: Vec<&str> = text.split('\0').collect();
+        let commits = fields
+            .chunks_exact(3)
+            .filter_map(|f| {
+                let sha = f[0].trim_start_matches('\n');
+                (sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())).then(|| Commit {
+                    sha: sha.to_string(),
+                    subject: f[1].to_string(),
+                    author: f[2].to_string(),
                 })
             })
             .collect();
@@ -433,6 +455,7 @@ impl Git {
             deletions += f.next().and_then(|n| n.parse().ok()).unwrap_or(0);
         }
         let mut change = Change {
+            commits_total,
             base: base.to_string(),
             head: head.clone(),
             commits,
@@ -514,19 +537,43 @@ impl Git {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ALLOW_PROTOCOL", "http:https:git:file")
             .env("GIT_LFS_SKIP_SMUDGE", "1");
+        // The network settings of the daemon's host still apply.
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "NO_PROXY",
+            "no_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "GIT_SSL_CAINFO",
+        ] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        // Never a repository above the folder it runs in (an agent's tree
+        // without its .git/HEAD would otherwise lead git upwards).
+        if let Some(parent) = dir.and_then(Path::parent) {
+            cmd.env("GIT_CEILING_DIRECTORIES", parent);
+        }
         let mut config: Vec<(String, String)> = vec![
             ("protocol.ext.allow".into(), "never".into()),
             ("core.hooksPath".into(), "/dev/null".into()),
             ("core.fsmonitor".into(), "false".into()),
             ("core.askPass".into(), String::new()),
             ("credential.helper".into(), String::new()),
-            ("safe.directory".into(), "*".into()),
             ("http.lowSpeedLimit".into(), "1000".into()),
             ("http.lowSpeedTime".into(), "60".into()),
             ("init.defaultBranch".into(), "main".into()),
         ];
         if let Some(a) = auth {
             config.push((format!("http.{}/.extraHeader", a.origin), a.header.clone()));
+            // A redirect would carry the header to wherever it points.
+            config.push(("http.followRedirects".into(), "false".into()));
         }
         cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
         for (i, (k, v)) in config.iter().enumerate() {

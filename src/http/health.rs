@@ -1,17 +1,14 @@
-//! The daemon's operator endpoints: `/healthz`, `/readyz`, `/metrics`,
-//! and the artifact store read-only (`/v1/artifacts/<request_id>` lists a
-//! request's artifacts, `/v1/artifacts/<request_id>/<name>` serves one).
+//! The daemon's operator endpoints: `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::adapters::artifacts::{ArtifactError, Artifacts};
 use crate::adapters::bus::Bus;
 use crate::adapters::engine::Engine;
 use crate::metrics::Metrics;
@@ -25,8 +22,6 @@ pub struct Health {
     pub engine: Engine,
     /// The registry `/metrics` encodes.
     pub metrics: Arc<Metrics>,
-    /// The artifact store `/v1/artifacts/` reads.
-    pub artifacts: Artifacts,
 }
 
 impl Health {
@@ -44,58 +39,7 @@ pub fn router(health: Health) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/artifacts/{request_id}", get(artifact_list))
-        .route("/v1/artifacts/{request_id}/{*name}", get(artifact))
         .with_state(Arc::new(health))
-}
-
-fn store_error(e: ArtifactError) -> axum::response::Response {
-    let status = match e {
-        ArtifactError::NotFound { .. } => StatusCode::NOT_FOUND,
-        ArtifactError::BadName(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    (status, format!("{e}\n")).into_response()
-}
-
-async fn artifact_list(
-    State(h): State<Arc<Health>>,
-    Path(request_id): Path<String>,
-) -> axum::response::Response {
-    match h.artifacts.list(&request_id).await {
-        Ok(list) => axum::Json(serde_json::json!({"request_id": request_id, "artifacts": list}))
-            .into_response(),
-        Err(e) => store_error(e),
-    }
-}
-
-async fn artifact(
-    State(h): State<Arc<Health>>,
-    Path((request_id, name)): Path<(String, String)>,
-) -> axum::response::Response {
-    match h.artifacts.get(&request_id, &name).await {
-        // Agent-made content: never rendered or sniffed as a page here.
-        Ok(bytes) => {
-            let text = name.ends_with(".log") || name.ends_with(".diff");
-            (
-                [
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        if text {
-                            "text/plain; charset=utf-8"
-                        } else {
-                            "application/octet-stream"
-                        },
-                    ),
-                    (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                    (axum::http::header::CONTENT_SECURITY_POLICY, "sandbox"),
-                ],
-                bytes,
-            )
-                .into_response()
-        }
-        Err(e) => store_error(e),
-    }
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {

@@ -495,6 +495,9 @@ pub fn launch_context(
     if let Some(s) = &spec.session_id {
         l.insert(labels::SESSION_ID.to_string(), s.clone());
     }
+    if let Some(u) = &spec.user_id {
+        l.insert(labels::USER_ID.to_string(), u.clone());
+    }
     if spec.attempt > 1 {
         l.insert(labels::ATTEMPT.to_string(), spec.attempt.to_string());
     }
@@ -559,6 +562,14 @@ pub fn session_labels(
         spec.user_id.clone().unwrap_or_default(),
     );
     l.insert(labels::TURN.to_string(), "1".to_string());
+    // The session's repository (its first task's): its later tasks
+    // are collected with it.
+    if let Some(w) = &spec.workspace {
+        l.insert(
+            labels::WORKSPACE.to_string(),
+            serde_json::to_string(w).expect("workspace plan serializes"),
+        );
+    }
     l
 }
 

@@ -5,6 +5,7 @@
 //! function); everything here is unit-tested with plain values. The I/O
 //! lives in `crate::adapters`, and the supervisor sits between the two.
 
+pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod container;

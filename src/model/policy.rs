@@ -161,12 +161,20 @@ impl Policy {
                 );
             }
         }
-        let credentials =
-            |c: &WorkerConfig| c.workspace.as_ref().and_then(|w| w.credentials.clone());
-        if credentials(merged) != credentials(preset) {
+        // The repository's credentials go to the preset repository's
+        // origin, and a push to its branch: an override changing any of it
+        // could send a daemon secret elsewhere or push where the preset
+        // does not (a request names another repository with task.repo,
+        // which gets no credentials).
+        if merged.workspace != preset.workspace {
+            let field = match (&merged.workspace, &preset.workspace) {
+                (Some(m), Some(p)) if m.credentials != p.credentials => "workspace.credentials",
+                (Some(m), None) if m.credentials.is_some() => "workspace.credentials",
+                _ => "workspace",
+            };
             return refuse(
-                "workspace.credentials",
-                "an override may not change the repository credentials",
+                field,
+                "an override may not change workspace (its repository, credentials, push or author); name another repository with task.repo",
             );
         }
         if merged.network != preset.network {

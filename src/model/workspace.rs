@@ -286,6 +286,9 @@ pub fn check_ref_name(name: &str) -> Result<(), String> {
     if name.split('/').any(|c| c.starts_with('.')) {
         return bad("a component starts with '.'");
     }
+    if name.split('/').any(|c| c.ends_with(".lock")) {
+        return bad("a component ends with '.lock'");
+    }
     Ok(())
 }
 
@@ -311,6 +314,13 @@ pub fn default_branch(request_id: &str) -> String {
     }
     if id.is_empty() {
         id.push('-');
+    }
+    // Ids made alike by the above (`a:b`, `a-b`) keep branches of their own.
+    if id != request_id {
+        use sha2::Digest;
+        let h = hex::encode(sha2::Sha256::digest(request_id.as_bytes()));
+        id.push('-');
+        id.push_str(&h[..8]);
     }
     format!("ws/{id}")
 }
@@ -567,8 +577,12 @@ pub struct WorkspaceReport {
     pub head: String,
     /// The agent's branch.
     pub branch: String,
-    /// Commits between `base` and `head`, oldest first.
+    /// Commits between `base` and `head`, oldest first (at most 1000, the
+    /// newest).
     pub commits: Vec<Commit>,
+    /// How many commits there are between `base` and `head`.
+    #[serde(default)]
+    pub commits_total: u64,
     /// Whether the agent left changes it did not commit (in `patch`).
     pub uncommitted: bool,
     /// Files the combined change touches.
@@ -604,8 +618,12 @@ pub fn artifact_folder(request_id: &str) -> String {
     if plain {
         request_id.to_string()
     } else {
+        // `~` is in no request id: a hashed folder is never a plain one.
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(request_id.as_bytes()))
+        format!(
+            "~{}",
+            hex::encode(sha2::Sha256::digest(request_id.as_bytes()))
+        )
     }
 }
 
@@ -689,6 +707,8 @@ mod tests {
             assert!(check_ref_name(&b).is_ok(), "{id} -> {b}");
         }
         assert_eq!(default_branch("req-1"), "ws/req-1");
+        assert_ne!(default_branch("a:b"), default_branch("a-b"));
+        assert!(check_ref_name("a.lock/b").is_err());
     }
 
     #[test]
@@ -846,8 +866,8 @@ mod tests {
     #[test]
     fn artifact_names_and_folders_are_safe_paths() {
         assert_eq!(artifact_folder("req-1.a"), "req-1.a");
-        assert_eq!(artifact_folder("req:1").len(), 64);
-        assert_eq!(artifact_folder("..").len(), 64);
+        assert_eq!(artifact_folder("req:1").len(), 65);
+        assert_eq!(artifact_folder("..").len(), 65);
         assert!(is_artifact_name("reports/a.txt"));
         for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a"] {
             assert!(!is_artifact_name(bad), "{bad}");

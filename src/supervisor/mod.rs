@@ -17,6 +17,7 @@
 //! `ctx` of handles with the `registry` of what runs here.
 
 mod adoption;
+pub mod api;
 mod control;
 pub mod ctx;
 mod fleet;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// is not valid.
     #[error("egress: {0}")]
     Egress(String),
+    /// An API token's variable is not set.
+    #[error("api_tokens: {0}")]
+    Api(String),
     /// The artifact store cannot be opened.
     #[error("artifacts: {0}")]
     Artifacts(String),
@@ -89,13 +93,55 @@ impl Supervisor {
         self.ctx.shutdown.clone()
     }
 
+    /// The HTTP API over this instance (docs/api.md); its event hub
+    /// follows the streams until shutdown.
+    pub fn api(&self) -> Result<Arc<crate::http::api::Api>, StartError> {
+        let s = &self.ctx.settings;
+        let mut tokens = Vec::new();
+        for t in &s.api_tokens {
+            let secret = std::env::var(&t.token.from_env).map_err(|_| {
+                StartError::Api(format!(
+                    "token {:?}: the daemon's environment has no {}",
+                    t.name, t.token.from_env
+                ))
+            })?;
+            if secret.len() < 16 {
+                return Err(StartError::Api(format!(
+                    "token {:?}: {} holds fewer than 16 characters",
+                    t.name, t.token.from_env
+                )));
+            }
+            tokens.push(crate::http::api::Token {
+                name: t.name.clone(),
+                role: t.role,
+                secret,
+            });
+        }
+        let hub = Arc::new(crate::http::api::EventHub::default());
+        tokio::spawn(
+            hub.clone()
+                .run(self.ctx.bus.clone(), self.ctx.shutdown.clone()),
+        );
+        let backend = Arc::new(api::ApiBackend::new(self.ctx.clone(), self.pools.clone()));
+        Ok(Arc::new(crate::http::api::Api::new(
+            self.ctx.bus.clone(),
+            self.ctx.env.engine.clone(),
+            backend,
+            tokens,
+            s.api_rate_per_minute,
+            &s.stream_prefix,
+            s.limits.clone(),
+            hub,
+            self.ctx.env.workspaces.artifacts.clone(),
+        )))
+    }
+
     /// The handles of the operator endpoints.
     pub fn health(&self) -> crate::http::health::Health {
         crate::http::health::Health {
             bus: self.ctx.bus.clone(),
             engine: self.ctx.env.engine.clone(),
             metrics: self.ctx.metrics.clone(),
-            artifacts: self.ctx.env.workspaces.artifacts.clone(),
         }
     }
 

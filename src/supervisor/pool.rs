@@ -93,6 +93,27 @@ impl Pools {
         }
     }
 
+    /// Each pool of this instance: its preset, target size and ready
+    /// containers (the API's `/v1/pools`).
+    pub fn snapshot(&self) -> Vec<serde_json::Value> {
+        let catalog = self.ctx.catalog();
+        let pools = self.pools.lock().expect("pools lock");
+        let mut out: Vec<serde_json::Value> = catalog
+            .presets
+            .iter()
+            .filter(|(_, p)| p.config.pool.size > 0)
+            .map(|(id, p)| {
+                serde_json::json!({
+                    "preset": id,
+                    "target": p.config.pool.size,
+                    "ready": pools.get(id).map(|s| s.ready.len()).unwrap_or(0),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["preset"].as_str().cmp(&b["preset"].as_str()));
+        out
+    }
+
     /// The spec a pool of `preset` is built from (no request behind it).
     fn pool_spec(&self, preset: &str) -> Option<WorkerSpec> {
         let req = SpawnRequest {

@@ -27,6 +27,8 @@ use crate::model::workspace::{ArtifactRecord, Refused, RepoPlan, WorkspacePlan, 
 pub const TRANSCRIPT: &str = "transcript.log";
 /// The name of the patch artifact.
 pub const PATCH: &str = "patch.diff";
+/// Most refused files a result names (the rest are counted in one entry).
+const MAX_REFUSED: usize = 100;
 
 /// Size bounds of what is read back and kept.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,8 @@ pub struct Bounds {
     pub transcript: u64,
     /// The workspace tar read back.
     pub workspace: u64,
+    /// The whole read-back of one request (its git steps included).
+    pub collect: std::time::Duration,
 }
 
 /// The handles a workspace needs: git, the store, the bounds.
@@ -141,9 +145,18 @@ pub async fn collect(
     let mut kept: Vec<ArtifactRecord> = Vec::new();
     let raw = match transcript {
         Transcript::Captured(b) => b,
-        Transcript::Logs => whole_log(env, container_id, ws.bounds.transcript).await,
+        Transcript::Logs => tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            whole_log(env, container_id, ws.bounds.transcript),
+        )
+        .await
+        .unwrap_or_default(),
     };
-    let text = transcript_text(&raw, ws.bounds.transcript, redactor);
+    // Masking up to transcript_max_bytes is work for a blocking thread.
+    let (limit, red) = (ws.bounds.transcript, redactor.clone());
+    let text = tokio::task::spawn_blocking(move || transcript_text(&raw, limit, &red))
+        .await
+        .unwrap_or_default();
     match ws
         .artifacts
         .put(request_id, TRANSCRIPT, text.into_bytes())
@@ -153,35 +166,33 @@ pub async fn collect(
         Err(e) => tracing::warn!(request_id, error = %e, "storing the transcript failed"),
     }
     if let Some(plan) = plan {
-        let (tree, problem, bytes) = read_back(env, container_id, ws.bounds.workspace).await;
-        read_bytes = bytes;
-        if let Some(repo) = &plan.repo {
-            let report = match &tree {
-                Some(t) => {
-                    change_report(ws, request_id, t.path(), plan, repo, redactor, &mut kept).await
-                }
-                None => failed_report(
-                    repo,
-                    problem
-                        .as_deref()
-                        .unwrap_or("the workspace could not be read back"),
-                ),
-            };
-            result.workspace = Some(report);
-        }
-        if !plan.artifacts.is_empty() {
-            match &tree {
-                Some(t) => {
-                    let (records, refused) =
-                        declared(ws, request_id, t.path(), &plan.artifacts).await;
-                    kept.extend(records);
-                    result.artifacts_refused = refused;
-                }
-                None => result.artifacts_refused.push(Refused {
-                    name: "/workspace".into(),
-                    reason: problem.unwrap_or_else(|| "not readable".into()),
-                }),
+        // One bound for the whole read-back: a wedged engine or a git
+        // that crawls delays the result by this much at most.
+        let bound = ws.bounds.collect;
+        let mut part = Part::default();
+        let done = tokio::time::timeout(
+            bound,
+            read_change(env, request_id, container_id, plan, redactor, &mut part),
+        )
+        .await;
+        read_bytes = part.bytes;
+        kept.extend(part.kept);
+        result.artifacts_refused = part.refused;
+        result.workspace = part.report;
+        if done.is_err() {
+            let why = format!(
+                "reading the workspace back took longer than {}s",
+                bound.as_secs()
+            );
+            if let Some(repo) = &plan.repo {
+                result
+                    .workspace
+                    .get_or_insert_with(|| failed_report(repo, &why));
             }
+            result.artifacts_refused.push(Refused {
+                name: "/workspace".into(),
+                reason: why,
+            });
         }
     }
     if let Err(e) = ws.artifacts.write_index(request_id, &kept).await {
@@ -212,6 +223,65 @@ pub async fn collect(
     result.artifacts = kept;
 }
 
+/// What the read-back gathered so far (kept when its bound cuts it).
+#[derive(Default)]
+struct Part {
+    bytes: u64,
+    kept: Vec<ArtifactRecord>,
+    refused: Vec<Refused>,
+    report: Option<WorkspaceReport>,
+}
+
+/// Reads `/workspace` back: the change of its repository, its declared
+/// artifacts.
+async fn read_change(
+    env: &WorkerEnv,
+    request_id: &str,
+    container_id: &str,
+    plan: &WorkspacePlan,
+    redactor: &Redactor,
+    part: &mut Part,
+) {
+    let ws = &env.workspaces;
+    let (tree, problem, bytes) = read_back(env, container_id, ws.bounds.workspace).await;
+    part.bytes = bytes;
+    if let Some(repo) = &plan.repo {
+        part.report = Some(match &tree {
+            Some(t) => {
+                change_report(
+                    ws,
+                    request_id,
+                    t.path(),
+                    plan,
+                    repo,
+                    redactor,
+                    &mut part.kept,
+                )
+                .await
+            }
+            None => failed_report(
+                repo,
+                problem
+                    .as_deref()
+                    .unwrap_or("the workspace could not be read back"),
+            ),
+        });
+    }
+    if !plan.artifacts.is_empty() {
+        match &tree {
+            Some(t) => {
+                let (records, refused) = declared(ws, request_id, t.path(), &plan.artifacts).await;
+                part.kept.extend(records);
+                part.refused = refused;
+            }
+            None => part.refused.push(Refused {
+                name: "/workspace".into(),
+                reason: problem.unwrap_or_else(|| "not readable".into()),
+            }),
+        }
+    }
+}
+
 fn failed_report(repo: &RepoPlan, why: &str) -> WorkspaceReport {
     WorkspaceReport {
         base: repo.base.clone().unwrap_or_default(),
@@ -231,6 +301,11 @@ fn untouched_rendered(
     use sha2::Digest;
     let mut out = Vec::new();
     for (rel, sha) in rendered {
+        // Only through real folders: a link on the way could lead out of
+        // the tree (to a file of the host the daemon must not touch).
+        if !no_link_on_the_way(tree, rel) {
+            continue;
+        }
         let path = tree.join(rel);
         let same = read_plain(&path)
             .map(|b| &hex::encode(sha2::Sha256::digest(&b)) == sha)
@@ -240,6 +315,24 @@ fn untouched_rendered(
         }
     }
     out
+}
+
+/// Whether every folder from `tree` down to `rel`'s parent is a real
+/// folder (no link).
+fn no_link_on_the_way(tree: &Path, rel: &str) -> bool {
+    let mut at = tree.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        if p.is_empty() || *p == "." || *p == ".." {
+            return false;
+        }
+        at.push(p);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 async fn change_report(
@@ -281,7 +374,16 @@ async fn change_report(
                 base: c.base,
                 head: c.head,
                 branch: repo.branch.clone(),
-                commits: c.commits,
+                commits: c
+                    .commits
+                    .into_iter()
+                    .map(|mut k| {
+                        k.subject = redactor.redact(&k.subject);
+                        k.author = redactor.redact(&k.author);
+                        k
+                    })
+                    .collect(),
+                commits_total: c.commits_total,
                 uncommitted: c.uncommitted,
                 files_changed: c.files_changed,
                 insertions: c.insertions,
@@ -336,9 +438,25 @@ async fn read_back(
     container_id: &str,
     limit: u64,
 ) -> (Option<tempfile::TempDir>, Option<String>, u64) {
-    let tar = match env.engine.download(container_id, "/workspace", limit).await {
-        Ok((Some(t), _)) => t,
-        Ok((None, true)) => {
+    // The tar goes to a file, never whole into memory.
+    let dir = match tempfile::Builder::new().prefix("ws-collect.").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                None,
+                Some(format!("no temp folder to read the workspace into: {e}")),
+                0,
+            )
+        }
+    };
+    let tar_path = dir.path().join("workspace.tar");
+    let bytes = match env
+        .engine
+        .download_to_file(container_id, "/workspace", limit, &tar_path)
+        .await
+    {
+        Ok(Some(Ok(n))) => n,
+        Ok(Some(Err(limit))) => {
             return (
                 None,
                 Some(format!(
@@ -347,18 +465,18 @@ async fn read_back(
                 limit,
             )
         }
-        Ok((None, false)) => return (None, Some("the container has no /workspace".into()), 0),
+        Ok(None) => return (None, Some("the container has no /workspace".into()), 0),
         Err(e) => return (None, Some(format!("reading the workspace failed: {e}")), 0),
     };
-    let bytes = tar.len() as u64;
     let unpacked = tokio::task::spawn_blocking(move || -> std::io::Result<tempfile::TempDir> {
-        let dir = tempfile::Builder::new().prefix("ws-collect.").tempdir()?;
-        let mut archive = tar::Archive::new(&tar[..]);
+        let file = std::fs::File::open(&tar_path)?;
+        let mut archive = tar::Archive::new(std::io::BufReader::new(file));
         archive.set_preserve_permissions(false);
         archive.set_preserve_mtime(false);
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(true);
         archive.unpack(dir.path())?;
+        std::fs::remove_file(&tar_path)?;
         Ok(dir)
     })
     .await;
@@ -391,6 +509,7 @@ async fn declared(
     walk(&root, &root, &mut found);
     found.sort();
     let (mut kept, mut refused) = (Vec::new(), Vec::new());
+    let mut refused_more = 0usize;
     let mut total = 0u64;
     for (rel, kind) in found {
         if rel == ".git" || rel.starts_with(".git/") || !matcher.is_match(&rel) {
@@ -407,8 +526,15 @@ async fn declared(
                 "too_large: the request's artifacts would pass artifacts_max_total_bytes ({})",
                 ws.bounds.artifacts_total
             )),
+            Kind::File(_) if rel == TRANSCRIPT || rel == PATCH => {
+                Some(format!("reserved: {rel} is the daemon's own artifact"))
+            }
             Kind::File(_) => None,
         };
+        if reason.is_some() && refused.len() >= MAX_REFUSED {
+            refused_more += 1;
+            continue;
+        }
         if let Some(reason) = reason {
             refused.push(Refused { name: rel, reason });
             continue;
@@ -428,6 +554,12 @@ async fn declared(
                 reason: format!("store: {e}"),
             }),
         }
+    }
+    if refused_more > 0 {
+        refused.push(Refused {
+            name: "...".into(),
+            reason: format!("{refused_more} more files refused"),
+        });
     }
     (kept, refused)
 }
@@ -549,7 +681,7 @@ pub fn tree_tar(root: &Path, prefix: &str) -> std::io::Result<Vec<u8>> {
 pub fn from_settings(s: &crate::settings::Settings) -> Result<Arc<Workspaces>, String> {
     let artifacts = if s.artifacts_url.is_empty() {
         let base = if s.artifacts_base_url.is_empty() {
-            format!("http://{}", s.http_addr)
+            format!("http://{}", s.api_addr)
         } else {
             s.artifacts_base_url.clone()
         };
@@ -566,6 +698,7 @@ pub fn from_settings(s: &crate::settings::Settings) -> Result<Arc<Workspaces>, S
             artifacts_total: s.artifacts_max_total_bytes,
             transcript: s.transcript_max_bytes,
             workspace: s.workspace_max_bytes,
+            collect: s.repo_timeout * 2,
         },
     }))
 }

@@ -232,6 +232,8 @@ pub struct Daemon {
     pub gateway_port: u16,
     /// Its artifact store's folder.
     pub artifacts_dir: PathBuf,
+    /// Address of its HTTP API (docs/api.md).
+    pub api_addr: String,
     /// File holding its stderr.
     pub stderr_path: PathBuf,
     _logdir: tempfile::TempDir,
@@ -325,6 +327,9 @@ impl Daemon {
         // Daemons of parallel tests share the workers' bridges: one gateway port each.
         let gateway_port = free_port();
         cmd.env("WORKERS_SPAWNER_GATEWAY_PORT", gateway_port.to_string());
+        // Loopback (in a second host's netns, its own): no tokens needed.
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        cmd.env("WORKERS_SPAWNER_API_ADDR", &api_addr);
         // The fixture presets read WS_TEST_SECRET; give every daemon one.
         cmd.env(
             "WS_TEST_SECRET",
@@ -335,7 +340,11 @@ impl Daemon {
         }
         let mut gateway_port = gateway_port;
         let mut artifacts_dir = artifacts_dir;
+        let mut api_addr = api_addr;
         for (k, v) in &opts.env {
+            if k == "WORKERS_SPAWNER_API_ADDR" {
+                api_addr = v.clone();
+            }
             cmd.env(k, v);
             if k == "WORKERS_SPAWNER_GATEWAY_PORT" {
                 gateway_port = v.parse().unwrap_or(gateway_port);
@@ -351,6 +360,7 @@ impl Daemon {
             instance_id,
             http_addr,
             gateway_port,
+            api_addr,
             artifacts_dir,
             stderr_path,
             _logdir: logdir,

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 
+mod api;
 mod fleet;
+pub use api::RequestState;
 pub use fleet::{Held, HoldClaim, LostInstance, SessionLoss};
 
 /// A Redis failure.
@@ -65,6 +67,12 @@ impl StreamNames {
         format!("{}:result-sent:{request_id}", self.prefix)
     }
 
+    /// `<prefix>:events:<request_id>`: the request's own copy of its events,
+    /// under the ids `0-<seq>`.
+    pub fn request_events(&self, request_id: &str) -> String {
+        format!("{}:events:{request_id}", self.prefix)
+    }
+
     fn seq_key(&self, request_id: &str) -> String {
         format!("{}:seq:{request_id}", self.prefix)
     }
@@ -97,7 +105,8 @@ const RUN_MARK_TTL_SECS: u64 = 60;
 /// How long bookkeeping keys (result-sent marks, event counters) live.
 const MARK_TTL_SECS: u64 = 7 * 24 * 3600;
 
-// A result is refused (0) when one was published, and fenced (2) when it is
+// The result-sent mark holds the result's entry id (one XRANGE reads it
+// back). A result is refused (0) when one was published, and fenced (2) when it is
 // of an older attempt than the request's current one, or when a live
 // instance other than the caller holds the request (`fleet`); publishing
 // ends the request's hold.
@@ -109,8 +118,8 @@ local holder = redis.call('HGET', KEYS[3], 'instance')
 if holder and holder ~= ARGV[4] and redis.call('EXISTS', ARGV[6] .. holder) == 1 then
   return 2
 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[3])
 if holder then
   redis.call('DEL', KEYS[3])
   redis.call('SREM', ARGV[7] .. holder, ARGV[8])
@@ -131,15 +140,22 @@ pub enum Published {
 }
 
 // Events arrive without their seq: ARGV[3..] are JSON objects' tails after
-// `{"seq":N`, so the counter and the appends are one atomic step.
+// `{"seq":N`, so the counter and the appends are one atomic step. Each is
+// also appended to the request's own stream (KEYS[3]) under the id
+// `0-<seq>`, so that a follower reads exactly its request from a position;
+// that copy never stops the main one (pcall: an id out of order after a
+// counter lost is skipped).
 const PUBLISH_EVENTS: &str = r#"
 local n = #ARGV - 2
 local last = redis.call('INCRBY', KEYS[1], n)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local first = last - n
 for i = 1, n do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'data', '{"seq":' .. (first + i) .. ARGV[i + 2])
+  local data = '{"seq":' .. (first + i) .. ARGV[i + 2]
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'data', data)
+  redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '0-' .. (first + i), 'data', data)
 end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
 return last
 "#;
 
@@ -866,6 +882,7 @@ impl Bus {
         let mut c = self.conn().await?;
         let mut inv = self.publish_events.key(self.names.seq_key(request_id));
         inv.key(&self.names.events)
+            .key(self.names.request_events(request_id))
             .arg(self.maxlen)
             .arg(MARK_TTL_SECS);
         for t in tails {

@@ -66,6 +66,9 @@ pub struct SessionContainer {
     /// Whether it reaches out through an egress socket (else a bridge: an
     /// older daemon's container, or the bridge path).
     pub egress: bool,
+    /// Its repository and artifact globs (its first task's plan): every
+    /// task of the session is collected with it.
+    pub workspace: Option<crate::model::workspace::WorkspacePlan>,
 }
 
 /// Why a session ends (the `reason` of its `session_expired` event).

@@ -213,20 +213,6 @@ impl Session {
         // A new container, on the session's volumes (kept from an earlier
         // container, or new).
         let resumed = self.ensure_volumes(spec).await?;
-        // New volumes get the session's one checkout (its base recorded in
-        // the repository itself); kept volumes already hold it.
-        let mut checkout = None;
-        if !resumed {
-            if let Some(mut plan) = spec.workspace.clone() {
-                checkout = self
-                    .ctx
-                    .env
-                    .workspaces
-                    .prepare(&mut plan)
-                    .await
-                    .map_err(Some)?;
-            }
-        }
         let deadline = unix_now() + spec.config.limits.ttl_sec;
         let received_ms = chrono::Utc::now().timestamp_millis();
         let l = session_labels(spec, self.ctx.owner(), sid, deadline, received_ms);
@@ -291,19 +277,13 @@ impl Session {
         // The first task's prompt goes in with the instructions: one
         // extraction before the start instead of one more per file root.
         let engine = &self.ctx.env.engine;
-        if let Some(d) = checkout.as_mut() {
-            let tar = std::mem::take(&mut d.tar);
-            if let Err(e) = engine
-                .upload_tar(&id, crate::model::render::WORKSPACE, tar)
-                .await
-            {
-                let _ = engine.remove(&id).await;
-                self.ctx.env.egress.close(&name);
-                return Err(Some(ErrorCode::StartFailed.info(
-                    Some("workspace.repo"),
-                    format!("delivering the checkout failed: {e}"),
-                )));
-            }
+        // The session's one checkout, made when its workspace holds no
+        // repository yet (new volumes, or a first try that failed); its
+        // base is recorded in the repository itself.
+        if let Err(info) = self.ensure_checkout(spec, &id).await {
+            let _ = engine.remove(&id).await;
+            self.ctx.env.egress.close(&name);
+            return Err(Some(info));
         }
         let files: Vec<RenderedFile> = spec
             .files
@@ -334,6 +314,7 @@ impl Session {
             user: spec.user_id.clone(),
             turn: true,
             egress: launch.egress.is_some(),
+            workspace: spec.workspace.clone(),
         };
         self.ctx.env
             .sink
@@ -342,6 +323,31 @@ impl Session {
         self.record = if resumed { None } else { Some(None) };
         self.set_container(Some(c.clone()));
         Ok(c)
+    }
+
+    /// Checks the session's repository out into the created container `id`
+    /// unless its workspace already holds one.
+    async fn ensure_checkout(&self, spec: &WorkerSpec, id: &str) -> Result<(), ErrorInfo> {
+        let Some(mut plan) = spec.workspace.clone().filter(|w| w.repo.is_some()) else {
+            return Ok(());
+        };
+        let engine = &self.ctx.env.engine;
+        if let Ok((Some(_), _)) = engine.download(id, "/workspace/.git/HEAD", 1 << 16).await {
+            return Ok(());
+        }
+        let Some(mut d) = self.ctx.env.workspaces.prepare(&mut plan).await? else {
+            return Ok(());
+        };
+        let tar = std::mem::take(&mut d.tar);
+        engine
+            .upload_tar(id, crate::model::render::WORKSPACE, tar)
+            .await
+            .map_err(|e| {
+                ErrorCode::StartFailed.info(
+                    Some("workspace.repo"),
+                    format!("delivering the checkout failed: {e}"),
+                )
+            })
     }
 
     /// The session's volumes, made when missing; says whether they were
@@ -549,7 +555,7 @@ impl Session {
             container_name: container.name.clone(),
             image: spec.config.image.clone(),
         };
-        let job = Job::in_live_container(
+        let mut job = Job::in_live_container(
             spec,
             at,
             container.deadline_unix,
@@ -557,6 +563,30 @@ impl Session {
             &api_key,
             Some(api_key.clone()),
         );
+        // A session keeps one repository: its tasks are collected with the
+        // session's plan, and a task naming another repository is refused.
+        let url_of = |w: &Option<crate::model::workspace::WorkspacePlan>| {
+            w.as_ref()
+                .and_then(|w| w.repo.as_ref())
+                .map(|r| r.url.clone())
+        };
+        if let Some(asked) = url_of(&spec.workspace) {
+            if url_of(&container.workspace).as_deref() != Some(asked.as_str()) {
+                let _ = ctx.bus.revoke_worker_key(&api_key).await;
+                let info = ErrorCode::InvalidRepo.info(
+                    Some("task.repo.url"),
+                    format!(
+                        "task.repo.url: session {sid} works on {}; a session keeps the repository of its first task",
+                        url_of(&container.workspace).unwrap_or_else(|| "no repository".into())
+                    ),
+                );
+                let r = job.result(Status::Rejected, Some(info), &ctx.settings.instance_id);
+                return ctx.settle(entry, Disposition::Answer(r)).await;
+            }
+        }
+        if container.workspace.is_some() {
+            job.workspace = container.workspace.clone();
+        }
         ctx.env
             .sink
             .event(&rid, EventType::Accepted, json!({"preset": spec.preset_id, "config_hash": spec.config_hash, "instance": ctx.settings.instance_id, "session_id": sid, "container": container.name}))
@@ -723,6 +753,10 @@ pub(super) fn session_from_facts(f: &ContainerFacts) -> SessionContainer {
         user: f.labels.get(labels::USER_ID).cloned(),
         turn: f.labels.get(labels::TURN).is_some_and(|v| v == "1"),
         egress: f.labels.contains_key(crate::model::egress::LABEL),
+        workspace: f
+            .labels
+            .get(labels::WORKSPACE)
+            .and_then(|w| serde_json::from_str(w).ok()),
     }
 }
 
