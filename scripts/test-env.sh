@@ -6,8 +6,8 @@
 #     ws_test_env_down             # stops the private redis, removes its dir
 #
 # It:
-#   * installs redis-server, busybox-static, debootstrap, git and python3-venv
-#     via apt if missing;
+#   * installs redis-server, busybox-static, debootstrap, git, python3-venv,
+#     chromium and chromium-driver via apt if missing;
 #   * builds the test image ws-test-busybox:latest from images/test-busybox
 #     (skipped when an image with the same inputs hash label exists), and the
 #     unprepared images ws-test-stock, ws-test-noshell and ws-test-node;
@@ -44,6 +44,9 @@ _ws_install_deps() {
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    # The dashboard's browser test: Debian's Chromium and its driver.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     # gcc -static for the shell-less test image; a static libc also for the
     # daemon's build script, which links its delivery shim statically.
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)

@@ -135,6 +135,9 @@ bash scripts/bench-fleet.sh --smoke
 section "cargo test --workspace --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
 cargo test --no-fail-fast --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 
+section "Python client, dashboard in headless Chromium, OpenAPI with schemathesis (scripts/python-tests.sh)"
+bash scripts/python-tests.sh
+
 # leak_check WHAT HEADER LISTED PREEXISTING: fails when a line of LISTED
 # (tab-separated, its first field the object's id or name) is not in
 # PREEXISTING.

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -305,6 +304,14 @@ pub fn router(api: Arc<Api>) -> Router {
             get(|| async { page(UI_CSS, "text/css; charset=utf-8") }),
         )
         .fallback(|| async { ApiError::not_found("such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                None,
+                "this route does not take that method",
+            )
+        })
         .with_state(api)
 }
 
@@ -403,18 +410,38 @@ async fn request(
     }
 }
 
-#[derive(Deserialize)]
-struct Limit {
-    limit: Option<usize>,
+/// A query parameter `name` as an unsigned number (a JSON 400 otherwise,
+/// like every other error of the API).
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some(name),
+                format!("{name} must be a non-negative integer"),
+            )
+        }),
+    }
 }
 
 async fn latest(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    Query(q): Query<Limit>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     api.authorize(&headers, Role::Read)?;
-    let n = q.limit.unwrap_or(50).clamp(1, 500);
+    let n = number(&q, "limit")?.unwrap_or(50);
+    if !(1..=500).contains(&n) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("limit"),
+            "limit must be 1-500",
+        ));
+    }
+    let n = n as usize;
     let results = api
         .bus
         .latest_results(n)
@@ -435,16 +462,11 @@ async fn latest(
     Ok(Json(json!({ "requests": list })))
 }
 
-#[derive(Deserialize)]
-struct After {
-    after: Option<u64>,
-}
-
 async fn events(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<After>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, Role::Read)?;
     valid_id(&id)?;
@@ -452,8 +474,18 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-        .or(q.after)
+        .or(number(&q, "after")?)
         .unwrap_or(0);
+    // A request nobody published and nobody ran: nothing to wait for.
+    if api
+        .bus
+        .request_state(&id)
+        .await
+        .map_err(ApiError::unavailable)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&format!("request {id:?}")));
+    }
     let stream = follow(api.clone(), id, after);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
@@ -605,7 +637,8 @@ async fn cancel_session(
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, Role::Admin)?;
     valid_id(&id)?;
-    let cmd = json!({"command": "cancel_session", "session_id": id}).to_string();
+    // PROTOCOL.md section 9: a cancel naming the session ends it.
+    let cmd = json!({"command": "cancel", "session_id": id}).to_string();
     api.bus
         .publish_control(&cmd)
         .await
