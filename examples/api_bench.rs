@@ -137,7 +137,10 @@ async fn start_daemon(args: &Args, max: usize) -> anyhow::Result<Daemon> {
     let child = Child(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_call(&api, "GET", "/v1/pools", None).map(|r| r.0) != Some(200) {
-        anyhow::ensure!(Instant::now() < deadline, "the daemon's API did not come up");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon's API did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(Daemon { child, prefix, api })
@@ -156,7 +159,10 @@ fn http_call(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, rest) = buf.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, rest.to_string()))
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        rest.to_string(),
+    ))
 }
 
 /// /proc figures of a process: (utime + stime ticks, RSS KiB).
@@ -239,7 +245,13 @@ struct RoundA {
     lost: usize,
 }
 
-async fn round_a(d: &Daemon, args: &Args, n: usize, sse: bool, tag: &str) -> anyhow::Result<RoundA> {
+async fn round_a(
+    d: &Daemon,
+    args: &Args,
+    n: usize,
+    sse: bool,
+    tag: &str,
+) -> anyhow::Result<RoundA> {
     let client = redis::Client::open(args.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let events = format!("{}:events", d.prefix);
@@ -253,9 +265,13 @@ async fn round_a(d: &Daemon, args: &Args, n: usize, sse: bool, tag: &str) -> any
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
-        v.first().map(|e| e.0.clone()).unwrap_or_else(|| "0-0".into())
+        v.first()
+            .map(|e| e.0.clone())
+            .unwrap_or_else(|| "0-0".into())
     };
-    let rids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}-{}", std::process::id())).collect();
+    let rids: Vec<String> = (0..n)
+        .map(|i| format!("{tag}-{i}-{}", std::process::id()))
+        .collect();
     // The direct consumer: every event of these requests.
     let want: std::collections::HashSet<String> = rids.iter().cloned().collect();
     let seen: Arc<Mutex<Vec<f64>>> = Arc::default();
@@ -266,17 +282,28 @@ async fn round_a(d: &Daemon, args: &Args, n: usize, sse: bool, tag: &str) -> any
         tokio::spawn(async move {
             let mut last = start_id;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let opts = redis::streams::StreamReadOptions::default().block(500).count(1000);
-                let r: Option<redis::streams::StreamReadReply> =
-                    c.xread_options(&[&events], &[&last], &opts).await.ok().flatten();
+                let opts = redis::streams::StreamReadOptions::default()
+                    .block(500)
+                    .count(1000);
+                let r: Option<redis::streams::StreamReadReply> = c
+                    .xread_options(&[&events], &[&last], &opts)
+                    .await
+                    .ok()
+                    .flatten();
                 let at = now_ms();
                 for k in r.map(|r| r.keys).unwrap_or_default() {
                     for e in k.ids {
                         last = e.id.clone();
-                        let Some(data) = e.get::<Vec<u8>>("data") else { continue };
-                        let Ok(v) = serde_json::from_slice::<Value>(&data) else { continue };
+                        let Some(data) = e.get::<Vec<u8>>("data") else {
+                            continue;
+                        };
+                        let Ok(v) = serde_json::from_slice::<Value>(&data) else {
+                            continue;
+                        };
                         if want.contains(v["request_id"].as_str().unwrap_or_default()) {
-                            seen.lock().unwrap().push(at - ts_ms(v["ts"].as_str().unwrap_or_default()));
+                            seen.lock()
+                                .unwrap()
+                                .push(at - ts_ms(v["ts"].as_str().unwrap_or_default()));
                         }
                     }
                 }
@@ -292,9 +319,11 @@ async fn round_a(d: &Daemon, args: &Args, n: usize, sse: bool, tag: &str) -> any
         let req = json!({"request_id": rid, "worker_config_id": "api_bench",
             "task": {"prompt": "i=0; while [ $i -lt 50 ]; do echo tick-$i; i=$((i+1)); sleep 0.1; done"}});
         let (api, body) = (d.api.clone(), req.to_string());
-        let s = tokio::task::spawn_blocking(move || http_call(&api, "POST", "/v1/requests", Some(&body)))
-            .await?
-            .map(|r| r.0);
+        let s = tokio::task::spawn_blocking(move || {
+            http_call(&api, "POST", "/v1/requests", Some(&body))
+        })
+        .await?
+        .map(|r| r.0);
         anyhow::ensure!(s == Some(202), "POST answered {s:?}");
     }
     let mut followers = Vec::new();
@@ -374,8 +403,14 @@ fn want_has(rids: &[String], v: &Value) -> bool {
 }
 
 /// B: one request by POST or XADD, to its result (ms).
-async fn one(d: &Daemon, conn: &mut redis::aio::MultiplexedConnection, rid: &str, post: bool) -> anyhow::Result<f64> {
-    let req = json!({"request_id": rid, "worker_config_id": "api_bench", "task": {"prompt": "echo hi"}});
+async fn one(
+    d: &Daemon,
+    conn: &mut redis::aio::MultiplexedConnection,
+    rid: &str,
+    post: bool,
+) -> anyhow::Result<f64> {
+    let req =
+        json!({"request_id": rid, "worker_config_id": "api_bench", "task": {"prompt": "echo hi"}});
     let result_stream = format!("{}:result", d.prefix);
     let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
         .arg(&result_stream)
@@ -386,21 +421,35 @@ async fn one(d: &Daemon, conn: &mut redis::aio::MultiplexedConnection, rid: &str
         .query_async(conn)
         .await
         .unwrap_or_default();
-    let mut after = last.first().map(|e| e.0.clone()).unwrap_or_else(|| "0-0".into());
+    let mut after = last
+        .first()
+        .map(|e| e.0.clone())
+        .unwrap_or_else(|| "0-0".into());
     let t = Instant::now();
     if post {
         let (api, body) = (d.api.clone(), req.to_string());
-        let s = tokio::task::spawn_blocking(move || http_call(&api, "POST", "/v1/requests", Some(&body)))
-            .await?
-            .map(|r| r.0);
+        let s = tokio::task::spawn_blocking(move || {
+            http_call(&api, "POST", "/v1/requests", Some(&body))
+        })
+        .await?
+        .map(|r| r.0);
         anyhow::ensure!(s == Some(202), "POST answered {s:?}");
     } else {
-        let _: String = conn.xadd(format!("{}:spawn", d.prefix), "*", &[("data", req.to_string())]).await?;
+        let _: String = conn
+            .xadd(
+                format!("{}:spawn", d.prefix),
+                "*",
+                &[("data", req.to_string())],
+            )
+            .await?;
     }
     loop {
-        let opts = redis::streams::StreamReadOptions::default().block(1000).count(100);
-        let r: Option<redis::streams::StreamReadReply> =
-            conn.xread_options(&[&result_stream], &[&after], &opts).await?;
+        let opts = redis::streams::StreamReadOptions::default()
+            .block(1000)
+            .count(100);
+        let r: Option<redis::streams::StreamReadReply> = conn
+            .xread_options(&[&result_stream], &[&after], &opts)
+            .await?;
         for k in r.map(|r| r.keys).unwrap_or_default() {
             for e in k.ids {
                 after = e.id.clone();
@@ -414,7 +463,10 @@ async fn one(d: &Daemon, conn: &mut redis::aio::MultiplexedConnection, rid: &str
                 }
             }
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(120), "no result for {rid}");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "no result for {rid}"
+        );
     }
 }
 
@@ -438,7 +490,13 @@ async fn run(args: &Args) -> anyhow::Result<String> {
     let client = redis::Client::open(args.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     log!("warming up");
-    one(&d, &mut conn, &format!("warm-{}", std::process::id()), false).await?;
+    one(
+        &d,
+        &mut conn,
+        &format!("warm-{}", std::process::id()),
+        false,
+    )
+    .await?;
     log!("A: {n} requests without SSE followers");
     let plain = round_a(&d, args, n, false, "a0").await?;
     log!("A: {n} requests with one SSE follower each");
@@ -451,7 +509,11 @@ async fn run(args: &Args) -> anyhow::Result<String> {
             let by_post = (r + k) % 2 == 0;
             let rid = format!("b-{r}-{k}-{}", std::process::id());
             let ms = one(&d, &mut conn, &rid, by_post).await?;
-            if by_post { post.push(ms) } else { xadd.push(ms) }
+            if by_post {
+                post.push(ms)
+            } else {
+                xadd.push(ms)
+            }
         }
     }
     let mut md = String::new();
@@ -460,14 +522,47 @@ async fn run(args: &Args) -> anyhow::Result<String> {
     writeln!(md, "A. {n} requests at once, each printing 50 lines over 5 s ({} events followed); delivery latency = receipt minus the event's `ts` (ms):\n", with.sse.len())?;
     writeln!(md, "| consumer | p50 | p99 | max |\n|---|---|---|---|")?;
     let (mut s, mut x, mut x0) = (with.sse.clone(), with.xread.clone(), plain.xread.clone());
-    writeln!(md, "| SSE follower (API), {n} at once | {:.1} | {:.1} | {:.1} |", pct(&mut s, 0.5), pct(&mut s, 0.99), pct(&mut s, 1.0))?;
-    writeln!(md, "| direct `XREAD` consumer, same round | {:.1} | {:.1} | {:.1} |", pct(&mut x, 0.5), pct(&mut x, 0.99), pct(&mut x, 1.0))?;
-    writeln!(md, "| direct `XREAD` consumer, round without SSE | {:.1} | {:.1} | {:.1} |", pct(&mut x0, 0.5), pct(&mut x0, 0.99), pct(&mut x0, 1.0))?;
+    writeln!(
+        md,
+        "| SSE follower (API), {n} at once | {:.1} | {:.1} | {:.1} |",
+        pct(&mut s, 0.5),
+        pct(&mut s, 0.99),
+        pct(&mut s, 1.0)
+    )?;
+    writeln!(
+        md,
+        "| direct `XREAD` consumer, same round | {:.1} | {:.1} | {:.1} |",
+        pct(&mut x, 0.5),
+        pct(&mut x, 0.99),
+        pct(&mut x, 1.0)
+    )?;
+    writeln!(
+        md,
+        "| direct `XREAD` consumer, round without SSE | {:.1} | {:.1} | {:.1} |",
+        pct(&mut x0, 0.5),
+        pct(&mut x0, 0.99),
+        pct(&mut x0, 1.0)
+    )?;
     writeln!(md, "\nThe daemon in those rounds: without followers {:.2} s CPU over {:.1} s, RSS max {:.1} MiB; with {n} followers {:.2} s CPU over {:.1} s, RSS max {:.1} MiB. Events lost by followers: {}.\n",
         plain.cpu_s, plain.wall_s, plain.rss_max_kib as f64 / 1024.0, with.cpu_s, with.wall_s, with.rss_max_kib as f64 / 1024.0, with.lost)?;
-    writeln!(md, "B. Publish to result, c=1, {rounds} interleaved rounds (ms):\n")?;
+    writeln!(
+        md,
+        "B. Publish to result, c=1, {rounds} interleaved rounds (ms):\n"
+    )?;
     writeln!(md, "| way | p50 | p90 | max |\n|---|---|---|---|")?;
-    writeln!(md, "| `POST /v1/requests` | {:.0} | {:.0} | {:.0} |", pct(&mut post, 0.5), pct(&mut post, 0.9), pct(&mut post, 1.0))?;
-    writeln!(md, "| `XADD` | {:.0} | {:.0} | {:.0} |", pct(&mut xadd, 0.5), pct(&mut xadd, 0.9), pct(&mut xadd, 1.0))?;
+    writeln!(
+        md,
+        "| `POST /v1/requests` | {:.0} | {:.0} | {:.0} |",
+        pct(&mut post, 0.5),
+        pct(&mut post, 0.9),
+        pct(&mut post, 1.0)
+    )?;
+    writeln!(
+        md,
+        "| `XADD` | {:.0} | {:.0} | {:.0} |",
+        pct(&mut xadd, 0.5),
+        pct(&mut xadd, 0.9),
+        pct(&mut xadd, 1.0)
+    )?;
     Ok(md)
 }

@@ -125,7 +125,7 @@ impl Artifacts {
 
     /// The URI of artifact `name` of `request_id`.
     pub fn uri(&self, request_id: &str, name: &str) -> String {
-        if self.served {
+        if self.served && !self.uri_base.starts_with("file://") {
             let enc = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
             let name: Vec<String> = name.split('/').map(enc).collect();
             format!(

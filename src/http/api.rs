@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::artifacts::{ArtifactError, Artifacts};
-use crate::adapters::bus::{Bus, RequestState};
+use crate::adapters::bus::{Bus, RequestState, ResultLookup};
 use crate::adapters::engine::Engine;
 use crate::model::protocol::{parse_spawn_request, ErrorInfo, InputLimits, SpawnRequest};
 
@@ -179,7 +179,54 @@ impl Api {
     /// The caller's token, when it may do what `need` asks; its rate
     /// spent.
     fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<(), ApiError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let host = header("host").unwrap_or("");
+        // A browser page of another site may send requests here (no CORS
+        // preflight for a simple one): a cross-origin caller is refused,
+        // and so is any body a form or a no-cors fetch can send.
+        if let Some(origin) = header("origin") {
+            let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or(origin);
+            if !authority.eq_ignore_ascii_case(host) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    None,
+                    format!(
+                        "requests from {origin} are refused: the API serves only its own origin"
+                    ),
+                ));
+            }
+        }
+        if let Some(kind) = header("content-type") {
+            if !kind
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    None,
+                    "request bodies are application/json",
+                ));
+            }
+        }
         if self.tokens.is_empty() {
+            // Open only to this host: a name that resolves here by DNS
+            // rebinding is not this host's.
+            let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+            let local = matches!(name, "localhost" | "[::1]")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    None,
+                    "an API without tokens answers only requests for a loopback host",
+                ));
+            }
             return Ok(());
         }
         let given = headers
@@ -365,18 +412,13 @@ async fn submit(
         });
     }
     let rid = req.request_id.clone();
+    let text = String::from_utf8_lossy(&body).into_owned();
     let fresh = api
         .bus
-        .mark_api_request(&rid)
+        .submit_once(&rid, &text)
         .await
-        .map_err(ApiError::unavailable)?;
-    if fresh {
-        let text = String::from_utf8_lossy(&body).into_owned();
-        if let Err(e) = api.bus.publish_spawn(&text).await {
-            let _ = api.bus.unmark_api_request(&rid).await;
-            return Err(ApiError::unavailable(e));
-        }
-    }
+        .map_err(ApiError::unavailable)?
+        .is_some();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"request_id": rid, "state": "queued", "duplicate": !fresh})),
@@ -406,6 +448,9 @@ async fn request(
         )),
         Some(RequestState::Done(r)) => Ok(Json(
             json!({"request_id": id, "state": r["status"].clone(), "result": r}),
+        )),
+        Some(RequestState::Expired) => Ok(Json(
+            json!({"request_id": id, "state": "expired", "result": null}),
         )),
     }
 }
@@ -517,6 +562,7 @@ fn follow(
         loop {
             let page = match api.bus.events_after(&id, cursor, 500).await {
                 Ok(p) => p,
+                Err(_) if tx.is_closed() => return,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
@@ -534,8 +580,18 @@ fn follow(
                 break;
             }
         }
-        let mut result = api.bus.result_of(&id).await.ok().flatten();
-        if result.is_some() {
+        // A result trimmed from its stream ends the follow too (answered,
+        // nothing more will come).
+        let mut gone = false;
+        let mut result = match api.bus.lookup_result(&id).await {
+            Ok(ResultLookup::Found(r)) => Some(r),
+            Ok(ResultLookup::Gone) => {
+                gone = true;
+                None
+            }
+            _ => None,
+        };
+        if result.is_some() || gone {
             result_at = Some(Instant::now());
         }
         loop {
@@ -550,15 +606,20 @@ fn follow(
             tokio::select! {
                 msg = live.recv() => match msg {
                     Some(HubMessage::Event(seq, ev)) if seq > cursor => {
-                        // A gap (the hub's channel was full): fill it from the stream.
+                        // A gap (the hub's channel was full): fill it from the
+                        // stream; when that fails the follow ends, and the
+                        // client resumes with Last-Event-ID (never a gap).
                         if seq > cursor + 1 {
-                            if let Ok(page) = api.bus.events_after(&id, cursor, (seq - cursor) as usize).await {
-                                for (s, e) in page.into_iter().filter(|(s, _)| *s < seq) {
-                                    removed |= e["type"] == "removed";
-                                    if tx.send(send(s, &e)).await.is_err() {
-                                        return;
+                            match api.bus.events_after(&id, cursor, (seq - cursor) as usize).await {
+                                Ok(page) => {
+                                    for (s, e) in page.into_iter().filter(|(s, _)| *s < seq) {
+                                        removed |= e["type"] == "removed";
+                                        if tx.send(send(s, &e)).await.is_err() {
+                                            return;
+                                        }
                                     }
                                 }
+                                Err(_) => return,
                             }
                         }
                         removed |= ev["type"] == "removed";
@@ -580,10 +641,17 @@ fn follow(
                     // The hub may have missed nothing, but a quiet stream
                     // checks the record now and then (a result published
                     // before this follower subscribed).
-                    if result.is_none() {
-                        if let Ok(Some(r)) = api.bus.result_of(&id).await {
-                            result = Some(r);
-                            result_at = Some(Instant::now());
+                    if result.is_none() && !gone {
+                        match api.bus.lookup_result(&id).await {
+                            Ok(ResultLookup::Found(r)) => {
+                                result = Some(r);
+                                result_at = Some(Instant::now());
+                            }
+                            Ok(ResultLookup::Gone) => {
+                                gone = true;
+                                result_at = Some(Instant::now());
+                            }
+                            _ => {}
                         }
                     }
                     if let Ok(page) = api.bus.events_after(&id, cursor, 500).await {
@@ -794,12 +862,14 @@ impl EventHub {
     /// A receiver of `request_id`'s messages from now on.
     pub fn subscribe(&self, request_id: &str) -> mpsc::Receiver<HubMessage> {
         let (tx, rx) = mpsc::channel(1024);
-        self.subs
-            .lock()
-            .expect("hub lock")
-            .entry(request_id.to_string())
-            .or_default()
-            .push(tx);
+        let mut subs = self.subs.lock().expect("hub lock");
+        // Followers that ended leave closed senders: gone with the next
+        // subscription (no message may come for their requests any more).
+        subs.retain(|_, list| {
+            list.retain(|tx| !tx.is_closed());
+            !list.is_empty()
+        });
+        subs.entry(request_id.to_string()).or_default().push(tx);
         rx
     }
 
@@ -833,7 +903,21 @@ impl EventHub {
     pub async fn run(self: Arc<Self>, bus: Bus, shutdown: CancellationToken) {
         let block = Duration::from_secs(2);
         let streams = [bus.names.events.clone(), bus.names.result.clone()];
-        let mut last = vec!["$".to_string(), "$".to_string()];
+        // From the streams' tails as they are now (`$` would be re-read on
+        // every call, skipping what came between two reads).
+        let mut last = Vec::new();
+        for st in &streams {
+            loop {
+                match bus.tail_id(st).await {
+                    Ok(id) => {
+                        last.push(id);
+                        break;
+                    }
+                    Err(_) if shutdown.is_cancelled() => return,
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        }
         let mut conn = None;
         loop {
             if shutdown.is_cancelled() {

@@ -680,10 +680,13 @@ pub fn tree_tar(root: &Path, prefix: &str) -> std::io::Result<Vec<u8>> {
 /// Builds the handles from the settings.
 pub fn from_settings(s: &crate::settings::Settings) -> Result<Arc<Workspaces>, String> {
     let artifacts = if s.artifacts_url.is_empty() {
-        let base = if s.artifacts_base_url.is_empty() {
-            format!("http://{}", s.api_addr)
-        } else {
+        let base = if !s.artifacts_base_url.is_empty() {
             s.artifacts_base_url.clone()
+        } else if s.api_addr.is_empty() {
+            // No API to serve them: the URIs name the files themselves.
+            format!("file://{}", s.artifacts_dir.display())
+        } else {
+            format!("http://{}", s.api_addr)
         };
         Artifacts::local(&s.artifacts_dir, &base)
     } else {

@@ -17,7 +17,30 @@ pub enum RequestState {
     Running,
     /// Its result.
     Done(Json),
+    /// It was answered, but its result has left the result stream
+    /// (trimmed at `stream_maxlen`).
+    Expired,
 }
+
+/// A result looked up by its mark.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultLookup {
+    /// No result yet.
+    None,
+    /// The result.
+    Found(Json),
+    /// Answered, the entry trimmed away.
+    Gone,
+}
+
+// Publishes a spawn entry once per request id: the mark and the entry are
+// one step (no mark without its entry, no second entry).
+const SUBMIT_ONCE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local id = redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[2])
+return id
+"#;
 
 /// Results looked through when a result-sent mark is an older daemon's
 /// (`1`, not an entry id).
@@ -28,34 +51,34 @@ impl Bus {
         format!("{}:api-request:{request_id}", self.names.prefix)
     }
 
-    /// Marks `request_id` as published by the API; false when it already was.
-    pub async fn mark_api_request(&self, request_id: &str) -> Result<bool, BusError> {
+    /// Publishes `data` to the spawn stream unless the API already did for
+    /// `request_id`: the spawn entry's id, `None` for a repeat.
+    pub async fn submit_once(
+        &self,
+        request_id: &str,
+        data: &str,
+    ) -> Result<Option<String>, BusError> {
         let mut c = self.conn().await?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.api_mark_key(request_id))
-            .arg(1)
-            .arg("NX")
-            .arg("EX")
+        redis::Script::new(SUBMIT_ONCE)
+            .key(self.api_mark_key(request_id))
+            .key(&self.names.spawn)
+            .arg(data)
             .arg(MARK_TTL_SECS)
-            .query_async(&mut c)
+            .invoke_async(&mut c)
             .await
-            .map_err(|e| self.broken(e))?;
-        Ok(set.is_some())
-    }
-
-    /// Takes the API's mark back (its publish failed).
-    pub async fn unmark_api_request(&self, request_id: &str) -> Result<(), BusError> {
-        let mut c = self.conn().await?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.api_mark_key(request_id))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.broken(e))?;
-        Ok(())
+            .map_err(|e| self.broken(e))
     }
 
     /// The published result of `request_id`, if any.
     pub async fn result_of(&self, request_id: &str) -> Result<Option<Json>, BusError> {
+        Ok(match self.lookup_result(request_id).await? {
+            ResultLookup::Found(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// The result of `request_id` by its mark: found, not yet, or trimmed.
+    pub async fn lookup_result(&self, request_id: &str) -> Result<ResultLookup, BusError> {
         let mut c = self.conn().await?;
         let mark: Option<String> = redis::cmd("GET")
             .arg(self.names.result_sent_key(request_id))
@@ -63,7 +86,7 @@ impl Bus {
             .await
             .map_err(|e| self.broken(e))?;
         let Some(mark) = mark else {
-            return Ok(None);
+            return Ok(ResultLookup::None);
         };
         let is_id = mark.split_once('-').is_some_and(|(a, b)| {
             !a.is_empty()
@@ -95,14 +118,18 @@ impl Bus {
         Ok(entries
             .into_iter()
             .filter_map(|e| serde_json::from_slice::<Json>(e.data.as_deref()?).ok())
-            .find(|v| v["request_id"] == request_id))
+            .find(|v| v["request_id"] == request_id)
+            .map(ResultLookup::Found)
+            .unwrap_or(ResultLookup::Gone))
     }
 
     /// The state of `request_id`: its result, else running once it has
     /// an event, else queued when the API published it; `None`: unknown.
     pub async fn request_state(&self, request_id: &str) -> Result<Option<RequestState>, BusError> {
-        if let Some(r) = self.result_of(request_id).await? {
-            return Ok(Some(RequestState::Done(r)));
+        match self.lookup_result(request_id).await? {
+            ResultLookup::Found(r) => return Ok(Some(RequestState::Done(r))),
+            ResultLookup::Gone => return Ok(Some(RequestState::Expired)),
+            ResultLookup::None => {}
         }
         let mut c = self.conn().await?;
         let (events, marked): (i64, i64) = redis::pipe()

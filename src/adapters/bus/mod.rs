@@ -16,7 +16,7 @@ use redis::{AsyncConnectionConfig, Client, Script, Value};
 
 mod api;
 mod fleet;
-pub use api::RequestState;
+pub use api::{RequestState, ResultLookup};
 pub use fleet::{Held, HoldClaim, LostInstance, SessionLoss};
 
 /// A Redis failure.
@@ -102,6 +102,19 @@ impl Entry {
 /// How long a run mark lives without a refresh from its instance.
 const RUN_MARK_TTL_SECS: u64 = 60;
 
+/// Most entries of a request's own event stream (`<prefix>:events:<rid>`):
+/// an API follower resumes within the last this many events of a request.
+pub const REQUEST_EVENTS_MAXLEN: u64 = 20_000;
+/// How long a request's own event stream stays once its result is out.
+pub const REQUEST_EVENTS_AFTER_RESULT_SECS: u64 = 3600;
+
+#[cfg(test)]
+#[test]
+fn the_event_script_keeps_the_stated_bounds() {
+    assert!(PUBLISH_EVENTS.contains(&format!("'{REQUEST_EVENTS_MAXLEN}'")));
+    assert!(PUBLISH_EVENTS.contains(&format!("'{REQUEST_EVENTS_AFTER_RESULT_SECS}'")));
+}
+
 /// How long bookkeeping keys (result-sent marks, event counters) live.
 const MARK_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -120,6 +133,8 @@ if holder and holder ~= ARGV[4] and redis.call('EXISTS', ARGV[6] .. holder) == 1
 end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])
 redis.call('SET', KEYS[1], id, 'EX', ARGV[3])
+-- The request's own copy of its events is kept an hour past its result.
+redis.call('EXPIRE', KEYS[5], ARGV[9])
 if holder then
   redis.call('DEL', KEYS[3])
   redis.call('SREM', ARGV[7] .. holder, ARGV[8])
@@ -144,7 +159,9 @@ pub enum Published {
 // also appended to the request's own stream (KEYS[3]) under the id
 // `0-<seq>`, so that a follower reads exactly its request from a position;
 // that copy never stops the main one (pcall: an id out of order after a
-// counter lost is skipped).
+// counter lost is skipped). It keeps the last 20000 events
+// (REQUEST_EVENTS_MAXLEN) and lives an hour past the result
+// (REQUEST_EVENTS_AFTER_RESULT_SECS; KEYS[4] is the result-sent mark).
 const PUBLISH_EVENTS: &str = r#"
 local n = #ARGV - 2
 local last = redis.call('INCRBY', KEYS[1], n)
@@ -153,9 +170,13 @@ local first = last - n
 for i = 1, n do
   local data = '{"seq":' .. (first + i) .. ARGV[i + 2]
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'data', data)
-  redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '0-' .. (first + i), 'data', data)
+  redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', '20000', '0-' .. (first + i), 'data', data)
 end
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('EXPIRE', KEYS[3], '3600')
+else
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
 return last
 "#;
 
@@ -844,6 +865,7 @@ impl Bus {
             .key(&self.names.result)
             .key(self.held_key(request_id))
             .key(self.attempt_key(request_id))
+            .key(self.names.request_events(request_id))
             .arg(json)
             .arg(self.maxlen)
             .arg(MARK_TTL_SECS)
@@ -852,6 +874,7 @@ impl Bus {
             .arg(format!("{}:instance:", self.names.prefix))
             .arg(format!("{}:holds:", self.names.prefix))
             .arg(request_id)
+            .arg(REQUEST_EVENTS_AFTER_RESULT_SECS)
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.broken(e))?;
@@ -883,6 +906,7 @@ impl Bus {
         let mut inv = self.publish_events.key(self.names.seq_key(request_id));
         inv.key(&self.names.events)
             .key(self.names.request_events(request_id))
+            .key(self.names.result_sent_key(request_id))
             .arg(self.maxlen)
             .arg(MARK_TTL_SECS);
         for t in tails {
