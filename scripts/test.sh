@@ -132,6 +132,12 @@ section "fleet benchmark smoke run (scripts/bench-fleet.sh --smoke)"
 # Its own second engine (ws-engine-f), beside the tests' engine B.
 bash scripts/bench-fleet.sh --smoke
 
+section "workspace benchmark smoke run (scripts/bench-workspace.sh --smoke)"
+bash scripts/bench-workspace.sh --smoke
+
+section "HTTP API benchmark smoke run (scripts/bench-api.sh --smoke)"
+bash scripts/bench-api.sh --smoke
+
 section "cargo test --workspace --all-targets ${cargo_args[*]:-} -- ${harness_args[*]}"
 cargo test --no-fail-fast --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} -- "${harness_args[@]}"
 
