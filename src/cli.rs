@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use crate::adapters::loader::{self, CatalogDirs};
 use crate::model::catalog::Catalog;
 use crate::model::config::ConfigSchema;
-use crate::model::protocol::{SpawnRequest, Task};
 use crate::model::spec::Resolver;
 use crate::settings::{Origins, Settings, SettingsArgs};
 
@@ -280,18 +279,6 @@ fn show(
     {
         return Err("--override: must be a JSON object".into());
     }
-    let req = SpawnRequest {
-        request_id: "presets-show".into(),
-        worker_config_id: Some(id.to_string()),
-        worker_config_override: patch,
-        task: Task {
-            user_id: None,
-            prompt: "(prompt)".into(),
-            session_id: None,
-            repo: None,
-        },
-        dry_run: true,
-    };
     // Showing a preset must work where its secrets are not set.
     let env = |k: &str| Some(std::env::var(k).unwrap_or_else(|_| format!("<unset: {k}>")));
     let resolver = Resolver {
@@ -301,10 +288,7 @@ fn show(
         limits: &settings.limits,
         env: &env,
     };
-    let spec = resolver.resolve(&req).map_err(|e| e.to_string())?;
-    let mut out = serde_json::json!({ "config": spec.config_view(), "files": spec.file_views() });
-    spec.redactor().redact_json(&mut out);
-    Ok(out)
+    resolver.show(id, patch)
 }
 
 /// Sets up JSON logs on stderr, level from `RUST_LOG` (default `info`).

@@ -463,27 +463,11 @@ impl ImageBuilder {
         path: &str,
         limit: usize,
     ) -> Result<Option<Vec<u8>>, BuildError> {
-        let opts = bollard::query_parameters::DownloadFromContainerOptions {
-            path: path.to_string(),
-        };
-        let mut stream = self.engine.client().download_from_container(id, Some(opts));
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => {
-                    out.extend_from_slice(&b);
-                    if out.len() > limit {
-                        tracing::warn!(container = id, path, limit, "folder too large to re-own; only the folder itself becomes the worker's");
-                        return Ok(None);
-                    }
-                }
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => return Ok(None),
-                Err(e) => return Err(EngineError::Api(e).into()),
-            }
+        let (tar, too_big) = self.engine.download(id, path, limit as u64).await?;
+        if too_big {
+            tracing::warn!(container = id, path, limit, "folder too large to re-own; only the folder itself becomes the worker's");
         }
-        Ok(Some(out))
+        Ok(tar)
     }
 
     /// The setup image of `c` (built now if missing).

@@ -684,18 +684,7 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    api.authorize(&headers, Role::Admin)?;
-    valid_id(&id)?;
-    let cmd = json!({"command": "cancel", "request_id": id}).to_string();
-    api.bus
-        .publish_control(&cmd)
-        .await
-        .map_err(ApiError::unavailable)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"request_id": id, "cancel": "published"})),
-    )
-        .into_response())
+    publish_cancel(&api, &headers, "request_id", id).await
 }
 
 async fn cancel_session(
@@ -703,17 +692,27 @@ async fn cancel_session(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    api.authorize(&headers, Role::Admin)?;
+    publish_cancel(&api, &headers, "session_id", id).await
+}
+
+/// Publishes `{"command": "cancel", <key>: id}` (PROTOCOL.md section 9:
+/// a cancel naming a session ends it).
+async fn publish_cancel(
+    api: &Api,
+    headers: &HeaderMap,
+    key: &str,
+    id: String,
+) -> Result<Response, ApiError> {
+    api.authorize(headers, Role::Admin)?;
     valid_id(&id)?;
-    // PROTOCOL.md section 9: a cancel naming the session ends it.
-    let cmd = json!({"command": "cancel", "session_id": id}).to_string();
+    let cmd = json!({"command": "cancel", key: id}).to_string();
     api.bus
         .publish_control(&cmd)
         .await
         .map_err(ApiError::unavailable)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"session_id": id, "cancel": "published"})),
+        Json(json!({key: id, "cancel": "published"})),
     )
         .into_response())
 }

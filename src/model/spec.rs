@@ -387,6 +387,29 @@ impl Resolver<'_> {
         Ok(spec)
     }
 
+    /// What `presets show ID` prints (and the API's `/v1/presets/{id}`):
+    /// the merged config and the rendered files of a dry run of preset
+    /// `id` with `patch`, secrets masked.
+    pub fn show(&self, id: &str, patch: Option<Value>) -> Result<Value, String> {
+        let req = SpawnRequest {
+            request_id: "presets-show".into(),
+            worker_config_id: Some(id.to_string()),
+            worker_config_override: patch,
+            task: crate::model::protocol::Task {
+                user_id: None,
+                prompt: "(prompt)".into(),
+                session_id: None,
+                repo: None,
+            },
+            dry_run: true,
+        };
+        let spec = self.resolve(&req).map_err(|e| e.to_string())?;
+        let mut out =
+            serde_json::json!({ "config": spec.config_view(), "files": spec.file_views() });
+        spec.redactor().redact_json(&mut out);
+        Ok(out)
+    }
+
     /// The schema, then the input limit on env entries (before the policy:
     /// an input limit is checked before what the entries mean).
     fn validate(&self, v: &Value) -> Result<WorkerConfig, ResolveError> {

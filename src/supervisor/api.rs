@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::pool::Pools;
 use super::Ctx;
 use crate::http::api::Backend;
-use crate::model::protocol::{ErrorInfo, SpawnRequest, Status, Task};
+use crate::model::protocol::{ErrorInfo, SpawnRequest, Status};
 use crate::model::spec::Resolver;
 
 /// The handles the API's backend reads.
@@ -23,40 +23,6 @@ impl ApiBackend {
     pub fn new(ctx: Arc<Ctx>, pools: Arc<Pools>) -> ApiBackend {
         ApiBackend { ctx, pools }
     }
-}
-
-/// What `presets show ID` prints, resolved with `env` for the daemon's
-/// variables (the API's never reads a real one), secrets masked.
-pub fn preset_view(
-    ctx: &Ctx,
-    id: &str,
-    patch: Option<Value>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Value, String> {
-    let req = SpawnRequest {
-        request_id: "presets-show".into(),
-        worker_config_id: Some(id.to_string()),
-        worker_config_override: patch,
-        task: Task {
-            user_id: None,
-            prompt: "(prompt)".into(),
-            session_id: None,
-            repo: None,
-        },
-        dry_run: true,
-    };
-    let catalog = ctx.catalog();
-    let resolver = Resolver {
-        catalog: &catalog,
-        schema: &ctx.schema,
-        policy: &ctx.settings.policy,
-        limits: &ctx.settings.limits,
-        env,
-    };
-    let spec = resolver.resolve(&req).map_err(|e| e.to_string())?;
-    let mut out = json!({ "config": spec.config_view(), "files": spec.file_views() });
-    spec.redactor().redact_json(&mut out);
-    Ok(out)
 }
 
 impl Backend for ApiBackend {
@@ -95,8 +61,17 @@ impl Backend for ApiBackend {
         if !self.ctx.catalog().presets.contains_key(id) {
             return None;
         }
+        // The API never reads a real variable of the daemon.
         let env = |k: &str| Some(format!("<from_env: {k}>"));
-        Some(preset_view(&self.ctx, id, None, &env))
+        let catalog = self.ctx.catalog();
+        let resolver = Resolver {
+            catalog: &catalog,
+            schema: &self.ctx.schema,
+            policy: &self.ctx.settings.policy,
+            limits: &self.ctx.settings.limits,
+            env: &env,
+        };
+        Some(resolver.show(id, None))
     }
 
     fn pools(&self) -> Vec<Value> {

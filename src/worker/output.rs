@@ -133,6 +133,10 @@ pub struct OutputTail {
     /// The last line the delivery shim printed on stderr about its own
     /// failure (see [`crate::model::delivery::SHIM_MESSAGE_PREFIX`]), redacted.
     pub shim_message: Option<String>,
+    /// The whole output, stdout and stderr as they came, up to the
+    /// transcript's bound (and a byte past it, to tell a cut): the
+    /// transcript of a stream that was read from its start. Not redacted.
+    pub whole: Vec<u8>,
 }
 
 /// Forwards a process's output as events until the stream ends; returns
@@ -162,6 +166,8 @@ pub async fn forward(
     };
     let mut tail: Vec<u8> = Vec::new();
     let mut truncated = false;
+    let mut whole: Vec<u8> = Vec::new();
+    let whole_cap = env.workspaces.bounds.transcript as usize + 1;
     loop {
         // Lines are batched for at most BATCH_DELAY after the last flush:
         // sparse output goes out line by line at once, a burst in batches.
@@ -179,6 +185,10 @@ pub async fn forward(
         };
         match next {
             Some(Ok((stream, chunk))) => {
+                if whole.len() < whole_cap {
+                    let n = chunk.len().min(whole_cap - whole.len());
+                    whole.extend_from_slice(&chunk[..n]);
+                }
                 if stream == OutputStream::Stdout {
                     tail.extend_from_slice(&chunk);
                     if tail.len() > 2 * env.output.tail_bytes {
@@ -209,6 +219,7 @@ pub async fn forward(
         text: redactor.redact(&String::from_utf8_lossy(&tail)),
         truncated,
         shim_message: fwd.shim_message,
+        whole,
     }
 }
 

@@ -241,11 +241,18 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
     // A follower of the attached output already holds the tail; one that
     // followed the logs (adopted containers, archive delivery) may not, so
     // the logs are read again.
-    let followed = match followed {
+    let mut followed = match followed {
         Ok(Ok(tail)) => tail,
         _ => OutputTail::default(),
     };
     let shim_message = followed.shim_message.clone();
+    // The attached stream was read from its first byte: it is the
+    // transcript; a followed log (adopted, archive delivery) is read again.
+    let transcript = if whole_output {
+        super::workspace::Transcript::Captured(std::mem::take(&mut followed.whole))
+    } else {
+        super::workspace::Transcript::Logs
+    };
     let output = if whole_output {
         (followed.text, followed.truncated)
     } else {
@@ -306,7 +313,7 @@ pub async fn supervise(env: &WorkerEnv, job: Job, fresh: bool) -> Status {
         &job.container_id,
         job.workspace.as_ref(),
         &job.redactor,
-        super::workspace::Transcript::Logs,
+        transcript,
         &mut result,
     )
     .await;
@@ -364,23 +371,14 @@ pub async fn supervise_exec(
         .report_field
         .as_deref()
         .map(|f| Arc::new(std::sync::Mutex::new(IdScanner::new(f))));
-    // An exec's output is in no log: its transcript is kept as it runs.
-    let transcript = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let cap = env.workspaces.bounds.transcript as usize + 1;
-    let kept = transcript.clone();
-    let scan = scanner.clone();
-    let output: ExecOutput = Box::pin(exec.output.inspect(move |item| {
-        if let Ok((stream, chunk)) = item {
-            let mut t = kept.lock().expect("transcript lock");
-            if t.len() < cap {
-                let n = chunk.len().min(cap - t.len());
-                t.extend_from_slice(&chunk[..n]);
-            }
-            if let (Some(scan), OutputStream::Stdout) = (&scan, stream) {
+    let output: ExecOutput = match scanner.clone() {
+        None => exec.output,
+        Some(scan) => Box::pin(exec.output.inspect(move |item| {
+            if let Ok((OutputStream::Stdout, chunk)) = item {
                 scan.lock().expect("scanner lock").push(chunk);
             }
-        }
-    }));
+        })),
+    };
     let mut fwd = tokio::spawn(async move { forward(&env2, &rid, &red, output).await });
     // The exec ends when its output does.
     let mut tail = None;
@@ -396,7 +394,9 @@ pub async fn supervise_exec(
             .ok()
             .and_then(Result::ok);
     }
-    let tail = tail.unwrap_or_default();
+    let mut tail = tail.unwrap_or_default();
+    // An exec's output is in no log: the forwarder's copy is its transcript.
+    let captured = std::mem::take(&mut tail.whole);
     env.metrics.running_workers.dec();
     let run_ms = started.elapsed().as_millis() as u64;
     env.metrics.run_seconds.observe(run_ms as f64 / 1000.0);
@@ -429,7 +429,6 @@ pub async fn supervise_exec(
     };
     let mut result = result_of(env, job, verdict, run);
     revoke_key(env, job).await;
-    let captured = std::mem::take(&mut *transcript.lock().expect("transcript lock"));
     super::workspace::collect(
         env,
         &job.request_id,
