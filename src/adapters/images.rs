@@ -465,7 +465,12 @@ impl ImageBuilder {
     ) -> Result<Option<Vec<u8>>, BuildError> {
         let (tar, too_big) = self.engine.download(id, path, limit as u64).await?;
         if too_big {
-            tracing::warn!(container = id, path, limit, "folder too large to re-own; only the folder itself becomes the worker's");
+            tracing::warn!(
+                container = id,
+                path,
+                limit,
+                "folder too large to re-own; only the folder itself becomes the worker's"
+            );
         }
         Ok(tar)
     }

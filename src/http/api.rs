@@ -872,16 +872,6 @@ impl EventHub {
         rx
     }
 
-    /// Followers now.
-    pub fn followers(&self) -> usize {
-        self.subs
-            .lock()
-            .expect("hub lock")
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
     fn dispatch(&self, request_id: &str, msg: HubMessage) {
         let mut subs = self.subs.lock().expect("hub lock");
         if let Some(list) = subs.get_mut(request_id) {

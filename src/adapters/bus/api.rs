@@ -69,14 +69,6 @@ impl Bus {
             .map_err(|e| self.broken(e))
     }
 
-    /// The published result of `request_id`, if any.
-    pub async fn result_of(&self, request_id: &str) -> Result<Option<Json>, BusError> {
-        Ok(match self.lookup_result(request_id).await? {
-            ResultLookup::Found(v) => Some(v),
-            _ => None,
-        })
-    }
-
     /// The result of `request_id` by its mark: found, not yet, or trimmed.
     pub async fn lookup_result(&self, request_id: &str) -> Result<ResultLookup, BusError> {
         let mut c = self.conn().await?;
